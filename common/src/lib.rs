@@ -1,0 +1,24 @@
+//! Data shapes shared by the kernel programs (`proxy-ebpf`) and the agent (`proxy-agent`).
+//!
+//! Everything here is `#[repr(C)]`, padding is spelled out as named fields, and each type's size is
+//! asserted at compile time so both sides agree on the layout of every map.
+#![no_std]
+#![deny(unsafe_code)]
+
+pub mod stats;
+
+/// Project name; also the directory under the BPF filesystem where maps are pinned.
+pub const PROJECT: &str = "strait";
+
+/// Names of the maps as they appear in the object file and under the pin directory.
+/// A layout change gets a new suffix so an old pinned map is never read with the new layout.
+pub mod map_names {
+    pub const PROG_STATS: &str = "STRAIT_PROG_STATS_V1";
+}
+
+/// Names of the programs in the object file.
+pub mod prog_names {
+    pub const TC_FROM_POD: &str = "tc_from_pod";
+    pub const TC_TO_POD: &str = "tc_to_pod";
+    pub const XDP_NODE: &str = "xdp_node";
+}

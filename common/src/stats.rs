@@ -1,0 +1,42 @@
+//! Per-program packet counters: a per-CPU array indexed by [`StatIndex`].
+
+/// Which attach point a counter belongs to. The value is the index into the stats map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatIndex {
+    /// tc ingress on a pod's host-side veth: packets the pod sent.
+    FromPod = 0,
+    /// tc egress on a pod's host-side veth: packets delivered to the pod.
+    ToPod = 1,
+    /// XDP on a node device: packets arriving at the node from its network.
+    XdpNode = 2,
+}
+
+impl StatIndex {
+    pub const ALL: [StatIndex; 3] = [StatIndex::FromPod, StatIndex::ToPod, StatIndex::XdpNode];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            StatIndex::FromPod => "tc_from_pod",
+            StatIndex::ToPod => "tc_to_pod",
+            StatIndex::XdpNode => "xdp_node",
+        }
+    }
+}
+
+/// Number of slots in the stats map.
+pub const STAT_SLOTS: u32 = 8;
+
+/// One counter slot (per CPU in the kernel; userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ProgStats>() == 16);
+
+#[cfg(feature = "user")]
+#[allow(unsafe_code, reason = "ProgStats is repr(C) with no padding")]
+unsafe impl aya::Pod for ProgStats {}

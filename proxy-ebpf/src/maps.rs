@@ -1,0 +1,6 @@
+//! Every map of the datapath, in one place. Names carry a layout version (see `common::map_names`).
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use common::stats::{ProgStats, STAT_SLOTS};
+
+#[map]
+pub static STRAIT_PROG_STATS_V1: PerCpuArray<ProgStats> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
