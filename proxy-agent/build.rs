@@ -20,8 +20,16 @@ const OBJECT: &str = "strait";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir.parent().expect("proxy-agent sits in the workspace").to_path_buf();
-    for watched in ["proxy-ebpf/src", "proxy-ebpf/Cargo.toml", "common/src", "common/Cargo.toml"] {
+    let workspace = manifest_dir
+        .parent()
+        .expect("proxy-agent sits in the workspace")
+        .to_path_buf();
+    for watched in [
+        "proxy-ebpf/src",
+        "proxy-ebpf/Cargo.toml",
+        "common/src",
+        "common/Cargo.toml",
+    ] {
         println!("cargo::rerun-if-changed={}", workspace.join(watched).display());
     }
     println!("cargo::rerun-if-changed=build/ebpf_toolchain.rs");
@@ -80,15 +88,28 @@ fn build_object(route: &Route, linker: &Path, workspace: &Path, out_dir: &Path) 
     // BTF (from debug info) makes verifier logs readable and lets aya relocate against the kernel.
     cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf");
     cmd.current_dir(workspace)
-        .args(["--release", "-p", "proxy-ebpf", "--bin", OBJECT, "--target", BPF_TARGET])
+        .args([
+            "--release",
+            "-p",
+            "proxy-ebpf",
+            "--bin",
+            OBJECT,
+            "--target",
+            BPF_TARGET,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let output = cmd.output().unwrap_or_else(|e| fail(&format!("running cargo for the eBPF crate: {e}")));
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| fail(&format!("running cargo for the eBPF crate: {e}")));
     if !output.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-        fail(&format!("building the eBPF crate with {} failed (compiler output above)", route.describe()));
+        fail(&format!(
+            "building the eBPF crate with {} failed (compiler output above)",
+            route.describe()
+        ));
     }
     target_dir.join(BPF_TARGET).join("release").join(OBJECT)
 }

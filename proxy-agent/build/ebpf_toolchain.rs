@@ -30,7 +30,10 @@ pub enum Route {
 impl Route {
     pub fn describe(&self) -> String {
         match self {
-            Route::Debian { rustc } => format!("Debian rustc ({}) with prebuilt core for {BPF_TARGET}", rustc.display()),
+            Route::Debian { rustc } => format!(
+                "Debian rustc ({}) with prebuilt core for {BPF_TARGET}",
+                rustc.display()
+            ),
             Route::RustupNightly => "rustup nightly with rust-src (-Z build-std=core)".to_string(),
         }
     }
@@ -39,7 +42,9 @@ impl Route {
 /// The route this machine supports, or a one-line reason why none is ready.
 pub fn detect_route() -> Result<Route, String> {
     if debian_core_present(Path::new("/usr/lib/rustlib")) && Path::new(DEBIAN_RUSTC).exists() {
-        return Ok(Route::Debian { rustc: PathBuf::from(DEBIAN_RUSTC) });
+        return Ok(Route::Debian {
+            rustc: PathBuf::from(DEBIAN_RUSTC),
+        });
     }
     if rustup_nightly_has_rust_src() {
         return Ok(Route::RustupNightly);
@@ -65,14 +70,19 @@ pub fn debian_core_present(rustlib: &Path) -> bool {
 }
 
 fn rustup_nightly_has_rust_src() -> bool {
-    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output() else {
+    let Ok(out) = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
+    else {
         return false;
     };
     if !out.status.success() {
         return false;
     }
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").exists()
+    Path::new(&sysroot)
+        .join("lib/rustlib/src/rust/library/core")
+        .exists()
 }
 
 /// Path of bpf-linker, looked up on PATH and in ~/.cargo/bin (cargo install's default).
@@ -86,5 +96,7 @@ pub fn find_bpf_linker() -> Option<PathBuf> {
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
-    dirs.into_iter().map(|d| d.join("bpf-linker")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("bpf-linker"))
+        .find(|p| p.is_file())
 }

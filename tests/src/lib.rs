@@ -1,1 +1,5 @@
-//! Shared helpers for the privileged tests.
+//! Shared helpers for the privileged tests: privilege checks, crafted packets, the datapath under test.
+
+pub mod datapath;
+pub mod packet;
+pub mod privilege;

@@ -1,0 +1,81 @@
+//! Command line: `run` starts the node agent; the other commands inspect a running one.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9970";
+
+#[derive(Parser)]
+#[command(
+    name = "proxy-agent",
+    version,
+    about = "strait: eBPF service proxy and NetworkPolicy agent"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the node agent: load and attach the datapath, then keep it in step with the cluster.
+    Run(RunArgs),
+    /// What the running agent on this node has attached, its sync state and packet counters.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Name of the Node object this agent serves (in a DaemonSet: from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node: String,
+    /// Standalone mode: read Kubernetes objects from this YAML file or directory instead of an API server.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// Directory on the BPF filesystem where maps are pinned.
+    #[arg(long, default_value = "/sys/fs/bpf/strait")]
+    pub bpffs_root: PathBuf,
+    /// cgroup v2 directory whose sockets the socket-level hooks will serve (never the machine's root by
+    /// default in tests; in a DaemonSet, the host's cgroup2 root).
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Node devices for the XDP program; default: the interfaces that carry the Node's addresses.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Address of the admin endpoint (/status, /healthz).
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Admin endpoint of the agent to ask.
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => crate::daemon::run(args),
+        Command::Status(args) => crate::status::print(&args),
+    }
+}
+
+/// Writes command output; a closed pipe (`status | head`) ends the command quietly instead of panicking.
+pub fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

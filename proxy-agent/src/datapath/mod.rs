@@ -1,0 +1,10 @@
+//! The kernel side as the agent sees it: the loaded object, its pinned maps and where programs are
+//! attached. This module and its children are the only code that calls aya.
+
+pub mod attach;
+pub mod bpffs;
+pub mod loader;
+pub mod stats;
+
+pub use attach::{Attachments, DesiredAttachments};
+pub use loader::Datapath;

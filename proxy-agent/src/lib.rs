@@ -1,0 +1,15 @@
+//! strait node agent: cluster objects in, eBPF datapath state out.
+//!
+//! The binary (`main.rs`) is a thin CLI over this library; the privileged tests in `tests/` use the same
+//! loader to run the embedded programs with BPF_PROG_TEST_RUN.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod daemon;
+pub mod datapath;
+pub mod endpoints;
+pub mod host;
+pub mod snapshot;
+pub mod source;
+pub mod status;

@@ -1,0 +1,197 @@
+//! Standalone source: Kubernetes objects from YAML files (one file or every `*.yaml`/`*.yml`/`*.json` in a
+//! directory), re-read when a file changes. An object the agent cannot use is reported with its
+//! kind/namespace/name and skipped; the rest keeps working.
+
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::snapshot::Snapshot;
+
+/// A problem with one object or document; reported, then skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub file: PathBuf,
+    pub object: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.file.display(), self.object, self.reason)
+    }
+}
+
+/// Files to read, in a stable order.
+pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading manifests directory {}", path.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// A cheap fingerprint of the files (names, sizes, mtimes): when it changes, the snapshot is re-read.
+pub fn fingerprint(path: &Path) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>> {
+    Ok(manifest_files(path)?
+        .into_iter()
+        .filter_map(|p| {
+            let meta = std::fs::metadata(&p).ok()?;
+            Some((p, meta.len(), meta.modified().ok()))
+        })
+        .collect())
+}
+
+pub fn load(path: &Path) -> Result<(Snapshot, Vec<Rejected>)> {
+    let mut snapshot = Snapshot::default();
+    let mut rejected = Vec::new();
+    for file in manifest_files(path)? {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        parse_into(&text, &file, &mut snapshot, &mut rejected);
+    }
+    Ok((snapshot, rejected))
+}
+
+/// Adds every object of a multi-document YAML text to `snapshot`.
+pub fn parse_into(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &mut Vec<Rejected>) {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match serde_yaml::Value::deserialize(document) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                rejected.push(Rejected {
+                    file: file.to_path_buf(),
+                    object: format!("document {}", index + 1),
+                    reason: format!("not valid YAML: {e}"),
+                });
+                continue;
+            }
+        };
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
+        let name = object_name(&value, &kind, index);
+        let result = match kind.as_str() {
+            "Node" => push(value, &mut snapshot.nodes),
+            "Namespace" => push(value, &mut snapshot.namespaces),
+            "Pod" => push(value, &mut snapshot.pods),
+            "Service" => push(value, &mut snapshot.services),
+            "EndpointSlice" => push(value, &mut snapshot.endpoint_slices),
+            "NetworkPolicy" => push(value, &mut snapshot.network_policies),
+            "List" => {
+                // `kubectl get -o yaml` output: a List whose items are objects.
+                if let Some(serde_yaml::Value::Sequence(items)) = value.get("items") {
+                    for item in items {
+                        let doc = serde_yaml::to_string(item).unwrap_or_default();
+                        parse_into(&doc, file, snapshot, rejected);
+                    }
+                }
+                Ok(())
+            }
+            "" => Err("field kind is missing".to_string()),
+            other => Err(format!("kind {other} is not one the agent reads")),
+        };
+        if let Err(reason) = result {
+            rejected.push(Rejected {
+                file: file.to_path_buf(),
+                object: name,
+                reason,
+            });
+        }
+    }
+}
+
+fn push<T: serde::de::DeserializeOwned>(value: serde_yaml::Value, into: &mut Vec<T>) -> Result<(), String> {
+    serde_yaml::from_value(value)
+        .map(|o| into.push(o))
+        .map_err(|e| e.to_string())
+}
+
+fn object_name(value: &serde_yaml::Value, kind: &str, index: usize) -> String {
+    let meta = value.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str());
+    let ns = meta.and_then(|m| m.get("namespace")).and_then(|n| n.as_str());
+    match (name, ns) {
+        (Some(n), Some(ns)) => format!("{kind} {ns}/{n}"),
+        (Some(n), None) => format!("{kind} {n}"),
+        _ => format!(
+            "{} (document {})",
+            if kind.is_empty() { "object" } else { kind },
+            index + 1
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 192.168.50.10}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: app, labels: {app: web}}
+spec: {nodeName: node-a, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg, namespace: app}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: broken, namespace: app}
+spec: {containers: "not a list"}
+"#;
+
+    #[test]
+    fn reads_known_kinds_and_reports_the_rest_by_name() {
+        let mut snapshot = Snapshot::default();
+        let mut rejected = Vec::new();
+        parse_into(OBJECTS, Path::new("objects.yaml"), &mut snapshot, &mut rejected);
+        assert_eq!(snapshot.nodes.len(), 1);
+        assert_eq!(snapshot.pods.len(), 1);
+        assert_eq!(snapshot.pods[0].metadata.name.as_deref(), Some("web"));
+        assert_eq!(rejected.len(), 2, "{rejected:?}");
+        assert_eq!(rejected[0].object, "ConfigMap app/cfg");
+        assert!(rejected[0].reason.contains("ConfigMap"));
+        assert_eq!(rejected[1].object, "Pod app/broken");
+        assert!(
+            rejected[1].reason.contains("containers"),
+            "{}",
+            rejected[1].reason
+        );
+    }
+
+    #[test]
+    fn a_broken_document_does_not_hide_the_others() {
+        let text = "kind: Node\nmetadata: {name: a}\n---\n: : :\n---\nkind: Node\nmetadata: {name: b}\n";
+        let mut snapshot = Snapshot::default();
+        let mut rejected = Vec::new();
+        parse_into(text, Path::new("f.yaml"), &mut snapshot, &mut rejected);
+        assert_eq!(snapshot.nodes.len(), 2, "{rejected:?}");
+        assert_eq!(rejected.len(), 1);
+    }
+}
