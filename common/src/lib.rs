@@ -5,6 +5,8 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+pub mod lb;
+pub mod net;
 pub mod stats;
 
 /// Project name; also the directory under the BPF filesystem where maps are pinned.
@@ -14,6 +16,9 @@ pub const PROJECT: &str = "strait";
 /// A layout change gets a new suffix so an old pinned map is never read with the new layout.
 pub mod map_names {
     pub const PROG_STATS: &str = "STRAIT_PROG_STATS_V1";
+    pub const LB4_SERVICES: &str = "STRAIT_LB4_SERVICES_V1";
+    pub const LB4_BACKENDS: &str = "STRAIT_LB4_BACKENDS_V1";
+    pub const LB4_REVNAT: &str = "STRAIT_LB4_REVNAT_V1";
 }
 
 /// Names of the programs in the object file.

@@ -1,0 +1,95 @@
+//! Service load-balancing maps (Cilium's slot layout, which we found the clearest):
+//! - `LB4_SERVICES`: (VIP, port, proto, scope, slot) → service. Slot 0 is the frontend (backend count,
+//!   rev-NAT id, flags); slots 1..=count hold backend ids, so picking a backend is one more lookup.
+//! - `LB4_BACKENDS`: backend id → address, port, flags.
+//! - `LB4_REVNAT`: rev-NAT id → the VIP:port replies must appear to come from.
+
+use crate::net::{Be16, Be32};
+
+/// `scope` of an `Lb4Key`: the lookup for traffic from outside the node (eTP) vs inside (iTP).
+pub const SCOPE_EXTERNAL: u8 = 0;
+pub const SCOPE_INTERNAL: u8 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb4Key {
+    pub addr: Be32,
+    pub port: Be16,
+    /// 0 = the frontend entry; 1..=count = backend slots.
+    pub slot: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Service flags (`Lb4Service::flags`).
+pub mod svc_flags {
+    /// sessionAffinity: ClientIP.
+    pub const AFFINITY: u16 = 1 << 0;
+    /// No usable endpoint: refuse the client (TCP RST / ICMP port unreachable) as kube-proxy's REJECT.
+    pub const REJECT: u16 = 1 << 1;
+    /// The scope-internal entry exists (internalTrafficPolicy Local / topology-restricted set).
+    pub const HAS_INTERNAL_SCOPE: u16 = 1 << 2;
+    pub const NODEPORT: u16 = 1 << 3;
+    pub const EXTERNAL_IP: u16 = 1 << 4;
+    pub const LOADBALANCER: u16 = 1 << 5;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4Service {
+    /// In a backend slot: the backend id. In the frontend (slot 0): unused.
+    pub backend_id: u32,
+    /// Frontend: number of backend slots.
+    pub count: u16,
+    /// Frontend: rev-NAT id, so replies are rewritten back to this VIP:port.
+    pub rev_nat: u16,
+    pub flags: u16,
+    pub _pad: u16,
+    /// sessionAffinity timeout in seconds (0 = no affinity).
+    pub affinity_timeout: u32,
+}
+
+/// Backend flags (`Backend4::flags`).
+pub mod backend_flags {
+    /// The backend runs on this node.
+    pub const LOCAL: u8 = 1 << 0;
+    /// Serving but terminating: used only when no ready backend exists (KEP-1669).
+    pub const TERMINATING: u8 = 1 << 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend4 {
+    pub addr: Be32,
+    pub port: Be16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNat4 {
+    pub addr: Be32,
+    pub port: Be16,
+    pub _pad: u16,
+}
+
+pub const MAX_SERVICE_ENTRIES: u32 = 262_144;
+pub const MAX_BACKENDS: u32 = 131_072;
+pub const MAX_REVNAT: u32 = 65_535;
+
+const _: () = assert!(core::mem::size_of::<Lb4Key>() == 12);
+const _: () = assert!(core::mem::size_of::<Lb4Service>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend4>() == 8);
+const _: () = assert!(core::mem::size_of::<RevNat4>() == 8);
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    #![allow(unsafe_code, reason = "aya::Pod for repr(C) types whose padding is spelled out")]
+    use super::*;
+    unsafe impl aya::Pod for Lb4Key {}
+    unsafe impl aya::Pod for Lb4Service {}
+    unsafe impl aya::Pod for Backend4 {}
+    unsafe impl aya::Pod for RevNat4 {}
+}
