@@ -1,0 +1,124 @@
+//! `cargo xtask lab`: a Kubernetes-like cluster made of network namespaces, built from one YAML file of
+//! standard Kubernetes objects, with real traffic (`probe`, `matrix`) and an agent per node.
+//! See docs in ARCHITECTURE.md ("The lab") and LAB.md (the `--json` shapes, a contract).
+//!
+//! Module map: `spec` parses and validates the file, `plan` names and addresses things (pure),
+//! `layout` turns a cluster into the `state` to build, `topology` wires netns/veths/routes, `pods`
+//! adds and removes pods with their responders, `agents` starts the node agents, `manifests` and
+//! `endpoints` write what the agents read, `probe`/`matrix` send traffic, `down` removes everything.
+
+mod agents;
+mod apply;
+mod cgroup;
+mod down;
+mod endpoints;
+mod layout;
+mod manifests;
+mod matrix;
+mod netns;
+mod plan;
+mod pods;
+mod probe;
+mod process;
+pub mod responder;
+mod spec;
+mod state;
+mod status;
+mod topology;
+mod up;
+
+use std::{ffi::OsString, path::PathBuf};
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use state::Paths;
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Lab name: prefix of everything the lab creates (`strait-<name>-…`), so labs never collide.
+    #[arg(long, global = true, env = "STRAIT_LAB", default_value = "lab")]
+    pub name: String,
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Validate FILE, then build the lab: segment, nodes, pods, external client, responders, agents.
+    Up(up::UpArgs),
+    /// Add or change objects of a running lab (pods are built, rebuilt or kept as needed).
+    Apply(apply::FileArgs),
+    /// Remove the objects of FILE from a running lab (pods are torn down).
+    Delete(apply::FileArgs),
+    /// Send real traffic from a pod, node or the external client and report who answered.
+    Probe(probe::ProbeArgs),
+    /// Every pod to every pod on one port: `.` allowed, `X` denied.
+    Matrix(matrix::MatrixArgs),
+    /// Remove everything the lab created (also after a crash). Idempotent.
+    Down(JsonArgs),
+    /// What exists: netns, nodes, pods, and whether their processes run.
+    Status(JsonArgs),
+    /// Run a command in a netns of the lab: `node/NAME` (or NAME), `ns/pod` (or a unique pod name),
+    /// `external` or `segment`. Node and pod commands also join that node's or pod's cgroup.
+    Exec(ExecArgs),
+    /// Internal: enter a netns and cgroup, start a session, exec the command (for lab processes).
+    #[command(hide = true)]
+    SpawnIn(SpawnArgs),
+    /// Internal: run probe jobs (JSON on stdin) inside a netns.
+    #[command(hide = true)]
+    ProbeWorker(probe::WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// One JSON document on stdout; human text goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    pub target: String,
+    #[arg(last = true, required = true)]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct SpawnArgs {
+    #[arg(long)]
+    pub netns: String,
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    #[arg(last = true, required = true)]
+    pub command: Vec<OsString>,
+}
+
+pub fn run(args: LabArgs) -> Result<()> {
+    plan::check_lab_name(&args.name)?;
+    let paths = Paths::new(&args.name);
+    match args.command {
+        LabCommand::Up(a) => up::command(&paths, a),
+        LabCommand::Apply(a) => apply::command(&paths, a, apply::Mode::Apply),
+        LabCommand::Delete(a) => apply::command(&paths, a, apply::Mode::Delete),
+        LabCommand::Probe(a) => probe::command(&paths, a),
+        LabCommand::Matrix(a) => matrix::command(&paths, a),
+        LabCommand::Down(a) => down::command(&paths, a.json),
+        LabCommand::Status(a) => status::command(&paths, a.json),
+        LabCommand::Exec(a) => status::exec(&paths, &a.target, &a.command),
+        LabCommand::SpawnIn(a) => process::enter_and_exec(&a.netns, a.cgroup.as_deref(), true, &a.command),
+        LabCommand::ProbeWorker(a) => probe::worker(a),
+    }
+}
+
+/// Prints a command's result: with `--json`, the JSON document on stdout and the human text on
+/// stderr; without, the human text on stdout.
+pub(crate) fn output<T: serde::Serialize>(json: bool, human: &str, value: &T) -> Result<()> {
+    if json {
+        eprint!("{human}");
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{human}");
+    }
+    Ok(())
+}

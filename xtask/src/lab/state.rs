@@ -1,0 +1,177 @@
+//! What a running lab is made of, kept in `/run/strait/labs/<lab>/state.json`. Every command other than
+//! `up` starts from it; `down` also works without it (it finds leftovers by name prefix).
+//!
+//! State dir layout:
+//! ```text
+//! /run/strait/labs/<lab>/
+//!   state.json             this file: nodes, pods, netns names, veths, pids
+//!   manifests/objects.yaml the lab's objects, what the agents read (replaced atomically)
+//!   logs/<what>.log        one per responder (`pod-<key>`) and agent (`agent-<node>`)
+//!   pids/<what>.pid        the same names
+//!   ready/<key>            a responder writes it once all its sockets are bound
+//! ```
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::spec::PortInfo;
+
+pub const LABS_DIR: &str = "/run/strait/labs";
+pub const CGROUP2: &str = "/sys/fs/cgroup/unified";
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub lab: String,
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    pub fn new(lab: &str) -> Paths {
+        Paths {
+            lab: lab.to_string(),
+            dir: Path::new(LABS_DIR).join(lab),
+        }
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+    pub fn log(&self, what: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{what}.log"))
+    }
+    pub fn pid(&self, what: &str) -> PathBuf {
+        self.dir.join("pids").join(format!("{what}.pid"))
+    }
+    pub fn ready(&self, key: &str) -> PathBuf {
+        self.dir.join("ready").join(key)
+    }
+    /// The lab's cgroup v2 subtree: `<lab>/<node>/host` and `<lab>/<node>/pods/<pod key>` under it.
+    pub fn cgroup_root(&self) -> PathBuf {
+        Path::new(CGROUP2).join(format!("strait-{}", self.lab))
+    }
+    pub fn node_cgroup(&self, node: &str) -> PathBuf {
+        self.cgroup_root().join(node).join("host")
+    }
+    pub fn pod_cgroup(&self, node: &str, key: &str) -> PathBuf {
+        self.cgroup_root().join(node).join("pods").join(key)
+    }
+    pub fn bpffs_root(&self, node: &str) -> PathBuf {
+        Path::new(BPFFS)
+            .join("strait")
+            .join(format!("{}-{node}", self.lab))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub segment_netns: String,
+    /// The node segment, e.g. `10.0.0.0/24`.
+    pub subnet: String,
+    pub nodes: Vec<NodeState>,
+    pub pods: Vec<PodState>,
+    pub external: ExternalState,
+    /// Agent binary when agents run; `None` after `up --no-agent`.
+    pub agent_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    pub pod_cidr: Option<String>,
+    pub cgroup: PathBuf,
+    pub bpffs_root: PathBuf,
+    pub agent_pid: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodState {
+    /// `namespace/name`
+    pub name: String,
+    pub namespace: String,
+    pub pod: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    pub host_veth: String,
+    /// Short unique key: netns suffix, cgroup, log and pid file name.
+    pub key: String,
+    pub cgroup: PathBuf,
+    pub ports: Vec<PortInfo>,
+    pub responder_pid: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExternalState {
+    pub netns: String,
+    pub ip: Ipv4Addr,
+}
+
+impl State {
+    pub fn load(paths: &Paths) -> Result<State> {
+        let text = std::fs::read_to_string(paths.state()).with_context(|| {
+            format!(
+                "lab {:?} is not up (no {}); start it with `lab up FILE`",
+                paths.lab,
+                paths.state().display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("reading {}", paths.state().display()))
+    }
+
+    pub fn save(&self, paths: &Paths) -> Result<()> {
+        write_atomically(&paths.state(), serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// A pod by `ns/name`, or by bare name when that is unique in the lab.
+    pub fn pod(&self, name: &str) -> Result<&PodState> {
+        if name.contains('/') {
+            return self
+                .pods
+                .iter()
+                .find(|p| p.name == name)
+                .with_context(|| format!("no pod {name} in the lab"));
+        }
+        let found: Vec<&PodState> = self.pods.iter().filter(|p| p.pod == name).collect();
+        match found.as_slice() {
+            [one] => Ok(one),
+            [] => anyhow::bail!("no pod named {name} in the lab"),
+            many => anyhow::bail!(
+                "pod name {name} is ambiguous ({}); say namespace/name",
+                many.iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+/// Readers (agents, other commands) never see a half-written file: write a temporary, then rename.
+/// The temporary's name does not end in `.yaml`, so an agent reading the directory skips it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("path without a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .context("path without a file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}

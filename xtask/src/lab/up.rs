@@ -1,0 +1,119 @@
+//! `lab up FILE`: validate everything first, then build; a failure midway removes what was built.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::{
+    agents, cgroup, down, layout, manifests, netns, plan, pods, spec,
+    state::{Paths, State},
+    topology,
+};
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Multi-document YAML of Node, Namespace, Pod, Service, EndpointSlice, NetworkPolicy objects.
+    pub file: PathBuf,
+    /// Agent binary (default: proxy-agent next to xtask, built first when run through cargo).
+    #[arg(long, conflicts_with = "no_agent")]
+    pub agent_bin: Option<PathBuf>,
+    /// Build the lab without agents (plain routing between pods).
+    #[arg(long)]
+    pub no_agent: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn command(paths: &Paths, args: UpArgs) -> Result<()> {
+    let leftovers = netns::list(&plan::prefix(&paths.lab));
+    if paths.dir.exists() || !leftovers.is_empty() {
+        bail!(
+            "lab {:?} already exists (or was left over): run `lab down --name {}` first",
+            paths.lab,
+            paths.lab
+        );
+    }
+    let text =
+        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let cluster =
+        spec::validate(spec::parse(&text).with_context(|| format!("{} is refused", args.file.display()))?)?;
+    let mut state = layout::layout(paths, &cluster, None)?;
+    let agent_bin = if args.no_agent {
+        None
+    } else {
+        Some(agents::resolve_bin(args.agent_bin)?)
+    };
+
+    eprintln!(
+        "building lab {}: {} nodes, {} pods, node subnet {}",
+        paths.lab,
+        state.nodes.len(),
+        state.pods.len(),
+        state.subnet
+    );
+    if let Err(e) = build(paths, &mut state, &cluster, agent_bin.as_deref()) {
+        eprintln!("lab up failed, removing what was built");
+        if let Err(e2) = down::teardown(paths) {
+            eprintln!("  teardown also failed: {e2:#}");
+        }
+        return Err(e.context(format!("lab {} was not built", paths.lab)));
+    }
+    super::output(args.json, &human(&state), &state)
+}
+
+fn build(
+    paths: &Paths,
+    state: &mut State,
+    cluster: &spec::Cluster,
+    agent_bin: Option<&std::path::Path>,
+) -> Result<()> {
+    std::fs::create_dir_all(&paths.dir).with_context(|| format!("creating {}", paths.dir.display()))?;
+    // Saved before anything runs, so `down` finds pids and names even if this process dies midway.
+    state.save(paths)?;
+    agents::ensure_bpffs()?;
+    topology::build(state)?;
+    for n in &state.nodes {
+        cgroup::create(&n.cgroup)?;
+    }
+    manifests::write_user_objects(paths, &cluster.objects)?;
+    manifests::write(paths, &cluster.objects)?;
+    let all: Vec<String> = state.pods.iter().map(|p| p.name.clone()).collect();
+    pods::start_all(paths, state, &all)?;
+    state.save(paths)?;
+    if let Some(bin) = agent_bin {
+        agents::start_all(paths, state, bin)?;
+        state.save(paths)?;
+    }
+    Ok(())
+}
+
+pub fn human(state: &State) -> String {
+    let mut s = format!(
+        "lab {} is up (state in {})\n",
+        state.name,
+        state.state_dir.display()
+    );
+    s.push_str(&format!("  segment {} ({})\n", state.segment_netns, state.subnet));
+    for n in &state.nodes {
+        let agent = n
+            .agent_pid
+            .map(|p| format!("agent pid {p}"))
+            .unwrap_or_else(|| "no agent".into());
+        s.push_str(&format!(
+            "  node {:<12} {:<15} {}  {agent}\n",
+            n.name, n.ip, n.netns
+        ));
+    }
+    for p in &state.pods {
+        s.push_str(&format!(
+            "  pod  {:<20} {:<15} on {:<10} {} ({})\n",
+            p.name, p.ip, p.node, p.netns, p.host_veth
+        ));
+    }
+    s.push_str(&format!(
+        "  external {} {}\n",
+        state.external.ip, state.external.netns
+    ));
+    s
+}
