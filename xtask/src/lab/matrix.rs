@@ -40,6 +40,8 @@ pub struct Matrix {
     pub protocol: Proto,
     /// Columns: the pods serving port/protocol.
     pub pods: Vec<String>,
+    /// Rows (sources): every pod, in the lab's order.
+    pub sources: Vec<String>,
     /// source -> destination -> `allowed` | `denied`
     pub results: BTreeMap<String, BTreeMap<String, String>>,
     /// source -> destination -> the pod that answered (allowed cells only).
@@ -94,6 +96,7 @@ pub fn command(paths: &Paths, args: MatrixArgs) -> Result<()> {
         port,
         protocol: args.proto,
         pods: columns.iter().map(|p| p.name.clone()).collect(),
+        sources: state.pods.iter().map(|p| p.name.clone()).collect(),
         results: BTreeMap::new(),
         answered_by: BTreeMap::new(),
         errors: BTreeMap::new(),
@@ -163,14 +166,14 @@ pub fn command(paths: &Paths, args: MatrixArgs) -> Result<()> {
 
 /// The human table: sources down, destinations across, `.` allowed, `X` denied, `E` lab error.
 pub fn render(m: &Matrix) -> String {
-    let rows: Vec<&String> = m.results.keys().collect();
-    let width = rows
+    let rows: Vec<&String> = m.sources.iter().filter(|r| m.results.contains_key(*r)).collect();
+    let width = m
+        .sources
         .iter()
-        .chain(m.pods.iter().collect::<Vec<_>>().iter())
-        .map(|s| s.len())
+        .chain(&m.pods)
+        .map(String::len)
         .max()
-        .unwrap_or(1)
-        .max(1);
+        .unwrap_or(1);
     let mut s = format!("{}/{}: . allowed, X denied\n", m.port, m.protocol);
     s.push_str(&format!("{:width$}", "-"));
     for c in &m.pods {
@@ -219,6 +222,7 @@ mod tests {
             port: 80,
             protocol: Proto::Tcp,
             pods: vec!["x/a".into(), "x/b".into()],
+            sources: vec!["x/a".into(), "x/b".into()],
             results,
             answered_by: BTreeMap::new(),
             errors: BTreeMap::new(),

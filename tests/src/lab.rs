@@ -1,0 +1,178 @@
+//! Driving `xtask lab` from tests: the xtask binary runs as a subprocess with a lab name unique to the
+//! test process, and `lab down` runs when the handle is dropped (also when the test panics), so a
+//! failure never leaks network namespaces.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+use crate::privilege;
+
+/// The workspace root (this crate lives in `<workspace>/tests`).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// `STRAIT_XTASK_BIN`, else `<workspace>/target/release/xtask`.
+pub fn xtask_bin() -> PathBuf {
+    let bin = std::env::var_os("STRAIT_XTASK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/xtask"));
+    assert!(
+        bin.is_file(),
+        "no xtask binary at {} (run `cargo build --release -p xtask`, or set STRAIT_XTASK_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A lab test needs root, network namespaces, iproute2 and cgroup2 at /sys/fs/cgroup/unified. When one
+/// is missing it fails under CI=true and is skipped (one line on stderr) elsewhere.
+pub fn require_privileges(what: &str) -> bool {
+    if !privilege::require(what) {
+        return false;
+    }
+    let missing = if !Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        Some("cgroup2 is not mounted at /sys/fs/cgroup/unified")
+    } else if Command::new("ip")
+        .arg("-V")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        Some("iproute2 (`ip`) is not installed")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if privilege::in_ci() => panic!("{what}: CI=true but the lab cannot run: {why}"),
+        Some(why) => {
+            eprintln!("skipping {what}: {why}");
+            false
+        }
+    }
+}
+
+/// A lab of this test process. Dropping it runs `lab down`.
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    /// `t<pid><tag>`: unique per test process, and per test within it through `tag`.
+    pub fn new(tag: &str) -> Lab {
+        Lab {
+            name: format!("t{}{tag}", std::process::id()),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(xtask_bin())
+            .args(["lab", "--name", &self.name])
+            .args(args)
+            .current_dir(workspace())
+            .env_remove("STRAIT_LAB")
+            .output()
+            .expect("running xtask")
+    }
+
+    /// Runs a `--json` command that must succeed and returns its JSON document.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "xtask lab {} failed ({}):\n{stderr}",
+            args.join(" "),
+            out.status
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "xtask lab {}: stdout is not one JSON document ({e}):\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `lab up FILE --no-agent --json`, FILE relative to the workspace.
+    pub fn up_without_agents(&self, file: &str) -> Value {
+        self.json(&["up", file, "--no-agent", "--json"])
+    }
+
+    pub fn down(&self) -> Value {
+        self.json(&["down", "--json"])
+    }
+
+    fn prefix(&self) -> String {
+        format!("strait-{}-", self.name)
+    }
+
+    /// Named netns of this lab.
+    pub fn netns(&self) -> Vec<String> {
+        let prefix = self.prefix();
+        std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    }
+
+    /// Everything of this lab still on the machine: netns, bpffs pins, cgroups, state dir.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = self.netns();
+        let pin_prefix = format!("{}-", self.name);
+        out.extend(
+            std::fs::read_dir("/sys/fs/bpf/strait")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&pin_prefix))
+                .map(|e| e.path().display().to_string()),
+        );
+        for dir in [
+            format!("/sys/fs/cgroup/unified/strait-{}", self.name),
+            format!("/run/strait/labs/{}", self.name),
+        ] {
+            if Path::new(&dir).exists() {
+                out.push(dir);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = self.run(&["down"]);
+        if !out.status.success() {
+            eprintln!(
+                "lab down {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// `doc[a][b]...` as a string (numbers index arrays), with a readable panic when it is missing.
+pub fn text<'a>(doc: &'a Value, path: &[&str]) -> &'a str {
+    let mut v = doc;
+    for p in path {
+        v = match (v, p.parse::<usize>()) {
+            (Value::Array(a), Ok(i)) => a.get(i).unwrap_or(&Value::Null),
+            _ => &v[*p],
+        };
+    }
+    v.as_str()
+        .unwrap_or_else(|| panic!("no string at {path:?} in {doc:#}"))
+}
