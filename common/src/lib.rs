@@ -5,8 +5,11 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+pub mod affinity;
+pub mod ct;
 pub mod lb;
 pub mod net;
+pub mod policy;
 pub mod stats;
 
 /// Project name; also the directory under the BPF filesystem where maps are pinned.
@@ -19,6 +22,8 @@ pub mod map_names {
     pub const LB4_SERVICES: &str = "STRAIT_LB4_SERVICES_V1";
     pub const LB4_BACKENDS: &str = "STRAIT_LB4_BACKENDS_V1";
     pub const LB4_REVNAT: &str = "STRAIT_LB4_REVNAT_V1";
+    pub const CT4: &str = "STRAIT_CT4_V1";
+    pub const LB4_AFFINITY: &str = "STRAIT_LB4_AFFINITY_V1";
 }
 
 /// Names of the programs in the object file.

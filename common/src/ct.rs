@@ -1,0 +1,64 @@
+//! Connection tracking for translated flows.
+//!
+//! Two entries per service connection, both keyed by a tuple exactly as it appears on the wire:
+//! - forward: client → VIP (before DNAT), value names the chosen backend, so an open connection keeps it;
+//! - reply: backend → client (after DNAT), value names the rev-NAT id, so the reply's source is
+//!   rewritten back to VIP:port.
+//! Field names say what they hold in the direction the key describes; nothing is "reversed".
+
+use crate::net::{Be16, Be32};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CtKey4 {
+    pub saddr: Be32,
+    pub daddr: Be32,
+    pub sport: Be16,
+    pub dport: Be16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+pub mod ct_flags {
+    /// Entry for the client → VIP direction.
+    pub const FORWARD: u16 = 1 << 0;
+    /// Entry for the backend → client direction.
+    pub const REPLY: u16 = 1 << 1;
+    /// TCP: a FIN was seen (the sweeper expires such entries quickly).
+    pub const SEEN_FIN: u16 = 1 << 2;
+    /// TCP: a RST was seen.
+    pub const SEEN_RST: u16 = 1 << 3;
+    /// The reply direction has carried a packet (TCP: the connection was answered).
+    pub const SEEN_REPLY: u16 = 1 << 4;
+    /// The client's source was rewritten (hairpin: a backend reaching its own Service).
+    pub const SNAT: u16 = 1 << 5;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry4 {
+    pub backend_id: u32,
+    pub rev_nat: u16,
+    pub flags: u16,
+    /// bpf_ktime_get_ns() of the last packet; the userspace sweeper expires by protocol and state.
+    pub last_seen_ns: u64,
+    /// Hairpin: the address the client's source was rewritten to (so the reply can be restored).
+    pub orig_saddr: Be32,
+    pub _pad: u32,
+}
+
+pub const MAX_CT_ENTRIES: u32 = 262_144;
+
+const _: () = assert!(core::mem::size_of::<CtKey4>() == 16);
+const _: () = assert!(core::mem::size_of::<CtEntry4>() == 24);
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    #![allow(
+        unsafe_code,
+        reason = "aya::Pod for repr(C) types whose padding is spelled out"
+    )]
+    use super::*;
+    unsafe impl aya::Pod for CtKey4 {}
+    unsafe impl aya::Pod for CtEntry4 {}
+}

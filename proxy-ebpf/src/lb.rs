@@ -1,0 +1,196 @@
+//! East-west service load balancing on a pod's host veth: service lookup, backend pick, DNAT on the
+//! way out of the pod; reverse NAT of replies on the way in.
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use common::{
+    affinity::{AffinityKey4, AffinityValue},
+    ct::{CtKey4, ct_flags},
+    lb::{Backend4, Lb4Key, Lb4Service, SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags},
+    net::{Be16, Be32},
+};
+use aya_ebpf::programs::TcContext;
+
+use crate::{
+    ct,
+    maps::{
+        STRAIT_LB4_AFFINITY_V1 as AFFINITY, STRAIT_LB4_BACKENDS_V1 as BACKENDS,
+        STRAIT_LB4_REVNAT_V1 as REVNAT, STRAIT_LB4_SERVICES_V1 as SERVICES,
+    },
+    nat::{self, End},
+    parse::Ipv4Flow,
+};
+
+/// Source address a backend sees when it reaches its own Service and is picked: a pod would drop a
+/// packet arriving with its own address as source (martian), so hairpin flows are SNATed to this
+/// link-local address, which no pod or node owns.
+pub const HAIRPIN_ADDR: u32 = u32::from_ne_bytes([169, 254, 42, 1]);
+
+pub enum Outcome {
+    /// Not a service flow, or translated in place: continue.
+    Pass,
+    /// Translated, and must be sent back out of the interface it came from (hairpin).
+    RedirectBack,
+    /// Service without usable endpoints: refuse the client.
+    Reject,
+    Drop,
+}
+
+#[inline(always)]
+fn service(addr: u32, port: u16, proto: u8, scope: u8, slot: u16) -> Option<&'static Lb4Service> {
+    let key = Lb4Key { addr: Be32::from_raw(addr), port: Be16::from_raw(port), slot, proto, scope, _pad: [0; 2] };
+    // SAFETY: read-only use of a map value.
+    unsafe { SERVICES.get(&key) }
+}
+
+#[inline(always)]
+fn backend(id: u32) -> Option<&'static Backend4> {
+    // SAFETY: read-only use of a map value.
+    unsafe { BACKENDS.get(&id) }
+}
+
+/// Packets a pod sends (tc ingress of its host veth).
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
+    if flow.later_fragment || !nat::has_ports(flow.proto) {
+        return Outcome::Pass;
+    }
+    if flow.daddr == HAIRPIN_ADDR {
+        return hairpin_reply(ctx, flow);
+    }
+    let forward = ct::key_of(flow);
+    if let Some(entry) = ct::lookup(&forward) {
+        if entry.flags & ct_flags::FORWARD != 0 {
+            if let Some(be) = backend(entry.backend_id) {
+                let hairpin = entry.flags & ct_flags::SNAT != 0;
+                ct::touch(entry, flow, 0);
+                return translate(ctx, flow, be, hairpin);
+            }
+            // The backend is gone (deleted endpoint): pick again below, so a UDP flow re-balances
+            // at once instead of black-holing until its entry expires.
+        }
+    }
+    let Some(mut svc) = service(flow.daddr, flow.dport, flow.proto, SCOPE_EXTERNAL, 0) else {
+        return Outcome::Pass;
+    };
+    if svc.flags & svc_flags::HAS_INTERNAL_SCOPE != 0 {
+        match service(flow.daddr, flow.dport, flow.proto, SCOPE_INTERNAL, 0) {
+            Some(internal) => svc = internal,
+            None => return Outcome::Drop,
+        }
+    }
+    let scope = if svc.flags & svc_flags::HAS_INTERNAL_SCOPE != 0 { SCOPE_INTERNAL } else { SCOPE_EXTERNAL };
+    if svc.count == 0 {
+        return if svc.flags & svc_flags::REJECT != 0 { Outcome::Reject } else { Outcome::Drop };
+    }
+    let Some((backend_id, be)) = pick(flow, svc, scope) else {
+        return Outcome::Drop;
+    };
+    let hairpin = be.addr.raw() == flow.saddr;
+    let reply = CtKey4 {
+        saddr: be.addr,
+        daddr: Be32::from_raw(if hairpin { HAIRPIN_ADDR } else { flow.saddr }),
+        sport: be.port,
+        dport: Be16::from_raw(flow.sport),
+        proto: flow.proto,
+        _pad: [0; 3],
+    };
+    if ct::create(&forward, &reply, backend_id, svc.rev_nat, hairpin.then_some(flow.saddr)).is_err() {
+        return Outcome::Drop;
+    }
+    translate(ctx, flow, be, hairpin)
+}
+
+#[inline(always)]
+fn translate(ctx: &TcContext, flow: &mut Ipv4Flow, be: &Backend4, hairpin: bool) -> Outcome {
+    if nat::rewrite(ctx, flow, End::Destination, be.addr.raw(), be.port.raw()).is_err() {
+        return Outcome::Drop;
+    }
+    if hairpin {
+        let sport = flow.sport;
+        if nat::rewrite(ctx, flow, End::Source, HAIRPIN_ADDR, sport).is_err() {
+            return Outcome::Drop;
+        }
+        return Outcome::RedirectBack;
+    }
+    Outcome::Pass
+}
+
+/// Backend choice: the client's previous backend under sessionAffinity, else a random slot.
+#[inline(always)]
+fn pick(flow: &Ipv4Flow, svc: &Lb4Service, scope: u8) -> Option<(u32, &'static Backend4)> {
+    let affinity_key = AffinityKey4 { rev_nat: svc.rev_nat, _pad: 0, client: Be32::from_raw(flow.saddr) };
+    let now = ct::now();
+    if svc.flags & svc_flags::AFFINITY != 0 {
+        // SAFETY: read-only use of a map value.
+        if let Some(prev) = unsafe { AFFINITY.get(&affinity_key) } {
+            let fresh = now.saturating_sub(prev.last_used_ns) < u64::from(svc.affinity_timeout) * 1_000_000_000;
+            if fresh && let Some(be) = backend(prev.backend_id) {
+                let id = prev.backend_id;
+                let _ = AFFINITY.insert(&affinity_key, &AffinityValue { backend_id: id, _pad: 0, last_used_ns: now }, 0);
+                return Some((id, be));
+            }
+        }
+    }
+    // `count` is read once: the map value may change under us, and a zero must not reach the modulo.
+    let count = u32::from(svc.count);
+    // SAFETY: helper without preconditions.
+    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(count)? as u16 + 1;
+    let slot_entry = service(flow.daddr, flow.dport, flow.proto, scope, slot)?;
+    let id = slot_entry.backend_id;
+    let be = backend(id)?;
+    if svc.flags & svc_flags::AFFINITY != 0 {
+        let _ = AFFINITY.insert(&affinity_key, &AffinityValue { backend_id: id, _pad: 0, last_used_ns: now }, 0);
+    }
+    Some((id, be))
+}
+
+/// A hairpinned backend answering: restore VIP:port as source and the pod itself as destination, then
+/// send it straight back into the pod.
+#[inline(always)]
+fn hairpin_reply(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
+    let key = ct::key_of(flow);
+    let Some(entry) = ct::lookup(&key) else {
+        return Outcome::Drop;
+    };
+    if entry.flags & ct_flags::REPLY == 0 || entry.flags & ct_flags::SNAT == 0 {
+        return Outcome::Drop;
+    }
+    // SAFETY: read-only use of a map value.
+    let Some(rev) = (unsafe { REVNAT.get(&entry.rev_nat) }) else {
+        return Outcome::Drop;
+    };
+    let orig = entry.orig_saddr.raw();
+    let dport = flow.dport;
+    ct::touch(entry, flow, ct_flags::SEEN_REPLY);
+    if nat::rewrite(ctx, flow, End::Source, rev.addr.raw(), rev.port.raw()).is_err()
+        || nat::rewrite(ctx, flow, End::Destination, orig, dport).is_err()
+    {
+        return Outcome::Drop;
+    }
+    Outcome::RedirectBack
+}
+
+/// Packets delivered to a pod (tc egress of its host veth): replies of translated connections get
+/// their source rewritten back to the VIP:port the client connected to.
+#[inline(always)]
+pub fn to_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
+    if flow.later_fragment || !nat::has_ports(flow.proto) {
+        return Outcome::Pass;
+    }
+    let key = ct::key_of(flow);
+    let Some(entry) = ct::lookup(&key) else {
+        return Outcome::Pass;
+    };
+    if entry.flags & ct_flags::REPLY == 0 || entry.flags & ct_flags::SNAT != 0 {
+        return Outcome::Pass;
+    }
+    // SAFETY: read-only use of a map value.
+    let Some(rev) = (unsafe { REVNAT.get(&entry.rev_nat) }) else {
+        return Outcome::Pass;
+    };
+    ct::touch(entry, flow, ct_flags::SEEN_REPLY);
+    if nat::rewrite(ctx, flow, End::Source, rev.addr.raw(), rev.port.raw()).is_err() {
+        return Outcome::Drop;
+    }
+    Outcome::Pass
+}
