@@ -1,7 +1,18 @@
 //! Project tasks. `cargo xtask <task>`; see README.md.
 #![deny(unsafe_code)]
 
+#[path = "../../proxy-agent/build/ebpf_toolchain.rs"]
+#[allow(dead_code, reason = "shared with proxy-agent's build script, which uses other parts")]
+mod ebpf_toolchain;
 mod lab;
+mod manifests_check;
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Install what building and running needs (idempotent: a second run does nothing and says so).
+    Setup,
+    /// Build the agent (which embeds the eBPF object) and the tools.
+    Build,
+    /// Run every test: lints, unit tests, privileged packet and lab tests.
+    Test(test::TestArgs),
     /// A lab cluster made of network namespaces on this machine.
     Lab(lab::LabArgs),
     /// Internal: the per-pod responder the lab runs inside each pod's namespace.
@@ -24,7 +41,34 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build => build(),
+        Task::Test(args) => test::run(&args),
         Task::Lab(args) => lab::run(args),
         Task::LabResponder(args) => lab::responder::run(args),
     }
+}
+
+fn build() -> anyhow::Result<()> {
+    setup::require_toolchain()?;
+    let status = cargo().args(["build", "--release", "-p", "proxy-agent", "-p", "xtask"]).status()?;
+    anyhow::ensure!(status.success(), "cargo build failed ({status})");
+    eprintln!("built {}", target_dir().join("release/proxy-agent").display());
+    Ok(())
+}
+
+/// The workspace root (xtask sits one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// `cargo` run from the workspace root.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
 }
