@@ -23,7 +23,10 @@ impl TestDatapath {
     pub fn load(name: &str) -> Self {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/strait/test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pin_dir);
-        let datapath = Datapath::load(&pin_dir).unwrap_or_else(|e| panic!("loading the datapath: {e:#}"));
+        let datapath = Datapath::load(&pin_dir).unwrap_or_else(|e| {
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            panic!("loading the datapath: {e:#}")
+        });
         Self { datapath, pin_dir }
     }
 
