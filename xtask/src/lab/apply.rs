@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{
-    layout, manifests, pods,
+    layout, manifests, netns, pods,
     spec::{self, Object},
     state::{Paths, PodState, State},
     topology,
@@ -108,6 +108,10 @@ pub fn command(paths: &Paths, args: FileArgs, mode: Mode) -> Result<()> {
         topology::add_pod(&new, p)?;
     }
     pods::start_all(paths, &mut new, &fresh)?;
+    netns::ip_batch(
+        &new.external.netns,
+        &topology::service_routes(&new, &old.external.service_ips),
+    )?;
     manifests::write_user_objects(paths, &cluster.objects)?;
     manifests::write(paths, &cluster.objects)?;
     new.save(paths)?;

@@ -3,13 +3,16 @@
 //! Given the previous state (on `apply`), pods that stay keep their names and the external client keeps
 //! its address.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::{Result, bail};
 
 use super::{
     plan,
-    spec::Cluster,
+    spec::{Cluster, Object},
     state::{ExternalState, NodeState, Paths, PodState, State},
 };
 
@@ -104,9 +107,34 @@ pub fn layout(paths: &Paths, cluster: &Cluster, previous: Option<&State>) -> Res
         external: ExternalState {
             netns: plan::external_netns(lab),
             ip: external_ip,
+            service_ips: external_service_ips(&cluster.objects),
         },
         agent_bin: previous.and_then(|p| p.agent_bin.clone()),
     })
+}
+
+/// Addresses of Services that outside clients use, sorted and without duplicates.
+pub fn external_service_ips(objects: &[Object]) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = Vec::new();
+    for o in objects {
+        let Object::Service(svc) = o else { continue };
+        let spec = svc.spec.as_ref();
+        let lb = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref());
+        let candidates = spec
+            .and_then(|s| s.external_ips.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(spec.and_then(|s| s.load_balancer_ip.clone()))
+            .chain(lb.into_iter().flatten().filter_map(|i| i.ip.clone()));
+        ips.extend(candidates.filter_map(|s| s.parse::<Ipv4Addr>().ok()));
+    }
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 /// A node's directory name (cgroup, bpffs): the node name when it is plain, else the netns' hash suffix.

@@ -116,6 +116,11 @@ pub struct PodState {
 pub struct ExternalState {
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Service addresses meant for outside clients (spec.externalIPs, spec.loadBalancerIP,
+    /// status.loadBalancer.ingress[].ip): the external client routes them to the nodes, as an L3
+    /// load balancer in front of the cluster would.
+    #[serde(default)]
+    pub service_ips: Vec<Ipv4Addr>,
 }
 
 impl State {
