@@ -5,7 +5,9 @@
 //! ```text
 //! /run/strait/labs/<lab>/
 //!   state.json             this file: nodes, pods, netns names, veths, pids
-//!   manifests/objects.yaml the lab's objects, what the agents read (replaced atomically)
+//!   objects.user.yaml      the objects as given (up, then merged by apply/delete)
+//!   manifests/objects.yaml what the agents read: the objects plus Namespaces and derived
+//!                          EndpointSlices (replaced atomically)
 //!   logs/<what>.log        one per responder (`pod-<key>`) and agent (`agent-<node>`)
 //!   pids/<what>.pid        the same names
 //!   ready/<key>            a responder writes it once all its sockets are bound
