@@ -28,11 +28,24 @@ pub mod svc_flags {
     pub const AFFINITY: u16 = 1 << 0;
     /// No usable endpoint: refuse the client (TCP RST / ICMP port unreachable) as kube-proxy's REJECT.
     pub const REJECT: u16 = 1 << 1;
-    /// The scope-internal entry exists (internalTrafficPolicy Local / topology-restricted set).
+    /// A second entry with `scope = SCOPE_INTERNAL` exists for the same (addr, port, proto): traffic that
+    /// starts on this node (a local pod or the host) looks that one up instead. Used by NodePort /
+    /// externalIP / LoadBalancer frontends with externalTrafficPolicy Local, whose node-local traffic
+    /// is "short-circuited" to the cluster-wide endpoints as kube-proxy does. ClusterIP traffic is
+    /// always internal, so a ClusterIP frontend has one entry whose backends already honour
+    /// internalTrafficPolicy and topology. Set on both entries of the pair (with the same
+    /// `rev_nat`), so that whichever was looked up says which scope its slots are under.
     pub const HAS_INTERNAL_SCOPE: u16 = 1 << 2;
     pub const NODEPORT: u16 = 1 << 3;
     pub const EXTERNAL_IP: u16 = 1 << 4;
     pub const LOADBALANCER: u16 = 1 << 5;
+    /// The Service has usable endpoints elsewhere but none for this entry (a traffic policy of Local
+    /// with no endpoint on this node): drop silently, as kube-proxy's DROP rule ("has no local
+    /// endpoints"), instead of REJECT's refusal.
+    pub const DROP: u16 = 1 << 6;
+    /// externalTrafficPolicy Local: external clients reach only node-local backends and keep their
+    /// source address (no SNAT).
+    pub const EXT_POLICY_LOCAL: u16 = 1 << 7;
 }
 
 #[repr(C)]
@@ -86,7 +99,10 @@ const _: () = assert!(core::mem::size_of::<RevNat4>() == 8);
 
 #[cfg(feature = "user")]
 mod pod_impls {
-    #![allow(unsafe_code, reason = "aya::Pod for repr(C) types whose padding is spelled out")]
+    #![allow(
+        unsafe_code,
+        reason = "aya::Pod for repr(C) types whose padding is spelled out"
+    )]
     use super::*;
     unsafe impl aya::Pod for Lb4Key {}
     unsafe impl aya::Pod for Lb4Service {}

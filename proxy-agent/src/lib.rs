@@ -10,6 +10,8 @@ pub mod daemon;
 pub mod datapath;
 pub mod endpoints;
 pub mod host;
+pub mod lb;
+pub mod reconcile;
 pub mod snapshot;
 pub mod source;
 pub mod status;

@@ -1,0 +1,305 @@
+//! EndpointSlices as kube-proxy reads them (`pkg/proxy/endpointslicecache.go`) and the choice of usable
+//! endpoints (`pkg/proxy/topology.go`, `CategorizeEndpoints`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{Proto, Rejected, SERVICE_NAME_LABEL};
+
+/// One endpoint of one Service port, after the merge of all the Service's slices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// nodeName is this node.
+    pub local: bool,
+    pub node_name: Option<String>,
+    pub zone_hints: BTreeSet<String>,
+    pub node_hints: BTreeSet<String>,
+}
+
+/// A slice port; `port` is `None` when kube-proxy ignores it (no name, no or zero port).
+#[derive(Debug, Clone)]
+struct SlicePort {
+    name: Option<String>,
+    port: Option<u16>,
+    proto: Proto,
+}
+
+#[derive(Debug, Clone)]
+struct SliceEndpoint {
+    addr: Ipv4Addr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    node_name: Option<String>,
+    zone_hints: BTreeSet<String>,
+    node_hints: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Slice {
+    ports: Vec<SlicePort>,
+    endpoints: Vec<SliceEndpoint>,
+}
+
+/// The valid IPv4 EndpointSlices, grouped by the (namespace, name) of their Service, each group in
+/// slice-name order so that the merge is deterministic.
+#[derive(Debug, Default)]
+pub(crate) struct SliceIndex {
+    by_service: BTreeMap<(String, String), Vec<(String, Slice)>>,
+}
+
+impl SliceIndex {
+    pub fn new(slices: &[EndpointSlice], rejected: &mut Vec<Rejected>) -> Self {
+        let mut index = Self::default();
+        for slice in slices {
+            // kube-proxy watches only its own family; IPv6 and FQDN slices are not ours to judge.
+            if slice.address_type != "IPv4" {
+                continue;
+            }
+            let namespace = slice
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let name = slice.metadata.name.clone().unwrap_or_default();
+            let Some(service) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            else {
+                continue;
+            };
+            match validate(slice) {
+                Ok(valid) => index
+                    .by_service
+                    .entry((namespace, service.clone()))
+                    .or_default()
+                    .push((name, valid)),
+                Err((field, reason)) => rejected.push(Rejected {
+                    kind: "EndpointSlice",
+                    namespace,
+                    name,
+                    field,
+                    reason,
+                }),
+            }
+        }
+        for group in index.by_service.values_mut() {
+            group.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        index
+    }
+
+    /// The endpoints of one Service port (matched to slice ports by name and protocol, as kube-proxy's
+    /// `ServicePortName`), merged over all slices and de-duplicated by address:port. Like kube-proxy,
+    /// the first occurrence wins unless a later one is local. Sorted by (addr, port).
+    pub fn endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        port_name: &str,
+        proto: Proto,
+        node_name: &str,
+    ) -> Vec<Endpoint> {
+        let mut merged: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
+        let Some(slices) = self.by_service.get(&(namespace.to_string(), service.to_string())) else {
+            return Vec::new();
+        };
+        for (_, slice) in slices {
+            for port in &slice.ports {
+                let Some(number) = port.port else { continue };
+                if port.name.as_deref() != Some(port_name) || port.proto != proto {
+                    continue;
+                }
+                for ep in &slice.endpoints {
+                    let local = ep.node_name.as_deref() == Some(node_name);
+                    let key = (ep.addr, number);
+                    if merged.contains_key(&key) && !local {
+                        continue;
+                    }
+                    merged.insert(
+                        key,
+                        Endpoint {
+                            addr: ep.addr,
+                            port: number,
+                            ready: ep.ready,
+                            serving: ep.serving,
+                            terminating: ep.terminating,
+                            local,
+                            node_name: ep.node_name.clone(),
+                            zone_hints: ep.zone_hints.clone(),
+                            node_hints: ep.node_hints.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        merged.into_values().collect()
+    }
+}
+
+fn validate(slice: &EndpointSlice) -> Result<Slice, (String, String)> {
+    let mut ports = Vec::new();
+    for (i, port) in slice.ports.iter().flatten().enumerate() {
+        let proto =
+            Proto::parse(port.protocol.as_deref()).map_err(|e| (format!("ports[{i}].protocol"), e))?;
+        let number = match port.port {
+            // kube-proxy ignores a port without a number or with 0 ("TODO: handle nil ports to mean all").
+            None | Some(0) => None,
+            Some(p @ 1..=65535) => Some(p as u16),
+            Some(p) => return Err((format!("ports[{i}].port"), format!("{p} is not a valid port"))),
+        };
+        // A port with a nil name is ignored by kube-proxy as well.
+        let number = if port.name.is_some() { number } else { None };
+        ports.push(SlicePort {
+            name: port.name.clone(),
+            port: number,
+            proto,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        // kube-proxy uses the first address only and ignores an endpoint without any.
+        let Some(address) = ep.addresses.first() else {
+            continue;
+        };
+        let addr = match address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) => a,
+            // The wrong family inside an IPv4 slice: kube-proxy skips it (with an event).
+            Ok(std::net::IpAddr::V6(_)) => continue,
+            Err(_) => {
+                return Err((
+                    format!("endpoints[{i}].addresses[0]"),
+                    format!("{address:?} is not an IP address"),
+                ));
+            }
+        };
+        let conditions = ep.conditions.clone().unwrap_or_default();
+        let hints = ep.hints.clone().unwrap_or_default();
+        endpoints.push(SliceEndpoint {
+            addr,
+            // As kube-proxy and the API docs: an absent ready or serving means true, an absent
+            // terminating means false.
+            ready: conditions.ready.unwrap_or(true),
+            serving: conditions.serving.unwrap_or(true),
+            terminating: conditions.terminating.unwrap_or(false),
+            node_name: ep.node_name.clone(),
+            zone_hints: hints.for_zones.iter().flatten().map(|z| z.name.clone()).collect(),
+            node_hints: hints.for_nodes.iter().flatten().map(|n| n.name.clone()).collect(),
+        });
+    }
+    Ok(Slice { ports, endpoints })
+}
+
+/// Traffic distribution chosen from hints (`topologyModeFromHints`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopologyMode {
+    None,
+    SameNode,
+    SameZone,
+}
+
+/// kube-proxy's `topologyModeFromHints` (with the PreferSameTrafficDistribution gate on): hints are used
+/// only when every ready endpoint carries them and at least one is meant for this node (zone); otherwise
+/// traffic goes to every endpoint.
+fn topology_mode(endpoints: &[Endpoint], node_name: &str, zone: &str) -> TopologyMode {
+    let mut has_ready = false;
+    let (mut all_node_hints, mut for_node) = (true, false);
+    let (mut all_zone_hints, mut for_zone) = (true, false);
+    for ep in endpoints.iter().filter(|e| e.ready) {
+        has_ready = true;
+        if ep.node_hints.is_empty() {
+            all_node_hints = false;
+        } else if ep.node_hints.contains(node_name) {
+            for_node = true;
+        }
+        if ep.zone_hints.is_empty() {
+            all_zone_hints = false;
+        } else if ep.zone_hints.contains(zone) {
+            for_zone = true;
+        }
+    }
+    if !has_ready {
+        TopologyMode::None
+    } else if all_node_hints && for_node {
+        TopologyMode::SameNode
+    } else if all_zone_hints && for_zone {
+        TopologyMode::SameZone
+    } else {
+        TopologyMode::None
+    }
+}
+
+fn available_for_topology(ep: &Endpoint, mode: TopologyMode, node_name: &str, zone: &str) -> bool {
+    match mode {
+        TopologyMode::None => true,
+        TopologyMode::SameNode => ep.node_hints.contains(node_name),
+        TopologyMode::SameZone => ep.zone_hints.contains(zone),
+    }
+}
+
+/// The result of kube-proxy's `CategorizeEndpoints` for one Service port.
+#[derive(Debug, Default)]
+pub(crate) struct Categorized {
+    /// Cluster-traffic-policy endpoints (topology applied); empty when the port never uses them.
+    pub cluster: Vec<Endpoint>,
+    /// Local-traffic-policy endpoints; empty when the port never uses them.
+    pub local: Vec<Endpoint>,
+    /// Some usable endpoint exists anywhere in the cluster.
+    pub has_any: bool,
+}
+
+/// kube-proxy's `CategorizeEndpoints`: ready endpoints, else serving+terminating ones (KEP-1669),
+/// separately for the Cluster and the Local sets.
+pub(crate) fn categorize(
+    endpoints: &[Endpoint],
+    uses_cluster: bool,
+    uses_local: bool,
+    node_name: &str,
+    zone: &str,
+) -> Categorized {
+    let mut out = Categorized::default();
+    if endpoints.is_empty() {
+        return out;
+    }
+    let select = |pred: &dyn Fn(&Endpoint) -> bool| -> Vec<Endpoint> {
+        endpoints.iter().filter(|e| pred(e)).cloned().collect()
+    };
+    if uses_cluster {
+        let mode = topology_mode(endpoints, node_name, zone);
+        out.cluster = select(&|e| e.ready && available_for_topology(e, mode, node_name, zone));
+        if out.cluster.is_empty() {
+            out.cluster = select(&|e| e.serving && e.terminating);
+        }
+        out.has_any = !out.cluster.is_empty();
+    }
+    if !uses_local {
+        return out;
+    }
+    let (mut local_ready, mut local_terminating) = (false, false);
+    for ep in endpoints {
+        if ep.ready {
+            out.has_any = true;
+            local_ready |= ep.local;
+        } else if ep.serving && ep.terminating {
+            out.has_any = true;
+            local_terminating |= ep.local;
+        }
+    }
+    if local_ready {
+        out.local = select(&|e| e.local && e.ready);
+    } else if local_terminating {
+        out.local = select(&|e| e.local && e.serving && e.terminating);
+    }
+    out
+}

@@ -1,0 +1,462 @@
+//! `plan`: Services + EndpointSlices → frontends and backends, by kube-proxy's rules.
+//!
+//! References are to kubernetes/kubernetes `pkg/proxy` (v1.33): `serviceport.go` (which addresses a
+//! Service port is reachable on, traffic policies), `topology.go` (`CategorizeEndpoints`), and the
+//! iptables proxier's use of them (REJECT without endpoints, DROP without local endpoints).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use common::lb::{SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags};
+use k8s_openapi::api::core::v1::{Node, Service};
+
+use super::{
+    DEFAULT_AFFINITY_TIMEOUT, Frontend, FrontendKind, LbPlan, PlannedBackend, Proto, Rejected,
+    ServicePortRef, ZONE_LABEL,
+    endpoints::{Endpoint, SliceIndex, categorize},
+};
+use crate::snapshot::Snapshot;
+
+/// The load-balancing plan of node `node_name`: every Service's IPv4 frontends with the backends
+/// kube-proxy would use for them on this node. Objects that cannot be used are listed in
+/// `LbPlan::rejected` and skipped; everything else is planned.
+pub fn plan(snapshot: &Snapshot, node_name: &str) -> LbPlan {
+    let mut rejected = Vec::new();
+    let node = snapshot.node(node_name);
+    let zone = node
+        .and_then(|n| n.metadata.labels.as_ref())
+        .and_then(|l| l.get(ZONE_LABEL))
+        .cloned()
+        .unwrap_or_default();
+    let node_ips = node.map(|n| node_ipv4s(n, &mut rejected)).unwrap_or_default();
+    let slices = SliceIndex::new(&snapshot.endpoint_slices, &mut rejected);
+
+    let mut services: Vec<&Service> = snapshot.services.iter().collect();
+    services.sort_by_key(|s| namespaced(s));
+
+    let mut planner = Planner {
+        node_name,
+        zone: &zone,
+        node_ips: &node_ips,
+        slices: &slices,
+        frontends: BTreeMap::new(),
+        rejected: &mut rejected,
+    };
+    for service in services {
+        match ServiceInfo::parse(service) {
+            Ok(Some(info)) => planner.service(&info),
+            Ok(None) => {}
+            Err(r) => planner.rejected.push(r),
+        }
+    }
+    let frontends = planner.frontends.into_values().collect();
+    rejected.sort();
+    LbPlan { frontends, rejected }
+}
+
+fn namespaced(service: &Service) -> (String, String) {
+    (
+        service
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        service.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// This node's IPv4 addresses (InternalIP and ExternalIP), where NodePorts are served.
+fn node_ipv4s(node: &Node, rejected: &mut Vec<Rejected>) -> Vec<Ipv4Addr> {
+    let mut ips = Vec::new();
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for (i, address) in addresses.into_iter().flatten().enumerate() {
+        if !matches!(address.type_.as_str(), "InternalIP" | "ExternalIP") {
+            continue;
+        }
+        match address.address.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) => rejected.push(Rejected {
+                kind: "Node",
+                namespace: String::new(),
+                name: node.metadata.name.clone().unwrap_or_default(),
+                field: format!("status.addresses[{i}].address"),
+                reason: format!("{:?} is not an IP address", address.address),
+            }),
+        }
+    }
+    ips
+}
+
+#[derive(Debug)]
+struct PortInfo {
+    index: usize,
+    name: String,
+    port: u16,
+    proto: Proto,
+    node_port: u16,
+}
+
+/// The parts of a Service the planner uses, validated.
+#[derive(Debug)]
+struct ServiceInfo {
+    namespace: String,
+    name: String,
+    cluster_ips: Vec<Ipv4Addr>,
+    external_ips: Vec<(usize, Ipv4Addr)>,
+    lb_ips: Vec<Ipv4Addr>,
+    ports: Vec<PortInfo>,
+    affinity_timeout: u32,
+    internal_local: bool,
+    external_local: bool,
+}
+
+impl ServiceInfo {
+    /// `Ok(None)` for a Service kube-proxy does not proxy (`ShouldSkipService`): ExternalName, headless
+    /// (`clusterIP: None`) or without a cluster IP.
+    fn parse(service: &Service) -> Result<Option<Self>, Rejected> {
+        let (namespace, name) = namespaced(service);
+        let reject = |field: String, reason: String| Rejected {
+            kind: "Service",
+            namespace: namespace.clone(),
+            name: name.clone(),
+            field,
+            reason,
+        };
+        let Some(spec) = service.spec.as_ref() else {
+            return Ok(None);
+        };
+        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+        match type_ {
+            "ExternalName" => return Ok(None),
+            "ClusterIP" | "NodePort" | "LoadBalancer" => {}
+            other => {
+                return Err(reject(
+                    "spec.type".into(),
+                    format!("unknown Service type {other:?}"),
+                ));
+            }
+        }
+        let (cluster_ips, ips_field): (Vec<String>, &str) = match spec.cluster_ips.as_deref() {
+            Some(ips) if !ips.is_empty() => (ips.to_vec(), "spec.clusterIPs"),
+            _ => (spec.cluster_ip.iter().cloned().collect(), "spec.clusterIP"),
+        };
+        match cluster_ips.first().map(String::as_str) {
+            None | Some("" | "None") => return Ok(None),
+            Some(_) => {}
+        }
+        let mut v4_cluster_ips = Vec::new();
+        for (i, ip) in cluster_ips.iter().enumerate() {
+            match ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => v4_cluster_ips.push(ip),
+                Ok(IpAddr::V6(_)) => {}
+                Err(_) => {
+                    let field = if ips_field == "spec.clusterIP" {
+                        ips_field.to_string()
+                    } else {
+                        format!("{ips_field}[{i}]")
+                    };
+                    return Err(reject(field, format!("{ip:?} is not an IP address")));
+                }
+            }
+        }
+        let mut external_ips = Vec::new();
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            match ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => external_ips.push((i, v4)),
+                Ok(IpAddr::V6(_)) => {}
+                Err(_) => {
+                    return Err(reject(
+                        format!("spec.externalIPs[{i}]"),
+                        format!("{ip:?} is not an IP address"),
+                    ));
+                }
+            }
+        }
+        let mut lb_ips = Vec::new();
+        let ingress = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        for (i, ing) in ingress.into_iter().flatten().enumerate() {
+            let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+                continue;
+            };
+            // ipMode Proxy (KEP-1860): the load balancer delivers to the node, kube-proxy does not
+            // capture the VIP.
+            if !matches!(ing.ip_mode.as_deref(), None | Some("VIP")) {
+                continue;
+            }
+            match ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) if !lb_ips.contains(&v4) => lb_ips.push(v4),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(reject(
+                        format!("status.loadBalancer.ingress[{i}].ip"),
+                        format!("{ip:?} is not an IP address"),
+                    ));
+                }
+            }
+        }
+        let mut ports = Vec::new();
+        for (i, port) in spec.ports.iter().flatten().enumerate() {
+            let proto = Proto::parse(port.protocol.as_deref())
+                .map_err(|e| reject(format!("spec.ports[{i}].protocol"), e))?;
+            let number = u16::try_from(port.port).ok().filter(|p| *p != 0).ok_or_else(|| {
+                reject(
+                    format!("spec.ports[{i}].port"),
+                    format!("{} is not a valid port", port.port),
+                )
+            })?;
+            let node_port = u16::try_from(port.node_port.unwrap_or(0)).map_err(|_| {
+                reject(
+                    format!("spec.ports[{i}].nodePort"),
+                    format!("{} is not a valid port", port.node_port.unwrap_or(0)),
+                )
+            })?;
+            ports.push(PortInfo {
+                index: i,
+                name: port.name.clone().unwrap_or_default(),
+                port: number,
+                proto,
+                node_port,
+            });
+        }
+        let affinity_timeout = match spec.session_affinity.as_deref() {
+            None | Some("None") => 0,
+            Some("ClientIP") => {
+                let timeout = spec
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds);
+                match timeout {
+                    None => DEFAULT_AFFINITY_TIMEOUT,
+                    // API validation: 0 < timeoutSeconds <= 86400.
+                    Some(t @ 1..=86_400) => t as u32,
+                    Some(t) => {
+                        return Err(reject(
+                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds".into(),
+                            format!("{t} is not within 1..=86400"),
+                        ));
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(reject(
+                    "spec.sessionAffinity".into(),
+                    format!("unknown sessionAffinity {other:?}"),
+                ));
+            }
+        };
+        let policy_local = |value: Option<&str>, field: &str| match value {
+            None | Some("Cluster") => Ok(false),
+            Some("Local") => Ok(true),
+            Some(other) => Err(reject(field.into(), format!("unknown traffic policy {other:?}"))),
+        };
+        let internal_local = policy_local(
+            spec.internal_traffic_policy.as_deref(),
+            "spec.internalTrafficPolicy",
+        )?;
+        // apiservice.ExternalPolicyLocal: only NodePort and LoadBalancer Services have an external policy.
+        let external_local = policy_local(
+            spec.external_traffic_policy.as_deref(),
+            "spec.externalTrafficPolicy",
+        )? && matches!(type_, "NodePort" | "LoadBalancer");
+        Ok(Some(Self {
+            namespace,
+            name,
+            cluster_ips: v4_cluster_ips,
+            external_ips,
+            lb_ips,
+            ports,
+            affinity_timeout,
+            internal_local,
+            external_local,
+        }))
+    }
+}
+
+type FrontendKey = (Ipv4Addr, u16, Proto, u8);
+
+struct Planner<'a> {
+    node_name: &'a str,
+    zone: &'a str,
+    node_ips: &'a [Ipv4Addr],
+    slices: &'a SliceIndex,
+    frontends: BTreeMap<FrontendKey, Frontend>,
+    rejected: &'a mut Vec<Rejected>,
+}
+
+fn backends(endpoints: &[Endpoint]) -> Vec<PlannedBackend> {
+    // `endpoints` come sorted by (addr, port) from the slice merge; filtering keeps the order.
+    endpoints
+        .iter()
+        .map(|e| PlannedBackend {
+            addr: e.addr,
+            port: e.port,
+            local: e.local,
+            // Only a serving+terminating fallback endpoint can be in a set without being ready.
+            terminating: !e.ready,
+            node_name: e.node_name.clone(),
+        })
+        .collect()
+}
+
+impl Planner<'_> {
+    fn service(&mut self, info: &ServiceInfo) {
+        for port in &info.ports {
+            self.service_port(info, port);
+        }
+    }
+
+    fn service_port(&mut self, info: &ServiceInfo, port: &PortInfo) {
+        let endpoints = self.slices.endpoints(
+            &info.namespace,
+            &info.name,
+            &port.name,
+            port.proto,
+            self.node_name,
+        );
+        // serviceport.go: ExternallyAccessible, UsesClusterEndpoints, UsesLocalEndpoints.
+        let externally_accessible =
+            port.node_port != 0 || !info.lb_ips.is_empty() || !info.external_ips.is_empty();
+        let uses_cluster = !info.internal_local || externally_accessible;
+        let uses_local = info.internal_local || (info.external_local && externally_accessible);
+        let cat = categorize(&endpoints, uses_cluster, uses_local, self.node_name, self.zone);
+
+        let affinity = if info.affinity_timeout > 0 {
+            svc_flags::AFFINITY
+        } else {
+            0
+        };
+        // The iptables proxier: no usable endpoint anywhere → REJECT on every address of the port; a
+        // Local policy with none on this node → DROP for that kind of traffic ("has no local endpoints").
+        let verdict = |set: &[Endpoint]| match (cat.has_any, set.is_empty()) {
+            (false, _) => svc_flags::REJECT,
+            (true, true) => svc_flags::DROP,
+            (true, false) => 0,
+        };
+        let internal = if info.internal_local {
+            &cat.local
+        } else {
+            &cat.cluster
+        };
+        let external = if info.external_local {
+            &cat.local
+        } else {
+            &cat.cluster
+        };
+        let service = ServicePortRef {
+            namespace: info.namespace.clone(),
+            name: info.name.clone(),
+            port_name: port.name.clone(),
+        };
+        let make =
+            |kind: FrontendKind, addr: Ipv4Addr, number: u16, scope: u8, flags: u16, set: &[Endpoint]| {
+                let flags = flags | kind.flag() | affinity | verdict(set);
+                Frontend {
+                    service: service.clone(),
+                    kind,
+                    addr,
+                    port: number,
+                    proto: port.proto,
+                    scope,
+                    flags,
+                    affinity_timeout: info.affinity_timeout,
+                    backends: if flags & (svc_flags::REJECT | svc_flags::DROP) != 0 {
+                        Vec::new()
+                    } else {
+                        backends(set)
+                    },
+                }
+            };
+
+        let field = format!("spec.ports[{}]", port.index);
+        for &ip in &info.cluster_ips {
+            self.insert(
+                make(
+                    FrontendKind::ClusterIp,
+                    ip,
+                    port.port,
+                    SCOPE_EXTERNAL,
+                    0,
+                    internal,
+                ),
+                &field,
+            );
+        }
+        let mut external_frontends: Vec<(FrontendKind, Ipv4Addr, u16, String)> = Vec::new();
+        if port.node_port != 0 {
+            for &ip in self.node_ips {
+                external_frontends.push((
+                    FrontendKind::NodePort,
+                    ip,
+                    port.node_port,
+                    format!("{field}.nodePort"),
+                ));
+            }
+        }
+        for &(i, ip) in &info.external_ips {
+            external_frontends.push((
+                FrontendKind::ExternalIp,
+                ip,
+                port.port,
+                format!("spec.externalIPs[{i}]"),
+            ));
+        }
+        for &ip in &info.lb_ips {
+            external_frontends.push((
+                FrontendKind::LoadBalancer,
+                ip,
+                port.port,
+                "status.loadBalancer.ingress".into(),
+            ));
+        }
+        for (kind, ip, number, field) in external_frontends {
+            if info.external_local {
+                // externalTrafficPolicy Local: outside clients get local endpoints only; traffic that
+                // starts on this node is short-circuited to the cluster endpoints (the iptables
+                // proxier's "pod traffic for external destinations" / "route LOCAL traffic" rules),
+                // through a second, internal-scope entry.
+                let flags = svc_flags::EXT_POLICY_LOCAL | svc_flags::HAS_INTERNAL_SCOPE;
+                if self.insert(make(kind, ip, number, SCOPE_EXTERNAL, flags, external), &field) {
+                    // Both entries carry the flags, so a lookup knows which scope it holds.
+                    self.insert(
+                        make(kind, ip, number, SCOPE_INTERNAL, flags, &cat.cluster),
+                        &field,
+                    );
+                }
+            } else {
+                self.insert(make(kind, ip, number, SCOPE_EXTERNAL, 0, external), &field);
+            }
+        }
+    }
+
+    /// Adds a frontend unless another Service already has its address:port/proto (possible with
+    /// externalIPs, which the API does not keep unique): the first Service in namespace/name order
+    /// keeps it, the later one is reported.
+    fn insert(&mut self, frontend: Frontend, field: &str) -> bool {
+        let key = (frontend.addr, frontend.port, frontend.proto, frontend.scope);
+        if let Some(existing) = self.frontends.get(&key) {
+            if existing.service != frontend.service {
+                self.rejected.push(Rejected {
+                    kind: "Service",
+                    namespace: frontend.service.namespace.clone(),
+                    name: frontend.service.name.clone(),
+                    field: field.to_string(),
+                    reason: format!(
+                        "{}:{}/{} is already a frontend of {}",
+                        frontend.addr, frontend.port, frontend.proto, existing.service
+                    ),
+                });
+            }
+            return false;
+        }
+        self.frontends.insert(key, frontend);
+        true
+    }
+}

@@ -1,0 +1,193 @@
+//! Golden tests: `testdata/lb/<name>.yaml` (standard Kubernetes objects) → plan → reconcile on
+//! [`FakeMaps`] → `testdata/lb/<name>.dump` (plan, derived slices in standalone mode, map dump).
+//! `UPDATE_GOLDEN=1 cargo test ...` rewrites the dumps; review the diff.
+//!
+//! A scenario's first comment lines may say `# node: <name>` (the node planned for, default node-a)
+//! and `# standalone: true` (derive EndpointSlices from selectors first).
+
+use std::{fmt::Write, path::PathBuf};
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::*;
+use crate::{
+    reconcile::{FakeMaps, Reconciler, dump},
+    snapshot::Snapshot,
+    source::manifests::parse_into,
+};
+
+pub(crate) fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/lb")
+        .join(name)
+}
+
+/// A scenario: its snapshot (with derived slices in standalone mode), the node, the derived slices.
+pub(crate) fn load(name: &str) -> (Snapshot, String, Vec<EndpointSlice>) {
+    let path = testdata(&format!("{name}.yaml"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = |key: &str| {
+        text.lines()
+            .take_while(|l| l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(&format!("# {key}:")).map(|v| v.trim().to_string()))
+    };
+    let node = header("node").unwrap_or_else(|| "node-a".into());
+    let mut snapshot = Snapshot::default();
+    let mut rejected = Vec::new();
+    parse_into(&text, &path, &mut snapshot, &mut rejected);
+    assert!(
+        rejected.is_empty(),
+        "{name}: the manifests parser rejected {rejected:?}"
+    );
+    let mut derived = Vec::new();
+    if header("standalone").as_deref() == Some("true") {
+        derived = derive_endpoint_slices(&snapshot);
+        snapshot.endpoint_slices.extend(derived.iter().cloned());
+    }
+    (snapshot, node, derived)
+}
+
+fn render_slices(slices: &[EndpointSlice]) -> String {
+    let mut out = String::new();
+    for s in slices {
+        let ports: Vec<String> = s
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{}={}/{}",
+                    p.name.as_deref().unwrap_or(""),
+                    p.port.unwrap_or(0),
+                    p.protocol.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}/{} ports=[{}]",
+            s.metadata.namespace.as_deref().unwrap_or(""),
+            s.metadata.name.as_deref().unwrap_or(""),
+            ports.join(" ")
+        );
+        for e in &s.endpoints {
+            let c = e.conditions.clone().unwrap_or_default();
+            let flag = |v: Option<bool>| match v {
+                Some(true) => "1",
+                Some(false) => "0",
+                None => "-",
+            };
+            let _ = write!(
+                out,
+                "  {} node={} zone={} ready={} serving={} terminating={}",
+                e.addresses.join(","),
+                e.node_name.as_deref().unwrap_or("-"),
+                e.zone.as_deref().unwrap_or("-"),
+                flag(c.ready),
+                flag(c.serving),
+                flag(c.terminating)
+            );
+            if let Some(h) = &e.hints {
+                let zones: Vec<&str> = h.for_zones.iter().flatten().map(|z| z.name.as_str()).collect();
+                let nodes: Vec<&str> = h.for_nodes.iter().flatten().map(|n| n.name.as_str()).collect();
+                let _ = write!(out, " hints=zones:{},nodes:{}", zones.join("+"), nodes.join("+"));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Compares `actual` with the golden file, or rewrites it under UPDATE_GOLDEN=1.
+pub(crate) fn check_golden(file: &str, actual: &str) {
+    let path = testdata(file);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .zip(actual.lines())
+            .enumerate()
+            .filter(|(_, (e, a))| e != a)
+            .take(5)
+            .map(|(i, (e, a))| format!("line {}:\n  expected: {e}\n  actual:   {a}", i + 1))
+            .collect();
+        panic!(
+            "{} differs from the golden file ({} vs {} lines; UPDATE_GOLDEN=1 rewrites it):\n{}\n--- actual ---\n{actual}",
+            path.display(),
+            expected.lines().count(),
+            actual.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+fn golden(name: &str) {
+    let (snapshot, node, derived) = load(name);
+    let plan = plan(&snapshot, &node);
+    let mut maps = FakeMaps::new();
+    let mut reconciler = Reconciler::default();
+    let outcome = reconciler.reconcile(&plan, &mut maps).expect("first reconcile");
+    assert!(outcome.unfit.is_empty(), "{:?}", outcome.unfit);
+    let again = reconciler.reconcile(&plan, &mut maps).expect("second reconcile");
+    assert!(
+        again.ops.is_empty(),
+        "{name}: a second pass changed {:?}",
+        again.ops
+    );
+
+    let mut text = format!("# {name}.yaml planned for {node}\n");
+    if !derived.is_empty() {
+        text.push_str("\n## derived endpoint slices\n");
+        text.push_str(&render_slices(&derived));
+    }
+    text.push_str("\n## plan\n");
+    text.push_str(&render_plan(&plan));
+    text.push_str("\n## maps\n");
+    text.push_str(&dump::render(&maps.maps));
+    check_golden(&format!("{name}.dump"), &text);
+}
+
+#[test]
+fn golden_clusterip() {
+    golden("clusterip");
+}
+
+#[test]
+fn golden_conditions() {
+    golden("conditions");
+}
+
+#[test]
+fn golden_slices() {
+    golden("slices");
+}
+
+#[test]
+fn golden_skipped() {
+    golden("skipped");
+}
+
+#[test]
+fn golden_traffic_policy() {
+    golden("traffic-policy");
+}
+
+#[test]
+fn golden_topology() {
+    golden("topology");
+}
+
+#[test]
+fn golden_external() {
+    golden("external");
+}
+
+#[test]
+fn golden_standalone() {
+    golden("standalone");
+}

@@ -1,0 +1,77 @@
+//! In-memory [`LbMaps`] for tests.
+
+use anyhow::{Result, bail};
+
+use super::{DesiredMaps, LbMaps, MapOp};
+
+/// BTreeMap-backed maps. `fail_after = Some(n)`: the next `n` operations succeed, the one after fails
+/// (once), as a full map or a kernel error would.
+#[derive(Debug, Clone, Default)]
+pub struct FakeMaps {
+    pub maps: DesiredMaps,
+    /// Every operation applied successfully, in order.
+    pub applied: Vec<MapOp>,
+    pub fail_after: Option<usize>,
+    /// Check [`DesiredMaps::check_references`] after every operation and fail the operation that
+    /// breaks it.
+    pub check_references: bool,
+}
+
+impl FakeMaps {
+    pub fn new() -> Self {
+        Self {
+            check_references: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn with(maps: DesiredMaps) -> Self {
+        Self { maps, ..Self::new() }
+    }
+}
+
+impl LbMaps for FakeMaps {
+    fn dump(&self) -> Result<DesiredMaps> {
+        Ok(self.maps.clone())
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<()> {
+        match self.fail_after {
+            Some(0) => {
+                self.fail_after = None;
+                bail!("injected failure");
+            }
+            Some(n) => self.fail_after = Some(n - 1),
+            None => {}
+        }
+        let before = self.maps.clone();
+        match *op {
+            MapOp::UpsertBackend { id, backend } => {
+                self.maps.backends.insert(id, backend);
+            }
+            MapOp::UpsertService { key, value } => {
+                self.maps.services.insert(key, value);
+            }
+            MapOp::UpsertRevNat { id, revnat } => {
+                self.maps.revnat.insert(id, revnat);
+            }
+            MapOp::DeleteService { key } => {
+                self.maps.services.remove(&key);
+            }
+            MapOp::DeleteRevNat { id } => {
+                self.maps.revnat.remove(&id);
+            }
+            MapOp::DeleteBackend { id } => {
+                self.maps.backends.remove(&id);
+            }
+        }
+        if self.check_references {
+            if let Err(e) = self.maps.check_references() {
+                self.maps = before;
+                bail!("{op} would leave a dangling reference: {e}");
+            }
+        }
+        self.applied.push(*op);
+        Ok(())
+    }
+}

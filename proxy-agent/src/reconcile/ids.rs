@@ -1,0 +1,224 @@
+//! Backend and rev-NAT id allocation. Ids are restored from the pinned maps at start so that a restarted
+//! agent keeps every id (conntrack and affinity entries hold backend and rev-NAT ids; renumbering them
+//! would disrupt traffic), and freed ids are reused, lowest first.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use common::lb::{MAX_BACKENDS, MAX_REVNAT};
+
+use super::DesiredMaps;
+
+/// What a backend id stands for: (address, port, IP protocol number).
+pub type BackendKey = (Ipv4Addr, u16, u8);
+/// What a rev-NAT id stands for: (frontend address, port, IP protocol number).
+pub type RevNatKey = (Ipv4Addr, u16, u8);
+
+#[derive(Debug, Clone)]
+struct Pool<K: Ord + Clone> {
+    by_key: BTreeMap<K, u32>,
+    by_id: BTreeMap<u32, K>,
+    /// Unmapped ids below `next`.
+    free: BTreeSet<u32>,
+    next: u32,
+    max: u32,
+    /// Ids present in the maps but not mapped here (orphans not yet deleted): never handed out, so an
+    /// id still referenced by a stale slot cannot be given to another backend before the slot is gone.
+    held: BTreeSet<u32>,
+}
+
+impl<K: Ord + Clone> Pool<K> {
+    fn new(max: u32) -> Self {
+        Self {
+            by_key: BTreeMap::new(),
+            by_id: BTreeMap::new(),
+            free: BTreeSet::new(),
+            next: 1,
+            max,
+            held: BTreeSet::new(),
+        }
+    }
+
+    /// Takes over an id found in the maps; false if the id or the key is already taken (a duplicate
+    /// entry, which then becomes an orphan and is deleted).
+    fn restore(&mut self, key: K, id: u32) -> bool {
+        if id == 0 || id > self.max || self.by_id.contains_key(&id) || self.by_key.contains_key(&key) {
+            return false;
+        }
+        if id >= self.next {
+            self.free.extend(self.next..id);
+            self.next = id + 1;
+        }
+        self.free.remove(&id);
+        self.by_key.insert(key.clone(), id);
+        self.by_id.insert(id, key);
+        true
+    }
+
+    fn get(&self, key: &K) -> Option<u32> {
+        self.by_key.get(key).copied()
+    }
+
+    fn alloc(&mut self, key: &K) -> Option<u32> {
+        if let Some(id) = self.get(key) {
+            return Some(id);
+        }
+        let id = match self.free.iter().find(|id| !self.held.contains(id)).copied() {
+            Some(id) => {
+                self.free.remove(&id);
+                id
+            }
+            None => loop {
+                if self.next > self.max {
+                    return None;
+                }
+                let id = self.next;
+                self.next += 1;
+                if self.held.contains(&id) {
+                    self.free.insert(id);
+                } else {
+                    break id;
+                }
+            },
+        };
+        self.by_key.insert(key.clone(), id);
+        self.by_id.insert(id, key.clone());
+        Some(id)
+    }
+
+    fn hold(&mut self, present: impl Iterator<Item = u32>) {
+        self.held = present.filter(|id| !self.by_id.contains_key(id)).collect();
+    }
+
+    fn retain(&mut self, keep: impl Fn(u32) -> bool) {
+        let gone: Vec<u32> = self.by_id.keys().copied().filter(|id| !keep(*id)).collect();
+        for id in gone {
+            if let Some(key) = self.by_id.remove(&id) {
+                self.by_key.remove(&key);
+            }
+            self.free.insert(id);
+        }
+    }
+}
+
+/// The id allocator of the load-balancing maps.
+#[derive(Debug, Clone)]
+pub struct Ids {
+    backends: Pool<BackendKey>,
+    revnat: Pool<RevNatKey>,
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ids {
+    pub fn new() -> Self {
+        Self {
+            backends: Pool::new(MAX_BACKENDS),
+            revnat: Pool::new(MAX_REVNAT),
+        }
+    }
+
+    /// Ids as the maps hold them: backend ids from the backends map, rev-NAT ids from the frontends
+    /// (slot 0) that point at them (the rev-NAT value has no protocol).
+    pub fn restore(maps: &DesiredMaps) -> Self {
+        let mut ids = Self::new();
+        for (&id, be) in &maps.backends {
+            ids.backends
+                .restore((Ipv4Addr::from(be.addr.octets()), be.port.get(), be.proto), id);
+        }
+        for (key, svc) in &maps.services {
+            if key.slot == 0 && svc.rev_nat != 0 {
+                ids.revnat.restore(
+                    (Ipv4Addr::from(key.addr.octets()), key.port.get(), key.proto),
+                    u32::from(svc.rev_nat),
+                );
+            }
+        }
+        ids
+    }
+
+    pub fn backend(&self, key: &BackendKey) -> Option<u32> {
+        self.backends.get(key)
+    }
+
+    pub fn revnat(&self, key: &RevNatKey) -> Option<u16> {
+        self.revnat.get(key).map(|id| id as u16)
+    }
+
+    /// The id of a backend, allocated if new; `None` when every id is in use.
+    pub fn alloc_backend(&mut self, key: &BackendKey) -> Option<u32> {
+        self.backends.alloc(key)
+    }
+
+    /// The rev-NAT id of a frontend address, allocated if new; `None` when every id is in use.
+    pub fn alloc_revnat(&mut self, key: &RevNatKey) -> Option<u16> {
+        self.revnat.alloc(key).map(|id| id as u16)
+    }
+
+    /// Marks the ids present in `actual` that this allocator does not know (orphans awaiting deletion)
+    /// as not available, until a later call no longer sees them.
+    pub fn hold(&mut self, actual: &DesiredMaps) {
+        self.backends.hold(actual.backends.keys().copied());
+        self.revnat.hold(actual.revnat.keys().map(|&id| u32::from(id)));
+    }
+
+    /// Frees every id that `desired` does not use. Call after `desired` has been written completely.
+    pub fn release_unused(&mut self, desired: &DesiredMaps) {
+        self.backends.retain(|id| desired.backends.contains_key(&id));
+        self.revnat
+            .retain(|id| u16::try_from(id).is_ok_and(|id| desired.revnat.contains_key(&id)));
+    }
+
+    /// Number of (backend, rev-NAT) ids in use.
+    pub fn len(&self) -> (usize, usize) {
+        (self.backends.by_id.len(), self.revnat.by_id.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == (0, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freed_ids_are_reused_lowest_first_and_held_ids_are_skipped() {
+        let mut pool: Pool<u8> = Pool::new(10);
+        assert_eq!(pool.alloc(&1), Some(1));
+        assert_eq!(pool.alloc(&2), Some(2));
+        assert_eq!(pool.alloc(&3), Some(3));
+        assert_eq!(pool.alloc(&2), Some(2), "same key, same id");
+        pool.retain(|id| id == 3);
+        pool.hold([1].into_iter());
+        assert_eq!(pool.alloc(&4), Some(2), "1 is held by an orphan");
+        pool.hold(std::iter::empty());
+        assert_eq!(pool.alloc(&5), Some(1));
+        assert_eq!(pool.alloc(&6), Some(4));
+    }
+
+    #[test]
+    fn restore_fills_gaps_into_the_free_list_and_rejects_duplicates() {
+        let mut pool: Pool<u8> = Pool::new(10);
+        assert!(pool.restore(7, 5));
+        assert!(!pool.restore(8, 5), "id taken");
+        assert!(!pool.restore(7, 6), "key taken");
+        assert_eq!(pool.alloc(&9), Some(1));
+        assert_eq!(pool.alloc(&7), Some(5));
+    }
+
+    #[test]
+    fn exhaustion_is_reported() {
+        let mut pool: Pool<u8> = Pool::new(2);
+        assert_eq!(pool.alloc(&1), Some(1));
+        assert_eq!(pool.alloc(&2), Some(2));
+        assert_eq!(pool.alloc(&3), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! Level-triggered reconcile of the load-balancing maps: plan → desired map contents (with ids from
+//! [`Ids`]) → [`diff()`] against a dump of the maps → [`MapOp`]s in an order that never leaves the
+//! datapath pointing at something missing → applied through [`LbMaps`].
+//!
+//! Every pass recomputes everything from the plan and the dump, so a pass that failed half-way is
+//! finished by the next one, and a pass with nothing to change performs no operation.
+
+mod desired;
+mod diff;
+pub mod dump;
+mod fake;
+mod ids;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use common::lb::{Backend4, Lb4Key, Lb4Service, RevNat4};
+
+pub use desired::{Unfit, desired};
+pub use diff::diff;
+pub use fake::FakeMaps;
+pub use ids::{BackendKey, Ids, RevNatKey};
+
+use crate::lb::LbPlan;
+
+/// The contents of the three load-balancing maps, desired or dumped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredMaps {
+    /// Frontends (slot 0) and their backend slots (1..=count).
+    pub services: BTreeMap<Lb4Key, Lb4Service>,
+    pub backends: BTreeMap<u32, Backend4>,
+    pub revnat: BTreeMap<u16, RevNat4>,
+}
+
+impl DesiredMaps {
+    /// Every reference the datapath follows resolves: each frontend's slots 1..=count exist, each slot's
+    /// backend exists, each frontend's rev-NAT entry exists. Holds after every single operation of a
+    /// [`diff`], starting from maps for which it holds.
+    pub fn check_references(&self) -> Result<(), String> {
+        for (key, svc) in &self.services {
+            if key.slot == 0 {
+                for slot in 1..=svc.count {
+                    if !self.services.contains_key(&Lb4Key { slot, ..*key }) {
+                        return Err(format!("{key:?} count={} but slot {slot} is missing", svc.count));
+                    }
+                }
+                if svc.rev_nat != 0 && !self.revnat.contains_key(&svc.rev_nat) {
+                    return Err(format!("{key:?} points at missing rev-NAT {}", svc.rev_nat));
+                }
+            } else if !self.backends.contains_key(&svc.backend_id) {
+                return Err(format!("{key:?} points at missing backend {}", svc.backend_id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One write to one map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapOp {
+    UpsertBackend {
+        id: u32,
+        backend: Backend4,
+    },
+    /// A frontend (slot 0) or a backend slot.
+    UpsertService {
+        key: Lb4Key,
+        value: Lb4Service,
+    },
+    UpsertRevNat {
+        id: u16,
+        revnat: RevNat4,
+    },
+    DeleteService {
+        key: Lb4Key,
+    },
+    DeleteRevNat {
+        id: u16,
+    },
+    DeleteBackend {
+        id: u32,
+    },
+}
+
+impl std::fmt::Display for MapOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UpsertBackend { id, backend } => write!(f, "upsert {}", dump::backend_line(*id, backend)),
+            Self::UpsertService { key, value } => write!(f, "upsert {}", dump::service_line(key, value)),
+            Self::UpsertRevNat { id, revnat } => write!(f, "upsert {}", dump::revnat_line(*id, revnat)),
+            Self::DeleteService { key } => write!(f, "delete SVC {}", dump::key_text(key)),
+            Self::DeleteRevNat { id } => write!(f, "delete REVNAT {id}"),
+            Self::DeleteBackend { id } => write!(f, "delete BE {id}"),
+        }
+    }
+}
+
+/// The load-balancing maps, as the reconciler sees them. The aya-backed implementation lives with the
+/// datapath; [`FakeMaps`] is the in-memory one for tests.
+pub trait LbMaps {
+    /// The current contents of all three maps.
+    fn dump(&self) -> Result<DesiredMaps>;
+    /// Performs one operation; deleting an absent key is not an error.
+    fn apply(&mut self, op: &MapOp) -> Result<()>;
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The operations performed, in order.
+    pub ops: Vec<MapOp>,
+    /// Frontends left out because a map or an id space is full.
+    pub unfit: Vec<Unfit>,
+}
+
+/// Holds the id allocator between passes.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciler {
+    ids: Ids,
+}
+
+impl Reconciler {
+    /// A reconciler that keeps the ids found in the maps (call once at start).
+    pub fn restore(maps: &dyn LbMaps) -> Result<Self> {
+        let dump = maps
+            .dump()
+            .context("dumping the load-balancing maps to restore ids")?;
+        Ok(Self {
+            ids: Ids::restore(&dump),
+        })
+    }
+
+    pub fn ids(&self) -> &Ids {
+        &self.ids
+    }
+
+    /// One level-triggered pass: dump, compute the desired contents, apply the difference in order.
+    /// Stops at the first failed operation (the next pass starts over from a fresh dump); ids are
+    /// released only after a pass completed.
+    pub fn reconcile(&mut self, plan: &LbPlan, maps: &mut dyn LbMaps) -> Result<Outcome> {
+        let actual = maps.dump().context("dumping the load-balancing maps")?;
+        self.ids.hold(&actual);
+        let (wanted, unfit) = desired(plan, &mut self.ids);
+        let ops = diff(&wanted, &actual);
+        for (i, op) in ops.iter().enumerate() {
+            maps.apply(op)
+                .with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()))?;
+        }
+        self.ids.release_unused(&wanted);
+        Ok(Outcome { ops, unfit })
+    }
+}
