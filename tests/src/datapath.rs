@@ -19,9 +19,10 @@ pub struct RunResult {
 }
 
 impl TestDatapath {
-    /// Loads every program; `name` makes the pin directory unique to the test.
+    /// Loads every program; `name` makes the pin directory unique to the test. The `_` prefix cannot
+    /// start a lab name, so `lab down` never touches these pins and the tests never touch a lab's.
     pub fn load(name: &str) -> Self {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/strait/test-{}-{name}", std::process::id()));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/strait/_test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pin_dir);
         let datapath = Datapath::load(&pin_dir).unwrap_or_else(|e| {
             let _ = std::fs::remove_dir_all(&pin_dir);
@@ -64,5 +65,148 @@ impl TestDatapath {
 impl Drop for TestDatapath {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// A service to seed the maps with, the way the agent's reconciler lays it out.
+pub struct TestService {
+    pub vip: std::net::Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub backends: Vec<(std::net::Ipv4Addr, u16)>,
+    pub rev_nat: u16,
+    pub flags: u16,
+    pub affinity_timeout: u32,
+}
+
+impl TestService {
+    pub fn new(vip: std::net::Ipv4Addr, port: u16, proto: u8, rev_nat: u16) -> Self {
+        Self {
+            vip,
+            port,
+            proto,
+            backends: Vec::new(),
+            rev_nat,
+            flags: 0,
+            affinity_timeout: 0,
+        }
+    }
+
+    /// Backend ids are derived from the rev-NAT id so two services in one test never share one.
+    pub fn backend_id(&self, index: usize) -> u32 {
+        u32::from(self.rev_nat) * 1000 + index as u32 + 1
+    }
+}
+
+use aya::maps::HashMap as AyaHashMap;
+use common::{
+    ct::{CtEntry4, CtKey4},
+    lb::{Backend4, Lb4Key, Lb4Service, RevNat4},
+    map_names,
+    net::{Be16, Be32},
+};
+
+fn lb_key(vip: std::net::Ipv4Addr, port: u16, proto: u8, slot: u16) -> Lb4Key {
+    Lb4Key {
+        addr: Be32::from_octets(vip.octets()),
+        port: Be16::new(port),
+        slot,
+        proto,
+        scope: common::lb::SCOPE_EXTERNAL,
+        _pad: [0; 2],
+    }
+}
+
+impl TestDatapath {
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> AyaHashMap<&mut aya::maps::MapData, K, V> {
+        let map = self
+            .datapath
+            .ebpf_mut()
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("map {name} missing"));
+        AyaHashMap::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e}"))
+    }
+
+    /// Writes backends, slots, rev-NAT and the frontend, in the agent's order.
+    pub fn add_service(&mut self, svc: &TestService) {
+        for (i, (addr, port)) in svc.backends.iter().enumerate() {
+            let be = Backend4 {
+                addr: Be32::from_octets(addr.octets()),
+                port: Be16::new(*port),
+                proto: svc.proto,
+                flags: 0,
+            };
+            self.hash_map::<u32, Backend4>(map_names::LB4_BACKENDS)
+                .insert(svc.backend_id(i), be, 0)
+                .unwrap();
+        }
+        let mut services = self.hash_map::<Lb4Key, Lb4Service>(map_names::LB4_SERVICES);
+        for i in 0..svc.backends.len() {
+            let slot = Lb4Service {
+                backend_id: svc.backend_id(i),
+                ..Default::default()
+            };
+            services
+                .insert(lb_key(svc.vip, svc.port, svc.proto, i as u16 + 1), slot, 0)
+                .unwrap();
+        }
+        let frontend = Lb4Service {
+            backend_id: 0,
+            count: svc.backends.len() as u16,
+            rev_nat: svc.rev_nat,
+            flags: svc.flags,
+            _pad: 0,
+            affinity_timeout: svc.affinity_timeout,
+        };
+        services
+            .insert(lb_key(svc.vip, svc.port, svc.proto, 0), frontend, 0)
+            .unwrap();
+        let rev = RevNat4 {
+            addr: Be32::from_octets(svc.vip.octets()),
+            port: Be16::new(svc.port),
+            _pad: 0,
+        };
+        self.hash_map::<u16, RevNat4>(map_names::LB4_REVNAT)
+            .insert(svc.rev_nat, rev, 0)
+            .unwrap();
+    }
+
+    /// Points slot `slot` of a service at another backend (as an endpoint change would).
+    pub fn set_slot(&mut self, svc: &TestService, slot: u16, backend_id: u32) {
+        let entry = Lb4Service {
+            backend_id,
+            ..Default::default()
+        };
+        self.hash_map::<Lb4Key, Lb4Service>(map_names::LB4_SERVICES)
+            .insert(lb_key(svc.vip, svc.port, svc.proto, slot), entry, 0)
+            .unwrap();
+    }
+
+    pub fn remove_backend(&mut self, id: u32) {
+        self.hash_map::<u32, Backend4>(map_names::LB4_BACKENDS)
+            .remove(&id)
+            .unwrap();
+    }
+
+    pub fn add_backend(&mut self, id: u32, addr: std::net::Ipv4Addr, port: u16, proto: u8) {
+        let be = Backend4 {
+            addr: Be32::from_octets(addr.octets()),
+            port: Be16::new(port),
+            proto,
+            flags: 0,
+        };
+        self.hash_map::<u32, Backend4>(map_names::LB4_BACKENDS)
+            .insert(id, be, 0)
+            .unwrap();
+    }
+
+    pub fn conntrack(&mut self) -> Vec<(CtKey4, CtEntry4)> {
+        self.hash_map::<CtKey4, CtEntry4>(map_names::CT4)
+            .iter()
+            .map(|r| r.unwrap())
+            .collect()
     }
 }
