@@ -42,15 +42,22 @@ pub struct CtEntry4 {
     pub flags: u16,
     /// bpf_ktime_get_ns() of the last packet; the userspace sweeper expires by protocol and state.
     pub last_seen_ns: u64,
-    /// Hairpin: the address the client's source was rewritten to (so the reply can be restored).
+    /// The backend chosen for this connection. Kept in the entry (not only its id) so a TCP or SCTP
+    /// connection stays with its backend while that pod lives, even after the endpoint left the
+    /// Service (not ready, removed from the slice) — as kube-proxy's conntrack does. UDP flows instead
+    /// re-balance once the backend id is gone, so a deleted backend does not black-hole them.
+    pub backend_addr: Be32,
+    pub backend_port: Be16,
+    pub _pad: u16,
+    /// Hairpin: the client's own address, which its source was rewritten from.
     pub orig_saddr: Be32,
-    pub _pad: u32,
+    pub _pad2: u32,
 }
 
 pub const MAX_CT_ENTRIES: u32 = 262_144;
 
 const _: () = assert!(core::mem::size_of::<CtKey4>() == 16);
-const _: () = assert!(core::mem::size_of::<CtEntry4>() == 24);
+const _: () = assert!(core::mem::size_of::<CtEntry4>() == 32);
 
 #[cfg(feature = "user")]
 mod pod_impls {

@@ -3,6 +3,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use common::{
     ct::{CtEntry4, CtKey4, ct_flags},
+    lb::Backend4,
     net::{Be16, Be32, proto},
 };
 
@@ -55,7 +56,14 @@ pub fn touch(entry: &mut CtEntry4, flow: &Ipv4Flow, extra: u16) {
 /// Creates both entries of a new translated connection: `forward` is the client's tuple before any
 /// rewrite, `reply` the tuple the backend's answer will carry.
 #[inline(always)]
-pub fn create(forward: &CtKey4, reply: &CtKey4, backend_id: u32, rev_nat: u16, snat_from: Option<u32>) -> Result<(), ()> {
+pub fn create(
+    forward: &CtKey4,
+    reply: &CtKey4,
+    backend_id: u32,
+    backend: &Backend4,
+    rev_nat: u16,
+    snat_from: Option<u32>,
+) -> Result<(), ()> {
     let now = now();
     let snat = if snat_from.is_some() { ct_flags::SNAT } else { 0 };
     let orig = Be32::from_raw(snat_from.unwrap_or(0));
@@ -64,8 +72,11 @@ pub fn create(forward: &CtKey4, reply: &CtKey4, backend_id: u32, rev_nat: u16, s
         rev_nat,
         flags: ct_flags::REPLY | snat,
         last_seen_ns: now,
-        orig_saddr: orig,
+        backend_addr: backend.addr,
+        backend_port: backend.port,
         _pad: 0,
+        orig_saddr: orig,
+        _pad2: 0,
     };
     // Reply entry first: a forward entry without its reply would translate packets whose answers
     // could not be translated back.

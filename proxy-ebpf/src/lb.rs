@@ -6,7 +6,7 @@ use common::{
     affinity::{AffinityKey4, AffinityValue},
     ct::{CtKey4, ct_flags},
     lb::{Backend4, Lb4Key, Lb4Service, SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags},
-    net::{Be16, Be32},
+    net::{Be16, Be32, proto},
 };
 use aya_ebpf::programs::TcContext;
 
@@ -58,15 +58,16 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         return hairpin_reply(ctx, flow);
     }
     let forward = ct::key_of(flow);
-    if let Some(entry) = ct::lookup(&forward) {
-        if entry.flags & ct_flags::FORWARD != 0 {
-            if let Some(be) = backend(entry.backend_id) {
-                let hairpin = entry.flags & ct_flags::SNAT != 0;
-                ct::touch(entry, flow, 0);
-                return translate(ctx, flow, be, hairpin);
-            }
-            // The backend is gone (deleted endpoint): pick again below, so a UDP flow re-balances
-            // at once instead of black-holing until its entry expires.
+    if let Some(entry) = ct::lookup(&forward)
+        && entry.flags & ct_flags::FORWARD != 0
+    {
+        // UDP has no connection to keep: once its backend is gone it picks again below, at once,
+        // instead of black-holing until the entry expires (kube-proxy's stale-UDP problem).
+        if flow.proto != proto::UDP || backend(entry.backend_id).is_some() {
+            let be = Backend4 { addr: entry.backend_addr, port: entry.backend_port, proto: flow.proto, flags: 0 };
+            let hairpin = entry.flags & ct_flags::SNAT != 0;
+            ct::touch(entry, flow, 0);
+            return translate(ctx, flow, &be, hairpin);
         }
     }
     let Some(mut svc) = service(flow.daddr, flow.dport, flow.proto, SCOPE_EXTERNAL, 0) else {
@@ -94,7 +95,7 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         proto: flow.proto,
         _pad: [0; 3],
     };
-    if ct::create(&forward, &reply, backend_id, svc.rev_nat, hairpin.then_some(flow.saddr)).is_err() {
+    if ct::create(&forward, &reply, backend_id, be, svc.rev_nat, hairpin.then_some(flow.saddr)).is_err() {
         return Outcome::Drop;
     }
     translate(ctx, flow, be, hairpin)

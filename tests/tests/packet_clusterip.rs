@@ -201,6 +201,33 @@ fn open_connection_keeps_its_backend_and_a_deleted_backend_rebalances() {
 }
 
 #[test]
+fn tcp_connection_outlives_its_endpoint() {
+    if !privilege::require("tcp_connection_outlives_its_endpoint") {
+        return;
+    }
+    let mut dp = TestDatapath::load("clusterip-tcpkeep");
+    let svc = one_backend(PROTO_TCP, 1);
+    dp.add_service(&svc);
+    let syn = dp.run("tc_from_pod", &Ipv4Packet::tcp(CLIENT, 40010, VIP, 80).build());
+    assert_eq!(packet::read(&syn.packet).dst, BACKEND_A);
+    // The endpoint turns not-ready and leaves the Service; its pod still serves the open connection.
+    let b_id = 77;
+    dp.add_backend(b_id, BACKEND_B, 9090, PROTO_TCP);
+    dp.set_slot(&svc, 1, b_id);
+    dp.remove_backend(svc.backend_id(0));
+    let mut ack = Ipv4Packet::tcp(CLIENT, 40010, VIP, 80);
+    ack.tcp_flags = TCP_ACK;
+    let out = dp.run("tc_from_pod", &ack.build());
+    let seen = packet::read(&out.packet);
+    assert_eq!(
+        (seen.dst, seen.dport),
+        (BACKEND_A, 8080),
+        "the open TCP connection keeps its backend"
+    );
+    assert_checksums(&out.packet, "kept");
+}
+
+#[test]
 fn random_pick_spreads_over_all_backends() {
     if !privilege::require("random_pick_spreads_over_all_backends") {
         return;
