@@ -87,6 +87,23 @@ pub fn explain(input: &PolicyInput, flow: &Flow) -> Result<Explanation, ExplainE
     explain_in(&Cluster::new(input), flow)
 }
 
+/// `explain` for many flows over one input: validates the input once.
+pub struct Explainer {
+    cluster: Cluster,
+}
+
+impl Explainer {
+    pub fn new(input: &PolicyInput) -> Self {
+        Self {
+            cluster: Cluster::new(input),
+        }
+    }
+
+    pub fn explain(&self, flow: &Flow) -> Result<Explanation, ExplainError> {
+        explain_in(&self.cluster, flow)
+    }
+}
+
 /// The source as policy sees it: a pod (selectable, if not host-network) and/or an address.
 struct Source<'a> {
     pod: Option<&'a PodView>,
@@ -153,8 +170,11 @@ pub(crate) fn explain_in(cluster: &Cluster, flow: &Flow) -> Result<Explanation, 
             },
             &dst.named_ports,
         );
+        // As the datapath: the node's own traffic passes before any rule is consulted.
         match v {
-            DirectionVerdict::DefaultDeny { .. } if from_host => DirectionVerdict::HostAllowed,
+            DirectionVerdict::DefaultDeny { .. } | DirectionVerdict::Allowed(_) if from_host => {
+                DirectionVerdict::HostAllowed
+            }
             v => v,
         }
     };

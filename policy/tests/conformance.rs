@@ -1,9 +1,15 @@
-//! The upstream NetworkPolicy e2e cases (testdata/policy) checked with the reference evaluator.
+//! The upstream NetworkPolicy e2e cases (testdata/policy) checked with the reference evaluator, and the
+//! compiled datapath state (through the simulator) checked against both.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use policy::scenario::{Scenario, TruthTable};
-use policy::{Flow, PolicyInput, explain};
+use policy::simulate::keys_are_canonical;
+use policy::{
+    Allocations, DirectionVerdict, Explainer, Flow, Peer, PolicyDesired, PolicyInput, Protocol, SimStep,
+    compile, explain, simulate,
+};
 
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/policy")
@@ -108,4 +114,164 @@ fn describe(
         }
     }
     s
+}
+
+/// Where a flow's endpoints are: the IP of every model pod.
+fn pod_ip(input: &PolicyInput, pod: &policy::PodRef) -> Ipv4Addr {
+    input
+        .pods
+        .iter()
+        .find(|p| {
+            p.metadata.namespace.as_deref() == Some(&pod.namespace)
+                && p.metadata.name.as_deref() == Some(&pod.name)
+        })
+        .and_then(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+        .unwrap_or_else(|| panic!("no IP for {pod}"))
+}
+
+/// The datapath's verdict for a flow in the two-node cluster: egress is decided on the source's node,
+/// ingress on the destination's (each simulated over that node's compiled maps).
+fn cluster_verdict(
+    nodes: &[PolicyDesired],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    port: u16,
+) -> (SimStep, SimStep, &PolicyDesired, &PolicyDesired) {
+    let mut egress = (SimStep::NotLocal, &nodes[0]);
+    let mut ingress = (SimStep::NotLocal, &nodes[0]);
+    for d in nodes {
+        let v = simulate(d, src, dst, proto, port);
+        if v.egress != SimStep::NotLocal {
+            egress = (v.egress, d);
+        }
+        if v.ingress != SimStep::NotLocal {
+            ingress = (v.ingress, d);
+        }
+    }
+    (egress.0, ingress.0, egress.1, ingress.1)
+}
+
+/// Does a simulated step say the same as explain's verdict for that direction?
+fn same(step: SimStep, d: &PolicyDesired, verdict: Option<&DirectionVerdict>) -> Result<(), String> {
+    match (step, verdict) {
+        (SimStep::NotLocal, None)
+        | (SimStep::NotIsolated, Some(DirectionVerdict::NotIsolated) | None)
+        | (SimStep::HostAllowed, Some(DirectionVerdict::HostAllowed))
+        | (SimStep::Denied { .. }, Some(DirectionVerdict::DefaultDeny { .. })) => Ok(()),
+        (SimStep::Allowed { entry, .. }, Some(DirectionVerdict::Allowed(matches))) => {
+            let policy = &d.policies[&entry.policy_ref];
+            let rule = usize::from(entry.rule_index);
+            if matches.iter().any(|m| &m.policy == policy && m.rule == rule) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "datapath names {policy} rule {rule}, explain has {matches:?}"
+                ))
+            }
+        }
+        (s, v) => Err(format!("datapath {s:?} vs explain {v:?}")),
+    }
+}
+
+#[test]
+fn compiled_datapath_agrees_with_explain_on_every_flow() {
+    let model = model();
+    let ports = [1u16, 79, 80, 81, 82, 90, 91, 1024, 1025, 65535];
+    let mut failures = Vec::new();
+    let mut flows = 0usize;
+    for (file, sc) in scenarios() {
+        let input = sc.apply(&model);
+        let explainer = Explainer::new(&input);
+        let nodes: Vec<PolicyDesired> = ["node-1", "node-2"]
+            .iter()
+            .map(|n| compile(&input, n, &Allocations::default()).unwrap_or_else(|e| panic!("{file}: {e}")))
+            .collect();
+        for d in &nodes {
+            assert!(d.errors.is_empty(), "{file}: {:?}", d.errors);
+            assert!(
+                keys_are_canonical(d),
+                "{file}: {}: a key has bits set past its prefix",
+                d.node
+            );
+        }
+        // Every source of the tables (pods and bare addresses) to every pod, on every protocol and a
+        // spread of ports, including the expected cells themselves.
+        let sources: Vec<Peer> = sc
+            .expect
+            .iter()
+            .flat_map(|e| e.table.rows.iter().map(|(p, _)| p.clone()))
+            .collect();
+        let mut sources_dedup = Vec::new();
+        for s in sources {
+            if !sources_dedup.contains(&s) {
+                sources_dedup.push(s);
+            }
+        }
+        let columns = &sc.expect[0].table.columns;
+        let mut cases: Vec<(u16, Protocol, Option<&policy::scenario::Expectation>)> = Vec::new();
+        for e in &sc.expect {
+            cases.push((e.port, e.protocol, Some(e)));
+        }
+        for port in ports {
+            for proto in Protocol::ALL {
+                cases.push((port, proto, None));
+            }
+        }
+        for (port, protocol, expectation) in cases {
+            for from in &sources_dedup {
+                for to in columns {
+                    flows += 1;
+                    let flow = Flow {
+                        from: from.clone(),
+                        to: to.clone(),
+                        port,
+                        protocol,
+                    };
+                    let ex = explainer.explain(&flow).unwrap();
+                    let src = match from {
+                        Peer::Pod(p) => pod_ip(&input, p),
+                        Peer::Ip(ip) => *ip,
+                    };
+                    let (eg, ing, eg_node, ing_node) =
+                        cluster_verdict(&nodes, src, pod_ip(&input, to), protocol.number(), port);
+                    let sim_allowed = !eg.is_denied() && !ing.is_denied();
+                    let mut problems = Vec::new();
+                    if sim_allowed != ex.allowed {
+                        problems.push(format!(
+                            "datapath allowed={sim_allowed}, explain allowed={}",
+                            ex.allowed
+                        ));
+                    }
+                    if let Err(e) = same(eg, eg_node, ex.egress.as_ref()) {
+                        problems.push(format!("egress: {e}"));
+                    }
+                    if let Err(e) = same(ing, ing_node, Some(&ex.ingress)) {
+                        problems.push(format!("ingress: {e}"));
+                    }
+                    if let Some(want) = expectation.and_then(|e| e.table.get(from, to)) {
+                        if want != sim_allowed {
+                            problems.push(format!(
+                                "table says allowed={want}, datapath allowed={sim_allowed}"
+                            ));
+                        }
+                    }
+                    if !problems.is_empty() {
+                        failures.push(format!(
+                            "{file}: {from} -> {to} {port}/{protocol}: {}\n    {ex}",
+                            problems.join("; ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let shown: Vec<&String> = failures.iter().take(40).collect();
+    assert!(
+        failures.is_empty(),
+        "{} disagreements (first 40):\n{}",
+        failures.len(),
+        shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
+    eprintln!("{flows} flows agree");
 }
