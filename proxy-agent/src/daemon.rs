@@ -20,9 +20,11 @@ use crate::{
     },
     endpoints::{self, LocalEndpoint},
     host::{links, routes},
+    lb,
+    reconcile::Reconciler,
     snapshot::Snapshot,
     source::manifests,
-    status::{AttachmentRow, CounterView, EndpointView, StatusView, SyncView},
+    status::{AttachmentRow, CounterView, EndpointView, LbView, StatusView, SyncView},
 };
 
 /// How often the agent looks for changed files and new interfaces. A pod's veth appears when the CNI
@@ -37,8 +39,10 @@ pub struct Shared {
 
 struct Inner {
     datapath: Datapath,
+    reconciler: Reconciler,
     node: String,
     sync: SyncView,
+    lb: LbView,
     endpoints: Vec<LocalEndpoint>,
     errors: Vec<String>,
 }
@@ -78,6 +82,7 @@ impl Shared {
             pin_dir: inner.datapath.pin_dir.display().to_string(),
             object_bytes: Datapath::object_size(),
             sync: inner.sync.clone(),
+            lb: inner.lb.clone(),
             endpoints: inner
                 .endpoints
                 .iter()
@@ -111,11 +116,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     let Some(manifests_path) = args.manifests.clone() else {
         bail!("no source of objects: the API-server source is not built yet; pass --manifests FILE|DIR");
     };
-    let datapath = Datapath::load(&args.bpffs_root)?;
+    let mut datapath = Datapath::load(&args.bpffs_root)?;
+    // Ids come back from the pinned maps, so a restarted agent rewrites nothing that is still right.
+    let reconciler = Reconciler::restore(&datapath.lb_maps())?;
     tracing::info!(node = %args.node, pin_dir = %args.bpffs_root.display(), "datapath loaded");
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             datapath,
+            reconciler,
+            lb: LbView::default(),
             node: args.node.clone(),
             sync: SyncView {
                 source: format!("manifests {}", manifests_path.display()),
@@ -157,6 +166,50 @@ async fn serve(args: RunArgs, manifests_path: PathBuf, shared: Arc<Shared>) -> R
         }
     }
     tracing::info!("shutting down; pinned maps stay for the next start");
+    Ok(())
+}
+
+/// Service maps follow the snapshot: plan (pure) → reconcile (dump, diff, ordered writes).
+fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner) -> Result<()> {
+    let mut snapshot = watch.snapshot.clone();
+    // Standalone mode plays the EndpointSlice controller for Services that come without slices.
+    let derived = lb::derive_endpoint_slices(&snapshot);
+    snapshot.endpoint_slices.extend(derived);
+    let plan = lb::plan(&snapshot, &args.node);
+    for r in &plan.rejected {
+        if watch.reported.insert(r.to_string()) {
+            tracing::warn!(object = %r, "object skipped by the service planner");
+        }
+    }
+    inner
+        .sync
+        .rejected
+        .extend(plan.rejected.iter().map(ToString::to_string));
+    let Inner {
+        datapath,
+        reconciler,
+        lb,
+        ..
+    } = inner;
+    let outcome = reconciler.reconcile(&plan, &mut datapath.lb_maps())?;
+    for u in &outcome.unfit {
+        tracing::error!(service = %u.service, frontend = %u.frontend, reason = %u.reason, "frontend does not fit");
+    }
+    if !outcome.ops.is_empty() {
+        tracing::info!(
+            ops = outcome.ops.len(),
+            frontends = plan.frontends.len(),
+            "service maps updated"
+        );
+    }
+    lb.frontends = plan.frontends.len();
+    lb.last_ops = outcome.ops.len();
+    lb.total_ops += outcome.ops.len() as u64;
+    lb.unfit = outcome
+        .unfit
+        .iter()
+        .map(|u| format!("{} {}: {}", u.service, u.frontend, u.reason))
+        .collect();
     Ok(())
 }
 
@@ -210,7 +263,9 @@ impl SourceWatch {
 
 fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared) -> Result<()> {
     let mut inner = shared.lock();
-    watch.refresh(&mut inner.sync)?;
+    if watch.refresh(&mut inner.sync)? {
+        reconcile_services(args, watch, &mut inner)?;
+    }
     let table = routes::read_routes()?;
     let links = links::read_links()?;
     let local = endpoints::local_endpoints(&watch.snapshot, &args.node, &table);

@@ -15,6 +15,7 @@ pub struct StatusView {
     pub pin_dir: String,
     pub object_bytes: usize,
     pub sync: SyncView,
+    pub lb: LbView,
     pub endpoints: Vec<EndpointView>,
     pub attachments: Vec<AttachmentRow>,
     /// Program name → packets and bytes it has seen, summed over CPUs.
@@ -33,6 +34,17 @@ pub struct SyncView {
     pub reloads: u64,
     /// Objects that were reported and skipped.
     pub rejected: Vec<String>,
+}
+
+/// Service load balancing as last reconciled.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LbView {
+    pub frontends: usize,
+    /// Map operations of the last pass that changed something, and since start.
+    pub last_ops: usize,
+    pub total_ops: u64,
+    /// Frontends left out because a map or id space is full.
+    pub unfit: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -99,6 +111,14 @@ pub fn render_table(v: &StatusView) -> String {
     );
     for r in &v.sync.rejected {
         let _ = writeln!(s, "  rejected: {r}");
+    }
+    let _ = writeln!(
+        s,
+        "Services:     {} frontends programmed, {} map operations so far",
+        v.lb.frontends, v.lb.total_ops
+    );
+    for u in &v.lb.unfit {
+        let _ = writeln!(s, "  does not fit: {u}");
     }
     let _ = writeln!(s, "\nAttachments:");
     let _ = writeln!(

@@ -81,7 +81,10 @@ pub fn create(
     // Reply entry first: a forward entry without its reply would translate packets whose answers
     // could not be translated back.
     CT4.insert(reply, &reply_entry, 0).map_err(|_| ())?;
-    let forward_entry = CtEntry4 { flags: ct_flags::FORWARD | snat, ..reply_entry };
+    let forward_entry = CtEntry4 {
+        flags: ct_flags::FORWARD | snat,
+        ..reply_entry
+    };
     if CT4.insert(forward, &forward_entry, 0).is_err() {
         let _ = CT4.remove(reply);
         return Err(());

@@ -2,13 +2,13 @@
 //! way out of the pod; reverse NAT of replies on the way in.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::programs::TcContext;
 use common::{
     affinity::{AffinityKey4, AffinityValue},
     ct::{CtKey4, ct_flags},
     lb::{Backend4, Lb4Key, Lb4Service, SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags},
     net::{Be16, Be32, proto},
 };
-use aya_ebpf::programs::TcContext;
 
 use crate::{
     ct,
@@ -37,7 +37,14 @@ pub enum Outcome {
 
 #[inline(always)]
 fn service(addr: u32, port: u16, proto: u8, scope: u8, slot: u16) -> Option<&'static Lb4Service> {
-    let key = Lb4Key { addr: Be32::from_raw(addr), port: Be16::from_raw(port), slot, proto, scope, _pad: [0; 2] };
+    let key = Lb4Key {
+        addr: Be32::from_raw(addr),
+        port: Be16::from_raw(port),
+        slot,
+        proto,
+        scope,
+        _pad: [0; 2],
+    };
     // SAFETY: read-only use of a map value.
     unsafe { SERVICES.get(&key) }
 }
@@ -64,7 +71,12 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         // UDP has no connection to keep: once its backend is gone it picks again below, at once,
         // instead of black-holing until the entry expires (kube-proxy's stale-UDP problem).
         if flow.proto != proto::UDP || backend(entry.backend_id).is_some() {
-            let be = Backend4 { addr: entry.backend_addr, port: entry.backend_port, proto: flow.proto, flags: 0 };
+            let be = Backend4 {
+                addr: entry.backend_addr,
+                port: entry.backend_port,
+                proto: flow.proto,
+                flags: 0,
+            };
             let hairpin = entry.flags & ct_flags::SNAT != 0;
             ct::touch(entry, flow, 0);
             return translate(ctx, flow, &be, hairpin);
@@ -79,9 +91,17 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
             None => return Outcome::Drop,
         }
     }
-    let scope = if svc.flags & svc_flags::HAS_INTERNAL_SCOPE != 0 { SCOPE_INTERNAL } else { SCOPE_EXTERNAL };
+    let scope = if svc.flags & svc_flags::HAS_INTERNAL_SCOPE != 0 {
+        SCOPE_INTERNAL
+    } else {
+        SCOPE_EXTERNAL
+    };
     if svc.count == 0 {
-        return if svc.flags & svc_flags::REJECT != 0 { Outcome::Reject } else { Outcome::Drop };
+        return if svc.flags & svc_flags::REJECT != 0 {
+            Outcome::Reject
+        } else {
+            Outcome::Drop
+        };
     }
     let Some((backend_id, be)) = pick(flow, svc, scope) else {
         return Outcome::Drop;
@@ -95,7 +115,16 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         proto: flow.proto,
         _pad: [0; 3],
     };
-    if ct::create(&forward, &reply, backend_id, be, svc.rev_nat, hairpin.then_some(flow.saddr)).is_err() {
+    if ct::create(
+        &forward,
+        &reply,
+        backend_id,
+        be,
+        svc.rev_nat,
+        hairpin.then_some(flow.saddr),
+    )
+    .is_err()
+    {
         return Outcome::Drop;
     }
     translate(ctx, flow, be, hairpin)
@@ -119,15 +148,28 @@ fn translate(ctx: &TcContext, flow: &mut Ipv4Flow, be: &Backend4, hairpin: bool)
 /// Backend choice: the client's previous backend under sessionAffinity, else a random slot.
 #[inline(always)]
 fn pick(flow: &Ipv4Flow, svc: &Lb4Service, scope: u8) -> Option<(u32, &'static Backend4)> {
-    let affinity_key = AffinityKey4 { rev_nat: svc.rev_nat, _pad: 0, client: Be32::from_raw(flow.saddr) };
+    let affinity_key = AffinityKey4 {
+        rev_nat: svc.rev_nat,
+        _pad: 0,
+        client: Be32::from_raw(flow.saddr),
+    };
     let now = ct::now();
     if svc.flags & svc_flags::AFFINITY != 0 {
         // SAFETY: read-only use of a map value.
         if let Some(prev) = unsafe { AFFINITY.get(&affinity_key) } {
-            let fresh = now.saturating_sub(prev.last_used_ns) < u64::from(svc.affinity_timeout) * 1_000_000_000;
+            let fresh =
+                now.saturating_sub(prev.last_used_ns) < u64::from(svc.affinity_timeout) * 1_000_000_000;
             if fresh && let Some(be) = backend(prev.backend_id) {
                 let id = prev.backend_id;
-                let _ = AFFINITY.insert(&affinity_key, &AffinityValue { backend_id: id, _pad: 0, last_used_ns: now }, 0);
+                let _ = AFFINITY.insert(
+                    &affinity_key,
+                    &AffinityValue {
+                        backend_id: id,
+                        _pad: 0,
+                        last_used_ns: now,
+                    },
+                    0,
+                );
                 return Some((id, be));
             }
         }
@@ -140,7 +182,15 @@ fn pick(flow: &Ipv4Flow, svc: &Lb4Service, scope: u8) -> Option<(u32, &'static B
     let id = slot_entry.backend_id;
     let be = backend(id)?;
     if svc.flags & svc_flags::AFFINITY != 0 {
-        let _ = AFFINITY.insert(&affinity_key, &AffinityValue { backend_id: id, _pad: 0, last_used_ns: now }, 0);
+        let _ = AFFINITY.insert(
+            &affinity_key,
+            &AffinityValue {
+                backend_id: id,
+                _pad: 0,
+                last_used_ns: now,
+            },
+            0,
+        );
     }
     Some((id, be))
 }

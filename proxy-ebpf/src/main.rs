@@ -53,9 +53,13 @@ pub fn tc_to_pod(ctx: TcContext) -> i32 {
 }
 
 /// Sends the packet out of the interface it arrived on: from a pod's veth ingress that delivers it
-/// back into the same pod.
+/// back into the same pod. The pod addressed the frame to the host's MAC; delivered unchanged, the
+/// pod would see a frame for another host and drop it, so the MAC addresses are swapped.
 #[inline(always)]
 fn redirect_back(ctx: &TcContext) -> i32 {
+    if reject::swap_macs(ctx).is_err() {
+        return TC_ACT_SHOT;
+    }
     // SAFETY: reading the ifindex of the skb this program runs on; the helper has no preconditions.
     unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
 }

@@ -43,16 +43,23 @@ pub fn rewrite(ctx: &TcContext, flow: &mut Ipv4Flow, end: End, addr: u32, port: 
     };
     if old_addr != addr {
         ctx.store(addr_off, &addr, 0).map_err(|_| ())?;
-        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(addr), 4).map_err(|_| ())?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(addr), 4)
+            .map_err(|_| ())?;
         if let Some((off, flags)) = l4_csum(flow) {
-            ctx.l4_csum_replace(off, u64::from(old_addr), u64::from(addr), flags | BPF_F_PSEUDO_HDR | 4)
-                .map_err(|_| ())?;
+            ctx.l4_csum_replace(
+                off,
+                u64::from(old_addr),
+                u64::from(addr),
+                flags | BPF_F_PSEUDO_HDR | 4,
+            )
+            .map_err(|_| ())?;
         }
     }
     if old_port != port && has_ports(flow.proto) {
         ctx.store(port_off, &port, 0).map_err(|_| ())?;
         if let Some((off, flags)) = l4_csum(flow) {
-            ctx.l4_csum_replace(off, u64::from(old_port), u64::from(port), flags | 2).map_err(|_| ())?;
+            ctx.l4_csum_replace(off, u64::from(old_port), u64::from(port), flags | 2)
+                .map_err(|_| ())?;
         }
     }
     if flow.proto == proto::SCTP && old_port != port {

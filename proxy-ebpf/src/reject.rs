@@ -39,7 +39,7 @@ pub fn refuse(ctx: &TcContext, flow: &Ipv4Flow) -> i32 {
 }
 
 #[inline(always)]
-fn swap_macs(ctx: &TcContext) -> Result<(), ()> {
+pub fn swap_macs(ctx: &TcContext) -> Result<(), ()> {
     let eth = ptr_at::<[u8; 12]>(ctx.data(), ctx.data_end(), 0).ok_or(())?;
     // SAFETY: bounds checked by ptr_at.
     let macs = unsafe { &mut *eth };
@@ -127,7 +127,12 @@ fn tcp_rst(ctx: &TcContext, flow: &Ipv4Flow) -> Result<(), ()> {
     out[13] = flags;
     // Checksum: pseudo-header (new src = old dst) plus the header itself.
     let mut sum: u32 = 0;
-    for pair in [[dst[0], dst[1]], [dst[2], dst[3]], [src[0], src[1]], [src[2], src[3]]] {
+    for pair in [
+        [dst[0], dst[1]],
+        [dst[2], dst[3]],
+        [src[0], src[1]],
+        [src[2], src[3]],
+    ] {
         sum += u32::from(u16::from_be_bytes(pair));
     }
     sum += u32::from(proto::TCP) + TCP_HLEN as u32;
@@ -144,7 +149,8 @@ fn tcp_rst(ctx: &TcContext, flow: &Ipv4Flow) -> Result<(), ()> {
 fn icmp_port_unreachable(ctx: &TcContext, flow: &Ipv4Flow) -> Result<(), ()> {
     let _ = flow;
     // Room for the new IP and ICMP headers in front of the offending packet, which becomes the quote.
-    ctx.adjust_room((IP_HLEN + ICMP_HLEN) as i32, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
+    ctx.adjust_room((IP_HLEN + ICMP_HLEN) as i32, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(|_| ())?;
     let total = ETH_HLEN + IP_HLEN + ICMP_HLEN + ICMP_QUOTE;
     // SAFETY: helper on this program's skb.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, total as u32, 0) } != 0 {
@@ -155,7 +161,10 @@ fn icmp_port_unreachable(ctx: &TcContext, flow: &Ipv4Flow) -> Result<(), ()> {
     let quoted = ptr_at::<[u8; ICMP_QUOTE]>(ctx.data(), ctx.data_end(), quote_off).ok_or(())?;
     // SAFETY: bounds checked by ptr_at.
     let quoted = unsafe { &*quoted };
-    let (client, vip) = ([quoted[12], quoted[13], quoted[14], quoted[15]], [quoted[16], quoted[17], quoted[18], quoted[19]]);
+    let (client, vip) = (
+        [quoted[12], quoted[13], quoted[14], quoted[15]],
+        [quoted[16], quoted[17], quoted[18], quoted[19]],
+    );
 
     let ip = ptr_at::<[u8; IP_HLEN]>(ctx.data(), ctx.data_end(), ETH_HLEN).ok_or(())?;
     // SAFETY: bounds checked by ptr_at.
@@ -177,7 +186,13 @@ fn icmp_port_unreachable(ctx: &TcContext, flow: &Ipv4Flow) -> Result<(), ()> {
     icmp[..ICMP_HLEN].copy_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
     // SAFETY: `icmp` is a checked region of ICMP_HLEN + ICMP_QUOTE bytes (a multiple of 4).
     let sum = unsafe {
-        bpf_csum_diff(core::ptr::null_mut(), 0, icmp.as_mut_ptr().cast(), (ICMP_HLEN + ICMP_QUOTE) as u32, 0)
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            icmp.as_mut_ptr().cast(),
+            (ICMP_HLEN + ICMP_QUOTE) as u32,
+            0,
+        )
     };
     if sum < 0 {
         return Err(());

@@ -65,7 +65,12 @@ pub fn fix_crc32c(ctx: &TcContext, l4: usize) -> Result<(), ()> {
         let n = ((n - 1) & (CHUNK - 1)) + 1;
         // SAFETY: `buf` has CHUNK bytes and n <= CHUNK.
         let ret = unsafe {
-            bpf_skb_load_bytes(ctx.skb.skb as *const _, (l4 + off) as u32, buf.as_mut_ptr().cast(), n as u32)
+            bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                (l4 + off) as u32,
+                buf.as_mut_ptr().cast(),
+                n as u32,
+            )
         };
         if ret != 0 {
             return Err(());

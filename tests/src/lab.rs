@@ -176,3 +176,88 @@ pub fn text<'a>(doc: &'a Value, path: &[&str]) -> &'a str {
     v.as_str()
         .unwrap_or_else(|| panic!("no string at {path:?} in {doc:#}"))
 }
+
+/// `STRAIT_AGENT_BIN`, else `<workspace>/target/release/proxy-agent`.
+pub fn agent_bin() -> PathBuf {
+    let bin = std::env::var_os("STRAIT_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/proxy-agent"));
+    assert!(
+        bin.is_file(),
+        "no agent binary at {} (run `cargo build --release -p proxy-agent`, or set STRAIT_AGENT_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+impl Lab {
+    /// `lab up FILE --json` with one agent per node, then waits (bounded) until every agent reports a
+    /// first full sync with at least `frontends` service frontends programmed.
+    pub fn up_with_agents(&self, file: &str, frontends: u64) -> Value {
+        let agent = agent_bin();
+        let up = self.json(&[
+            "up",
+            file,
+            "--agent-bin",
+            agent.to_str().expect("utf-8 path"),
+            "--json",
+        ]);
+        let nodes: Vec<String> = up["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| text(n, &["name"]).to_string())
+            .collect();
+        for node in nodes {
+            self.wait_for_agent(&node, frontends);
+        }
+        up
+    }
+
+    /// The agent's `status -o json` on `node`.
+    pub fn agent_status(&self, node: &str) -> Option<Value> {
+        let agent = agent_bin();
+        let out = self.run(&[
+            "exec",
+            &format!("node/{node}"),
+            "--",
+            agent.to_str()?,
+            "status",
+            "-o",
+            "json",
+        ]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn wait_for_agent(&self, node: &str, frontends: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let mut last = None;
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.agent_status(node) {
+                if s["sync"]["synced"] == true && s["lb"]["frontends"].as_u64().unwrap_or(0) >= frontends {
+                    return;
+                }
+                last = Some(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("agent on {node} not synced with {frontends} frontends within 15 s; last status: {last:#?}");
+    }
+
+    /// `lab probe ... --json` and the per-responder summary.
+    pub fn probe(&self, from: &str, to: &str, count: u32) -> Value {
+        self.json(&[
+            "probe",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--count",
+            &count.to_string(),
+            "--json",
+        ])
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod bpffs;
+pub mod lb_maps;
 pub mod loader;
 pub mod stats;
 

@@ -1,0 +1,88 @@
+//! The load-balancing maps of the loaded datapath, behind the reconciler's [`LbMaps`] trait.
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, MapData};
+use common::{
+    lb::{Backend4, Lb4Key, Lb4Service, RevNat4},
+    map_names,
+};
+
+use super::Datapath;
+use crate::reconcile::{DesiredMaps, LbMaps, MapOp};
+
+pub struct AyaLbMaps<'a> {
+    datapath: &'a mut Datapath,
+}
+
+impl Datapath {
+    pub fn lb_maps(&mut self) -> AyaLbMaps<'_> {
+        AyaLbMaps { datapath: self }
+    }
+}
+
+fn hash<'m, K: aya::Pod, V: aya::Pod>(dp: &'m Datapath, name: &str) -> Result<HashMap<&'m MapData, K, V>> {
+    let map = dp
+        .ebpf
+        .map(name)
+        .with_context(|| format!("map {name} missing from the object"))?;
+    HashMap::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn hash_mut<'m, K: aya::Pod, V: aya::Pod>(
+    dp: &'m mut Datapath,
+    name: &str,
+) -> Result<HashMap<&'m mut MapData, K, V>> {
+    let map = dp
+        .ebpf
+        .map_mut(name)
+        .with_context(|| format!("map {name} missing from the object"))?;
+    HashMap::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl LbMaps for AyaLbMaps<'_> {
+    fn dump(&self) -> Result<DesiredMaps> {
+        let mut out = DesiredMaps::default();
+        for entry in hash::<Lb4Key, Lb4Service>(self.datapath, map_names::LB4_SERVICES)?.iter() {
+            let (k, v) = entry.context("reading the services map")?;
+            out.services.insert(k, v);
+        }
+        for entry in hash::<u32, Backend4>(self.datapath, map_names::LB4_BACKENDS)?.iter() {
+            let (k, v) = entry.context("reading the backends map")?;
+            out.backends.insert(k, v);
+        }
+        for entry in hash::<u16, RevNat4>(self.datapath, map_names::LB4_REVNAT)?.iter() {
+            let (k, v) = entry.context("reading the rev-NAT map")?;
+            out.revnat.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<()> {
+        let dp = &mut *self.datapath;
+        let absent_ok = |r: Result<(), aya::maps::MapError>| match r {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            other => other,
+        };
+        match *op {
+            MapOp::UpsertBackend { id, backend } => {
+                hash_mut::<u32, Backend4>(dp, map_names::LB4_BACKENDS)?.insert(id, backend, 0)?;
+            }
+            MapOp::UpsertService { key, value } => {
+                hash_mut::<Lb4Key, Lb4Service>(dp, map_names::LB4_SERVICES)?.insert(key, value, 0)?;
+            }
+            MapOp::UpsertRevNat { id, revnat } => {
+                hash_mut::<u16, RevNat4>(dp, map_names::LB4_REVNAT)?.insert(id, revnat, 0)?;
+            }
+            MapOp::DeleteService { key } => {
+                absent_ok(hash_mut::<Lb4Key, Lb4Service>(dp, map_names::LB4_SERVICES)?.remove(&key))?;
+            }
+            MapOp::DeleteRevNat { id } => {
+                absent_ok(hash_mut::<u16, RevNat4>(dp, map_names::LB4_REVNAT)?.remove(&id))?;
+            }
+            MapOp::DeleteBackend { id } => {
+                absent_ok(hash_mut::<u32, Backend4>(dp, map_names::LB4_BACKENDS)?.remove(&id))?;
+            }
+        }
+        Ok(())
+    }
+}
