@@ -2,7 +2,10 @@
 #![deny(unsafe_code)]
 
 #[path = "../../proxy-agent/build/ebpf_toolchain.rs"]
-#[allow(dead_code, reason = "shared with proxy-agent's build script, which uses other parts")]
+#[allow(
+    dead_code,
+    reason = "shared with proxy-agent's build script, which uses other parts"
+)]
 mod ebpf_toolchain;
 mod lab;
 mod manifests_check;
@@ -51,7 +54,9 @@ fn main() -> anyhow::Result<()> {
 
 fn build() -> anyhow::Result<()> {
     setup::require_toolchain()?;
-    let status = cargo().args(["build", "--release", "-p", "proxy-agent", "-p", "xtask"]).status()?;
+    let status = cargo()
+        .args(["build", "--release", "-p", "proxy-agent", "-p", "xtask"])
+        .status()?;
     anyhow::ensure!(status.success(), "cargo build failed ({status})");
     eprintln!("built {}", target_dir().join("release/proxy-agent").display());
     Ok(())
@@ -59,7 +64,10 @@ fn build() -> anyhow::Result<()> {
 
 /// The workspace root (xtask sits one level below it).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
 }
 
 pub fn target_dir() -> PathBuf {

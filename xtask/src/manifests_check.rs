@@ -23,15 +23,34 @@ mod tests {
         let docs = documents("daemonset.yaml");
         let ds: DaemonSet = serde_yaml::from_value(docs[0].clone()).expect("daemonset.yaml is a DaemonSet");
         let pod = ds.spec.unwrap().template.spec.unwrap();
-        assert_eq!(pod.host_network, Some(true), "the agent must see the node's interfaces");
+        assert_eq!(
+            pod.host_network,
+            Some(true),
+            "the agent must see the node's interfaces"
+        );
         let c = &pod.containers[0];
         assert_eq!(c.args.as_ref().unwrap()[0], "run");
         let env = c.env.as_ref().unwrap();
-        assert!(env.iter().any(|e| e.name == "NODE_NAME"), "NODE_NAME feeds --node");
+        assert!(
+            env.iter().any(|e| e.name == "NODE_NAME"),
+            "NODE_NAME feeds --node"
+        );
         let mounts = c.volume_mounts.as_ref().unwrap();
-        let bpffs = mounts.iter().find(|m| m.mount_path == "/sys/fs/bpf").expect("bpffs mounted");
+        let bpffs = mounts
+            .iter()
+            .find(|m| m.mount_path == "/sys/fs/bpf")
+            .expect("bpffs mounted");
         assert_eq!(bpffs.mount_propagation.as_deref(), Some("Bidirectional"));
-        let caps = c.security_context.as_ref().unwrap().capabilities.as_ref().unwrap().add.as_ref().unwrap();
+        let caps = c
+            .security_context
+            .as_ref()
+            .unwrap()
+            .capabilities
+            .as_ref()
+            .unwrap()
+            .add
+            .as_ref()
+            .unwrap();
         for cap in ["BPF", "NET_ADMIN"] {
             assert!(caps.iter().any(|c| c == cap), "capability {cap}");
         }
@@ -44,10 +63,21 @@ mod tests {
         let role: ClusterRole = serde_yaml::from_value(docs[1].clone()).unwrap();
         let _: ClusterRoleBinding = serde_yaml::from_value(docs[2].clone()).unwrap();
         let rules = role.rules.unwrap();
-        for resource in ["services", "pods", "namespaces", "nodes", "endpointslices", "networkpolicies"] {
+        for resource in [
+            "services",
+            "pods",
+            "namespaces",
+            "nodes",
+            "endpointslices",
+            "networkpolicies",
+        ] {
             let rule = rules
                 .iter()
-                .find(|r| r.resources.as_ref().is_some_and(|rs| rs.iter().any(|x| x == resource)))
+                .find(|r| {
+                    r.resources
+                        .as_ref()
+                        .is_some_and(|rs| rs.iter().any(|x| x == resource))
+                })
                 .unwrap_or_else(|| panic!("no rule for {resource}"));
             for verb in ["list", "watch"] {
                 assert!(rule.verbs.iter().any(|v| v == verb), "{resource}: {verb}");

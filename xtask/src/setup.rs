@@ -26,7 +26,10 @@ pub fn run() -> Result<()> {
     check_cgroup2()?;
     let route = ebpf_toolchain::detect_route().map_err(anyhow::Error::msg)?;
     if done.is_empty() {
-        eprintln!("setup: nothing to do; eBPF toolchain ready ({})", route.describe());
+        eprintln!(
+            "setup: nothing to do; eBPF toolchain ready ({})",
+            route.describe()
+        );
     } else {
         for d in &done {
             eprintln!("setup: {d}");
@@ -55,10 +58,16 @@ fn deb_installed(package: &str) -> bool {
 fn install_packages(done: &mut Vec<String>) -> Result<()> {
     let toolchain_ready = ebpf_toolchain::detect_route().is_ok();
     if !has_apt() {
-        let missing: Vec<&str> =
-            TOOL_PACKAGES.iter().filter(|(_, bin)| !Path::new(bin).exists()).map(|(p, _)| *p).collect();
+        let missing: Vec<&str> = TOOL_PACKAGES
+            .iter()
+            .filter(|(_, bin)| !Path::new(bin).exists())
+            .map(|(p, _)| *p)
+            .collect();
         if !missing.is_empty() {
-            bail!("missing tools ({}); install them with your package manager", missing.join(", "));
+            bail!(
+                "missing tools ({}); install them with your package manager",
+                missing.join(", ")
+            );
         }
         if !toolchain_ready {
             run_step(
@@ -78,7 +87,11 @@ fn install_packages(done: &mut Vec<String>) -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian packages {}: run `sudo apt-get install -y {}` or run setup as root", missing.join(" "), missing.join(" "));
+        bail!(
+            "missing Debian packages {}: run `sudo apt-get install -y {}` or run setup as root",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
     run_step(Command::new("apt-get").arg("update").arg("-qq"), "apt-get update")?;
     run_step(
@@ -98,8 +111,11 @@ fn install_bpf_linker(done: &mut Vec<String>) -> Result<()> {
     }
     eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} (about a minute)");
     run_step(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"]),
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ]),
         "cargo install bpf-linker",
     )?;
     done.push(format!("installed bpf-linker {BPF_LINKER_VERSION}"));
@@ -115,14 +131,22 @@ fn mount_bpffs(done: &mut Vec<String>) -> Result<()> {
         bail!("bpffs is not mounted at /sys/fs/bpf: run `sudo mount -t bpf bpf /sys/fs/bpf`");
     }
     std::fs::create_dir_all(path).context("creating /sys/fs/bpf")?;
-    nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .context("mounting bpffs at /sys/fs/bpf")?;
+    nix::mount::mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("mounting bpffs at /sys/fs/bpf")?;
     done.push("mounted bpffs at /sys/fs/bpf".into());
     Ok(())
 }
 
 pub fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        .unwrap_or(false)
 }
 
 fn check_cgroup2() -> Result<()> {
@@ -132,7 +156,9 @@ fn check_cgroup2() -> Result<()> {
             .unwrap_or(false)
     });
     if !found {
-        bail!("no cgroup v2 hierarchy at /sys/fs/cgroup/unified or /sys/fs/cgroup: the socket hooks need one");
+        bail!(
+            "no cgroup v2 hierarchy at /sys/fs/cgroup/unified or /sys/fs/cgroup: the socket hooks need one"
+        );
     }
     Ok(())
 }

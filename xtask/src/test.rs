@@ -47,11 +47,18 @@ pub fn run(args: &TestArgs) -> Result<()> {
             ]),
         )?;
     }
-    step("build", cargo().args(["build", "--release", "-p", "proxy-agent", "-p", "xtask"]))?;
+    step(
+        "build",
+        cargo().args(["build", "--release", "-p", "proxy-agent", "-p", "xtask"]),
+    )?;
     let target = crate::target_dir();
     eprintln!(
         "xtask test: privileged tests {}",
-        if root { "will run (root)" } else { "will be skipped: not root (set CI=true to make that a failure)" }
+        if root {
+            "will run (root)"
+        } else {
+            "will be skipped: not root (set CI=true to make that a failure)"
+        }
     );
     let mut test = cargo();
     test.args(["test", "--release", "--workspace", "--exclude", "proxy-ebpf"])
@@ -65,7 +72,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
 
 fn step(what: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("xtask test: {what}");
-    let status = cmd.status().with_context(|| format!("{what}: could not start cargo"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start cargo"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
