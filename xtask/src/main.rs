@@ -1,6 +1,7 @@
 //! Project tasks. `cargo xtask <task>`; see README.md.
 #![deny(unsafe_code)]
 
+mod demo;
 #[path = "../../proxy-agent/build/ebpf_toolchain.rs"]
 #[allow(
     dead_code,
@@ -32,6 +33,8 @@ enum Task {
     Setup,
     /// Build the agent (which embeds the eBPF object) and the tools.
     Build,
+    /// Set up, build, and show a two-node lab: pod-to-pod, a ClusterIP, a policy, the agent's view.
+    Demo(demo::DemoArgs),
     /// Run every test: lints, unit tests, privileged packet and lab tests.
     Test(test::TestArgs),
     /// A lab cluster made of network namespaces on this machine.
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => setup::run(),
         Task::Build => build(),
+        Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Lab(args) => lab::run(args),
         Task::LabResponder(args) => lab::responder::run(args),
