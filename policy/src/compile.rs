@@ -435,3 +435,421 @@ fn keys_for(ep: u32, dir: Direction, peer: u32, sel: PortSel) -> Vec<PolicyKey> 
             .collect(),
     }
 }
+
+fn peer_name(d: &PolicyDesired, peer: u32) -> String {
+    match peer {
+        identity::PEER_ANY => "any".into(),
+        identity::HOST => "host".into(),
+        identity::WORLD => "world".into(),
+        p if identity::is_cidr_class(p) => d
+            .cidr_classes
+            .get(&p)
+            .map_or_else(|| format!("class {p:#x}"), |n| format!("cidr {n}")),
+        p => format!("id {p}"),
+    }
+}
+
+fn flags_name(flags: u32) -> String {
+    let mut names = Vec::new();
+    if flags & endpoint_flags::INGRESS_ISOLATED != 0 {
+        names.push("ingress-isolated");
+    }
+    if flags & endpoint_flags::EGRESS_ISOLATED != 0 {
+        names.push("egress-isolated");
+    }
+    if names.is_empty() {
+        "not-isolated".into()
+    } else {
+        names.join(",")
+    }
+}
+
+impl std::fmt::Display for PolicyDesired {
+    /// A stable text dump of every map and table (golden tests, `policy list`, `identity list`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "node {}", self.node)?;
+        writeln!(f, "identities:")?;
+        for (id, key) in &self.identities {
+            writeln!(f, "  {id} {key}")?;
+        }
+        writeln!(f, "cidr-classes:")?;
+        for (class, net) in &self.cidr_classes {
+            writeln!(f, "  {class:#x} {net}")?;
+        }
+        writeln!(f, "policies:")?;
+        for (r, p) in &self.policies {
+            writeln!(f, "  {r} {p}")?;
+        }
+        writeln!(f, "endpoints:")?;
+        for (ep, info) in &self.endpoint_table {
+            writeln!(
+                f,
+                "  {ep} {} {} id {} {}",
+                info.pod,
+                info.ip,
+                info.identity,
+                flags_name(info.flags)
+            )?;
+        }
+        writeln!(f, "ipcache:")?;
+        for (k, v) in &self.ipcache {
+            let addr = Ipv4Addr::from(k.addr.octets());
+            writeln!(
+                f,
+                "  {addr}/{} -> {} class {:#x}",
+                k.prefix_len,
+                peer_name(self, v.identity),
+                v.cidr_class
+            )?;
+        }
+        writeln!(f, "policy:")?;
+        let mut entries: Vec<_> = self.policy.iter().collect();
+        entries.sort_by_key(|(k, _)| {
+            (
+                k.endpoint_id,
+                k.direction,
+                k.peer_id,
+                k.proto,
+                k.port.get(),
+                k.prefix_len,
+            )
+        });
+        for (k, v) in entries {
+            let dir = if k.direction == common::policy::DIR_INGRESS {
+                "ingress"
+            } else {
+                "egress"
+            };
+            let proto = match (k.prefix_len, Protocol::from_number(k.proto)) {
+                (POLICY_PREFIX_ANY_PROTO, _) => "any".to_owned(),
+                (_, Some(p)) => p.to_string(),
+                (_, None) => k.proto.to_string(),
+            };
+            let port = if k.prefix_len <= POLICY_PREFIX_ANY_PORT {
+                "any".to_owned()
+            } else {
+                let size = 1u32 << (common::policy::POLICY_PREFIX_FULL - k.prefix_len);
+                let lo = u32::from(k.port.get());
+                if size == 1 {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{}", lo + size - 1)
+                }
+            };
+            let policy = self
+                .policies
+                .get(&v.policy_ref)
+                .map_or_else(|| format!("#{}", v.policy_ref), ToString::to_string);
+            writeln!(
+                f,
+                "  ep {} {dir} peer {} {proto} {port} -> {policy} rule {}",
+                k.endpoint_id,
+                peer_name(self, k.peer_id),
+                v.rule_index
+            )?;
+        }
+        for e in &self.errors {
+            writeln!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explain::{Explainer, Flow, Peer};
+    use crate::simulate::{ipcache_lookup, keys_are_canonical, simulate};
+
+    /// A pod on `node` at `ip` with `labels` (YAML flow map) and named ports (`name=port`, TCP).
+    fn pod(ns: &str, name: &str, node: &str, ip: &str, labels: &str, ports: &[(&str, u16)]) -> String {
+        let ports: Vec<String> = ports
+            .iter()
+            .map(|(n, p)| format!("{{name: {n}, containerPort: {p}}}"))
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {labels}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, ports: [{}]}}]}}\nstatus: {{podIP: {ip}}}\n",
+            ports.join(", ")
+        )
+    }
+
+    fn input(docs: &[String]) -> PolicyInput {
+        PolicyInput::from_yaml(&docs.join("---\n")).unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    /// Checks one TCP flow on the compiled maps of `nodes` against `explain` and the expected verdict.
+    fn check(input: &PolicyInput, nodes: &[&str], from: &str, to: &str, port: u16, want: bool) {
+        let maps: Vec<PolicyDesired> = nodes
+            .iter()
+            .map(|n| compile(input, n, &Allocations::default()).unwrap())
+            .collect();
+        let cluster = Cluster::new(input);
+        let (src, dst) = (
+            cluster.pod(&from.parse().unwrap()).unwrap(),
+            cluster.pod(&to.parse().unwrap()).unwrap(),
+        );
+        let (src_ip, dst_ip) = (src.ip.unwrap(), dst.ip.unwrap());
+        let mut sim = true;
+        for d in &maps {
+            assert!(keys_are_canonical(d));
+            let v = simulate(d, src_ip, dst_ip, common::net::proto::TCP, port);
+            sim &= v.allowed();
+        }
+        let flow = Flow {
+            from: Peer::Pod(src.id.clone()),
+            to: dst.id.clone(),
+            port,
+            protocol: Protocol::Tcp,
+        };
+        let ex = Explainer::new(input).explain(&flow).unwrap();
+        assert_eq!(ex.allowed, want, "explain {from} -> {to}:{port}: {ex}");
+        assert_eq!(sim, want, "datapath {from} -> {to}:{port} ({ex})");
+    }
+
+    const WEB: &str = "{app: web}";
+
+    #[test]
+    fn egress_named_ports_are_exact_per_destination_pod() {
+        let docs = vec![
+            pod("x", "c", "n1", "10.1.0.1", "{pod: c}", &[]),
+            pod("y", "s1", "n2", "10.9.0.1", WEB, &[("http", 8080)]),
+            pod("y", "s2", "n2", "10.9.0.2", WEB, &[("http", 9090)]),
+            // Same identity as s1 (labels and ports), outside the ipBlock below.
+            pod("y", "s3", "n2", "10.8.0.3", WEB, &[("http", 8080)]),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: to-web, namespace: x}\n\
+             spec:\n  podSelector: {matchLabels: {pod: c}}\n  policyTypes: [Egress]\n  egress:\n  \
+             - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: http}]\n"
+                .into(),
+        ];
+        let inp = input(&docs);
+        let d = compile(&inp, "n1", &Allocations::default()).unwrap();
+        // s1 and s2 share labels but not their `http`: two identities; s1 and s3 share one.
+        let id = |a: &str| ipcache_lookup(&d, ip(a)).identity;
+        assert_ne!(id("10.9.0.1"), id("10.9.0.2"));
+        assert_eq!(id("10.9.0.1"), id("10.8.0.3"));
+        for (to, port, want) in [
+            ("y/s1", 8080, true),
+            ("y/s1", 9090, false),
+            ("y/s2", 9090, true),
+            ("y/s2", 8080, false),
+        ] {
+            check(&inp, &["n1", "n2"], "x/c", to, port, want);
+        }
+
+        // The same through an ipBlock: only pods inside the block, each on its own number, even though s3
+        // has s1's identity.
+        let mut docs = docs;
+        docs[4] = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: to-block, namespace: x}\n\
+                   spec:\n  podSelector: {matchLabels: {pod: c}}\n  policyTypes: [Egress]\n  egress:\n  \
+                   - to: [{ipBlock: {cidr: 10.9.0.0/16}}]\n    ports: [{port: http}]\n"
+            .into();
+        let inp = input(&docs);
+        for (to, port, want) in [
+            ("y/s1", 8080, true),
+            ("y/s1", 9090, false),
+            ("y/s2", 9090, true),
+            ("y/s2", 8080, false),
+            ("y/s3", 8080, false),
+        ] {
+            check(&inp, &["n1", "n2"], "x/c", to, port, want);
+        }
+        let d = compile(&inp, "n1", &Allocations::default()).unwrap();
+        let declared: Vec<String> = d.cidr_classes.values().map(ToString::to_string).collect();
+        assert_eq!(declared, ["10.9.0.0/16", "10.9.0.1/32", "10.9.0.2/32"]);
+    }
+
+    #[test]
+    fn ingress_named_ports_resolve_on_each_endpoint() {
+        let docs = vec![
+            pod("x", "c", "n1", "10.1.0.1", "{pod: c}", &[]),
+            pod("y", "s1", "n2", "10.9.0.1", WEB, &[("http", 8080)]),
+            pod("y", "s2", "n2", "10.9.0.2", WEB, &[("http", 9090)]),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-http, namespace: y}\n\
+             spec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{ports: [{port: http}]}]\n"
+                .into(),
+        ];
+        let inp = input(&docs);
+        for (to, port, want) in [
+            ("y/s1", 8080, true),
+            ("y/s1", 9090, false),
+            ("y/s2", 9090, true),
+            ("y/s2", 8080, false),
+        ] {
+            check(&inp, &["n1", "n2"], "x/c", to, port, want);
+        }
+    }
+
+    #[test]
+    fn cidr_classes_carve_excepts_and_cover_pod_ips() {
+        let docs = vec![
+            pod("x", "a", "n1", "10.1.2.3", "{pod: a}", &[]),
+            pod("x", "b", "n1", "10.2.0.1", "{pod: b}", &[]),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p1, namespace: x}\n\
+             spec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  \
+             - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]\n"
+                .into(),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p2, namespace: x}\n\
+             spec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.1.2.0/24}}]\n"
+                .into(),
+        ];
+        let inp = input(&docs);
+        let d = compile(&inp, "n1", &Allocations::default()).unwrap();
+        let class = |net: &str| {
+            *d.allocations
+                .cidr_classes
+                .get(
+                    &net.parse::<crate::net::Cidr>()
+                        .map(|c| match c {
+                            crate::net::Cidr::V4(n) => n,
+                            crate::net::Cidr::V6 => unreachable!(),
+                        })
+                        .unwrap(),
+                )
+                .unwrap()
+        };
+        let (c8, c16, c24) = (class("10.0.0.0/8"), class("10.1.0.0/16"), class("10.1.2.0/24"));
+        assert!([c8, c16, c24].iter().all(|c| identity::is_cidr_class(*c)));
+        // An address's class is its longest declared prefix; pod /32s carry theirs.
+        assert_eq!(ipcache_lookup(&d, ip("10.1.2.3")).cidr_class, c24);
+        assert_eq!(
+            ipcache_lookup(&d, ip("10.1.2.3")).identity,
+            d.endpoint_table[&1].identity
+        );
+        assert_eq!(
+            ipcache_lookup(&d, ip("10.1.9.9")),
+            IpCacheValue4 {
+                identity: identity::WORLD,
+                cidr_class: c16
+            }
+        );
+        assert_eq!(ipcache_lookup(&d, ip("10.7.0.1")).cidr_class, c8);
+        assert_eq!(
+            ipcache_lookup(&d, ip("11.0.0.1")),
+            IpCacheValue4 {
+                identity: identity::WORLD,
+                cidr_class: 0
+            }
+        );
+        // p1 (10/8 except 10.1/16) allows exactly class 10/8: not 10.1/16, not 10.1.2/24 inside it.
+        let ep_a = d.allocations.endpoints[&"x/a".parse().unwrap()];
+        let peers: BTreeSet<u32> = d
+            .policy
+            .keys()
+            .filter(|k| k.endpoint_id == ep_a)
+            .map(|k| k.peer_id)
+            .collect();
+        assert_eq!(peers, BTreeSet::from([c8]));
+        let v = |src: &str, dst: &str| simulate(&d, ip(src), ip(dst), common::net::proto::TCP, 80).allowed();
+        assert!(v("10.7.0.1", "10.1.2.3"));
+        assert!(!v("10.1.9.9", "10.1.2.3"));
+        assert!(!v("10.1.2.9", "10.1.2.3"));
+        assert!(!v("11.0.0.1", "10.1.2.3"));
+        // p2 matches the pod a (a pod IP inside an ipBlock) and outside addresses alike.
+        assert!(v("10.1.2.3", "10.2.0.1"));
+        assert!(v("10.1.2.200", "10.2.0.1"));
+        assert!(!v("10.1.3.1", "10.2.0.1"));
+    }
+
+    #[test]
+    fn numbers_stay_stable_across_recompiles() {
+        let mut docs = vec![
+            pod("x", "m", "n1", "10.1.0.1", "{pod: m}", &[]),
+            pod("x", "n", "n1", "10.1.0.2", "{pod: n}", &[]),
+            pod("y", "o", "n2", "10.2.0.1", "{pod: o}", &[]),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n\
+             spec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.2.0.0/16}}]}]\n"
+                .into(),
+        ];
+        let first = compile(&input(&docs), "n1", &Allocations::default()).unwrap();
+        // New pods whose label sets (and names) sort before every existing one, and a new prefix.
+        docs.push(pod("a", "a", "n1", "10.1.0.3", "{aaa: first}", &[]));
+        docs.push(pod("x", "a", "n1", "10.1.0.4", "{pod: a}", &[]));
+        docs.push(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\n\
+             spec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}}]}]\n"
+                .into(),
+        );
+        let inp = input(&docs);
+        let second = compile(&inp, "n1", &first.allocations).unwrap();
+        for (k, v) in &first.allocations.identities {
+            assert_eq!(second.allocations.identities.get(k), Some(v), "identity of {k}");
+        }
+        for (k, v) in &first.allocations.endpoints {
+            assert_eq!(second.allocations.endpoints.get(k), Some(v), "endpoint {k}");
+        }
+        for (k, v) in &first.allocations.cidr_classes {
+            assert_eq!(second.allocations.cidr_classes.get(k), Some(v), "class of {k}");
+        }
+        for (k, v) in &first.allocations.policies {
+            assert_eq!(second.allocations.policies.get(k), Some(v), "policy {k}");
+        }
+        // Existing addresses keep their identity (their class may change: 10.0.0.0/8 is new).
+        for (k, v) in &first.ipcache {
+            assert_eq!(second.ipcache.get(k).map(|v| v.identity), Some(v.identity));
+        }
+        // Without the previous allocation the newcomers would have taken the low numbers.
+        let fresh = compile(&inp, "n1", &Allocations::default()).unwrap();
+        assert_ne!(fresh.allocations.identities, second.allocations.identities);
+        // Recompiling with its own allocations is a fixed point.
+        assert_eq!(compile(&inp, "n1", &second.allocations).unwrap(), second);
+    }
+
+    #[test]
+    fn invalid_policies_are_reported_and_the_rest_compiles() {
+        let docs = vec![
+            pod("x", "a", "n1", "10.1.0.1", "{pod: a}", &[]),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\n\
+             spec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80, protocol: ICMP}]}]\n"
+                .into(),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: good, namespace: x}\n\
+             spec:\n  podSelector: {}\n  policyTypes: [Egress]\n"
+                .into(),
+        ];
+        let d = compile(&input(&docs), "n1", &Allocations::default()).unwrap();
+        assert_eq!(d.errors.len(), 1);
+        assert_eq!(
+            d.errors[0].to_string(),
+            "policy x/bad: spec.ingress[0].ports[0].protocol: unknown protocol \"ICMP\" (want TCP, UDP or SCTP)"
+        );
+        assert_eq!(d.endpoint_table[&1].flags, endpoint_flags::EGRESS_ISOLATED);
+        assert_eq!(
+            d.policies.values().map(ToString::to_string).collect::<Vec<_>>(),
+            ["x/good"]
+        );
+    }
+
+    #[test]
+    fn host_and_non_local_pods() {
+        let docs = vec![
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}]}\n".into(),
+            pod("x", "a", "n1", "10.1.0.1", "{pod: a}", &[]),
+            pod("x", "b", "n2", "10.1.0.2", "{pod: b}", &[]),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: h, namespace: x, labels: {pod: h}}\n\
+             spec: {nodeName: n1, hostNetwork: true, containers: [{name: c}]}\nstatus: {podIP: 10.0.0.1}\n"
+                .into(),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\n\
+             spec:\n  podSelector: {}\n"
+                .into(),
+        ];
+        let d = compile(&input(&docs), "n1", &Allocations::default()).unwrap();
+        // Only x/a is a local endpoint: x/b is elsewhere, x/h is on the host network.
+        assert_eq!(
+            d.endpoint_table
+                .values()
+                .map(|e| e.pod.to_string())
+                .collect::<Vec<_>>(),
+            ["x/a"]
+        );
+        assert_eq!(ipcache_lookup(&d, ip("10.0.0.1")).identity, identity::HOST);
+        let v = simulate(&d, ip("10.0.0.1"), ip("10.1.0.1"), common::net::proto::TCP, 10250);
+        assert_eq!(v.ingress, crate::simulate::SimStep::HostAllowed);
+        let v = simulate(&d, ip("10.1.0.2"), ip("10.1.0.1"), common::net::proto::TCP, 80);
+        assert!(!v.allowed());
+        assert_eq!(v.egress, crate::simulate::SimStep::NotLocal);
+    }
+}

@@ -275,3 +275,47 @@ fn compiled_datapath_agrees_with_explain_on_every_flow() {
     );
     eprintln!("{flows} flows agree");
 }
+
+/// The compiled maps of a few cases, as text (`PolicyDesired`'s dump). `UPDATE_GOLDEN=1` rewrites them.
+#[test]
+fn compiled_maps_match_golden_dumps() {
+    let model = model();
+    let all = scenarios();
+    let dir = testdata().join("golden");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut failures = Vec::new();
+    for case in [
+        "default-deny-all",
+        "end-port",
+        "ingress-ip-block",
+        "named-port-egress-egress-only",
+        "egress-ip-block-except",
+    ] {
+        let (_, sc) = all
+            .iter()
+            .find(|(f, _)| f == &format!("{case}.yaml"))
+            .expect("case exists");
+        let input = sc.apply(&model);
+        for node in ["node-1", "node-2"] {
+            let dump = compile(&input, node, &Allocations::default())
+                .unwrap()
+                .to_string();
+            let path = dir.join(format!("{case}.{node}.dump"));
+            if update {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &dump).unwrap();
+                continue;
+            }
+            let want = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+            if want != dump {
+                failures.push(format!("{}:\n{dump}", path.display()));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "dumps differ (UPDATE_GOLDEN=1 rewrites them):\n{}",
+        failures.join("\n")
+    );
+}
