@@ -4,6 +4,7 @@
 //! - forward: client → VIP (before DNAT), value names the chosen backend, so an open connection keeps it;
 //! - reply: backend → client (after DNAT), value names the rev-NAT id, so the reply's source is
 //!   rewritten back to VIP:port.
+//!
 //! Field names say what they hold in the direction the key describes; nothing is "reversed".
 
 use crate::net::{Be16, Be32};

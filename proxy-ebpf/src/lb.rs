@@ -82,28 +82,16 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
             return translate(ctx, flow, &be, hairpin);
         }
     }
-    let Some(mut svc) = service(flow.daddr, flow.dport, flow.proto, SCOPE_EXTERNAL, 0) else {
-        return Outcome::Pass;
+    let frontend = match lookup_frontend(flow.daddr, flow.dport, flow.proto) {
+        Lookup::NotService => return Outcome::Pass,
+        Lookup::Drop => return Outcome::Drop,
+        Lookup::Found(f) => f,
     };
-    if svc.flags & svc_flags::HAS_INTERNAL_SCOPE != 0 {
-        match service(flow.daddr, flow.dport, flow.proto, SCOPE_INTERNAL, 0) {
-            Some(internal) => svc = internal,
-            None => return Outcome::Drop,
-        }
-    }
-    let scope = if svc.flags & svc_flags::HAS_INTERNAL_SCOPE != 0 {
-        SCOPE_INTERNAL
-    } else {
-        SCOPE_EXTERNAL
-    };
+    let svc = frontend.svc;
     if svc.count == 0 {
-        return if svc.flags & svc_flags::REJECT != 0 {
-            Outcome::Reject
-        } else {
-            Outcome::Drop
-        };
+        return if svc.flags & svc_flags::REJECT != 0 { Outcome::Reject } else { Outcome::Drop };
     }
-    let Some((backend_id, be)) = pick(flow, svc, scope) else {
+    let Some((backend_id, be)) = pick(flow.saddr, flow.daddr, flow.dport, flow.proto, &frontend) else {
         return Outcome::Drop;
     };
     let hairpin = be.addr.raw() == flow.saddr;
@@ -145,31 +133,51 @@ fn translate(ctx: &TcContext, flow: &mut Ipv4Flow, be: &Backend4, hairpin: bool)
     Outcome::Pass
 }
 
+/// A service frontend: its slot-0 entry and the scope its backend slots live in.
+pub struct Frontend {
+    pub svc: &'static Lb4Service,
+    pub scope: u8,
+}
+
+pub enum Lookup {
+    NotService,
+    Found(Frontend),
+    /// The Service exists but this client may not use it (internalTrafficPolicy Local without a
+    /// local endpoint): dropped, as kube-proxy does.
+    Drop,
+}
+
+/// The frontend for (VIP, port, protocol), all raw network order. The internal scope (local
+/// endpoints only) replaces the default one when the Service has it: clients here are inside the
+/// cluster.
+#[inline(always)]
+pub fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Lookup {
+    let Some(svc) = service(addr, port, proto, SCOPE_EXTERNAL, 0) else {
+        return Lookup::NotService;
+    };
+    if svc.flags & svc_flags::HAS_INTERNAL_SCOPE == 0 {
+        return Lookup::Found(Frontend { svc, scope: SCOPE_EXTERNAL });
+    }
+    match service(addr, port, proto, SCOPE_INTERNAL, 0) {
+        Some(internal) => Lookup::Found(Frontend { svc: internal, scope: SCOPE_INTERNAL }),
+        None => Lookup::Drop,
+    }
+}
+
 /// Backend choice: the client's previous backend under sessionAffinity, else a random slot.
 #[inline(always)]
-fn pick(flow: &Ipv4Flow, svc: &Lb4Service, scope: u8) -> Option<(u32, &'static Backend4)> {
-    let affinity_key = AffinityKey4 {
-        rev_nat: svc.rev_nat,
-        _pad: 0,
-        client: Be32::from_raw(flow.saddr),
-    };
+pub fn pick(client: u32, addr: u32, port: u16, proto: u8, frontend: &Frontend) -> Option<(u32, &'static Backend4)> {
+    let svc = frontend.svc;
+    let affinity_key = AffinityKey4 { rev_nat: svc.rev_nat, _pad: 0, client: Be32::from_raw(client) };
     let now = ct::now();
     if svc.flags & svc_flags::AFFINITY != 0 {
         // SAFETY: read-only use of a map value.
         if let Some(prev) = unsafe { AFFINITY.get(&affinity_key) } {
-            let fresh =
-                now.saturating_sub(prev.last_used_ns) < u64::from(svc.affinity_timeout) * 1_000_000_000;
+            let fresh = now.saturating_sub(prev.last_used_ns) < u64::from(svc.affinity_timeout) * 1_000_000_000;
             if fresh && let Some(be) = backend(prev.backend_id) {
                 let id = prev.backend_id;
-                let _ = AFFINITY.insert(
-                    &affinity_key,
-                    &AffinityValue {
-                        backend_id: id,
-                        _pad: 0,
-                        last_used_ns: now,
-                    },
-                    0,
-                );
+                let value = AffinityValue { backend_id: id, _pad: 0, last_used_ns: now };
+                let _ = AFFINITY.insert(&affinity_key, &value, 0);
                 return Some((id, be));
             }
         }
@@ -178,19 +186,12 @@ fn pick(flow: &Ipv4Flow, svc: &Lb4Service, scope: u8) -> Option<(u32, &'static B
     let count = u32::from(svc.count);
     // SAFETY: helper without preconditions.
     let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(count)? as u16 + 1;
-    let slot_entry = service(flow.daddr, flow.dport, flow.proto, scope, slot)?;
+    let slot_entry = service(addr, port, proto, frontend.scope, slot)?;
     let id = slot_entry.backend_id;
     let be = backend(id)?;
     if svc.flags & svc_flags::AFFINITY != 0 {
-        let _ = AFFINITY.insert(
-            &affinity_key,
-            &AffinityValue {
-                backend_id: id,
-                _pad: 0,
-                last_used_ns: now,
-            },
-            0,
-        );
+        let value = AffinityValue { backend_id: id, _pad: 0, last_used_ns: now };
+        let _ = AFFINITY.insert(&affinity_key, &value, 0);
     }
     Some((id, be))
 }

@@ -75,7 +75,7 @@ impl Ipv4Packet {
             }
         };
         assert!(
-            self.options.len() % 4 == 0 && self.options.len() <= 40,
+            self.options.len().is_multiple_of(4) && self.options.len() <= 40,
             "IPv4 options: multiple of 4, at most 40"
         );
         let ihl = IPV4_LEN + self.options.len();
@@ -162,7 +162,7 @@ impl Ipv4Packet {
         p.extend_from_slice(&[0, 0]);
         p.extend_from_slice(&(chunk_len as u16).to_be_bytes());
         p.extend_from_slice(&self.payload);
-        while p.len() % 4 != 0 {
+        while !p.len().is_multiple_of(4) {
             p.push(0);
         }
         let crc = crc32c(&p);
