@@ -7,9 +7,11 @@
 
 pub mod affinity;
 pub mod ct;
+pub mod event;
 pub mod lb;
 pub mod net;
 pub mod policy;
+pub mod sock;
 pub mod stats;
 
 /// Project name; also the directory under the BPF filesystem where maps are pinned.
@@ -24,6 +26,14 @@ pub mod map_names {
     pub const LB4_REVNAT: &str = "STRAIT_LB4_REVNAT_V1";
     pub const CT4: &str = "STRAIT_CT4_V1";
     pub const LB4_AFFINITY: &str = "STRAIT_LB4_AFFINITY_V1";
+    pub const EVENTS: &str = "STRAIT_EVENTS_V1";
+    pub const DROP_STATS: &str = "STRAIT_DROP_STATS_V1";
+    pub const POLICY_STATS: &str = "STRAIT_POLICY_STATS_V1";
+    pub const SOCK_REVNAT4: &str = "STRAIT_SOCK_REVNAT4_V1";
+    pub use crate::policy::{
+        map_names::{IPCACHE4, POLICY, POLICY_ENDPOINTS4},
+        policy_map_names::POLICY_NAMES,
+    };
 }
 
 /// Names of the programs in the object file.

@@ -173,3 +173,87 @@ mod pod_impls {
     unsafe impl aya::Pod for PolicyEndpointKey4 {}
     unsafe impl aya::Pod for PolicyEndpoint4 {}
 }
+
+/// The bytes after `prefix_len` in a [`PolicyKey`]: LPM maps are declared with this as their key data
+/// (aya's `Key<[u8; 12]>` has exactly the layout of `PolicyKey`).
+pub type PolicyKeyData = [u8; 12];
+
+impl PolicyKey {
+    pub fn data(&self) -> PolicyKeyData {
+        let mut d = [0u8; 12];
+        let e = self.endpoint_id.to_ne_bytes();
+        let p = self.peer_id.to_ne_bytes();
+        let port = self.port.raw().to_ne_bytes();
+        let mut i = 0;
+        while i < 4 {
+            d[i] = e[i];
+            d[4 + i] = p[i];
+            i += 1;
+        }
+        d[8] = self.direction;
+        d[9] = self.proto;
+        d[10] = port[0];
+        d[11] = port[1];
+        d
+    }
+
+    pub fn from_data(prefix_len: u32, d: &PolicyKeyData) -> Self {
+        Self {
+            prefix_len,
+            endpoint_id: u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
+            peer_id: u32::from_ne_bytes([d[4], d[5], d[6], d[7]]),
+            direction: d[8],
+            proto: d[9],
+            port: Be16::from_raw(u16::from_ne_bytes([d[10], d[11]])),
+        }
+    }
+}
+
+/// Names of the policies a [`PolicyEntry::policy_ref`] points at, kept in the datapath (an array map
+/// indexed by `policy_ref`) so flow records can be named by any reader, and ids restored at restart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyName {
+    pub len: u16,
+    pub _pad: u16,
+    /// `namespace/name`, UTF-8, `len` bytes used.
+    pub name: [u8; 252],
+}
+
+impl Default for PolicyName {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            _pad: 0,
+            name: [0; 252],
+        }
+    }
+}
+
+pub const MAX_POLICIES: u32 = 4_096;
+
+pub mod policy_map_names {
+    pub const POLICY_NAMES: &str = "STRAIT_POLICY_NAMES_V1";
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyName>() == 256);
+
+#[cfg(feature = "user")]
+mod name_pod_impl {
+    #![allow(
+        unsafe_code,
+        reason = "aya::Pod for a repr(C) type whose padding is spelled out"
+    )]
+    unsafe impl aya::Pod for super::PolicyName {}
+}
+
+#[cfg(test)]
+mod key_data_tests {
+    use super::*;
+
+    #[test]
+    fn key_data_round_trips() {
+        let k = PolicyKey::lookup(7, DIR_EGRESS, 300, 6, 8080);
+        assert_eq!(PolicyKey::from_data(k.prefix_len, &k.data()), k);
+    }
+}

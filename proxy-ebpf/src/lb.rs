@@ -89,7 +89,11 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     };
     let svc = frontend.svc;
     if svc.count == 0 {
-        return if svc.flags & svc_flags::REJECT != 0 { Outcome::Reject } else { Outcome::Drop };
+        return if svc.flags & svc_flags::REJECT != 0 {
+            Outcome::Reject
+        } else {
+            Outcome::Drop
+        };
     }
     let Some((backend_id, be)) = pick(flow.saddr, flow.daddr, flow.dport, flow.proto, &frontend) else {
         return Outcome::Drop;
@@ -156,27 +160,48 @@ pub fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Lookup {
         return Lookup::NotService;
     };
     if svc.flags & svc_flags::HAS_INTERNAL_SCOPE == 0 {
-        return Lookup::Found(Frontend { svc, scope: SCOPE_EXTERNAL });
+        return Lookup::Found(Frontend {
+            svc,
+            scope: SCOPE_EXTERNAL,
+        });
     }
     match service(addr, port, proto, SCOPE_INTERNAL, 0) {
-        Some(internal) => Lookup::Found(Frontend { svc: internal, scope: SCOPE_INTERNAL }),
+        Some(internal) => Lookup::Found(Frontend {
+            svc: internal,
+            scope: SCOPE_INTERNAL,
+        }),
         None => Lookup::Drop,
     }
 }
 
 /// Backend choice: the client's previous backend under sessionAffinity, else a random slot.
 #[inline(always)]
-pub fn pick(client: u32, addr: u32, port: u16, proto: u8, frontend: &Frontend) -> Option<(u32, &'static Backend4)> {
+pub fn pick(
+    client: u32,
+    addr: u32,
+    port: u16,
+    proto: u8,
+    frontend: &Frontend,
+) -> Option<(u32, &'static Backend4)> {
     let svc = frontend.svc;
-    let affinity_key = AffinityKey4 { rev_nat: svc.rev_nat, _pad: 0, client: Be32::from_raw(client) };
+    let affinity_key = AffinityKey4 {
+        rev_nat: svc.rev_nat,
+        _pad: 0,
+        client: Be32::from_raw(client),
+    };
     let now = ct::now();
     if svc.flags & svc_flags::AFFINITY != 0 {
         // SAFETY: read-only use of a map value.
         if let Some(prev) = unsafe { AFFINITY.get(&affinity_key) } {
-            let fresh = now.saturating_sub(prev.last_used_ns) < u64::from(svc.affinity_timeout) * 1_000_000_000;
+            let fresh =
+                now.saturating_sub(prev.last_used_ns) < u64::from(svc.affinity_timeout) * 1_000_000_000;
             if fresh && let Some(be) = backend(prev.backend_id) {
                 let id = prev.backend_id;
-                let value = AffinityValue { backend_id: id, _pad: 0, last_used_ns: now };
+                let value = AffinityValue {
+                    backend_id: id,
+                    _pad: 0,
+                    last_used_ns: now,
+                };
                 let _ = AFFINITY.insert(&affinity_key, &value, 0);
                 return Some((id, be));
             }
@@ -190,7 +215,11 @@ pub fn pick(client: u32, addr: u32, port: u16, proto: u8, frontend: &Frontend) -
     let id = slot_entry.backend_id;
     let be = backend(id)?;
     if svc.flags & svc_flags::AFFINITY != 0 {
-        let value = AffinityValue { backend_id: id, _pad: 0, last_used_ns: now };
+        let value = AffinityValue {
+            backend_id: id,
+            _pad: 0,
+            last_used_ns: now,
+        };
         let _ = AFFINITY.insert(&affinity_key, &value, 0);
     }
     Some((id, be))

@@ -2,12 +2,19 @@
 //! Maps are pinned by name so they outlive the agent process (restart and upgrade keep their contents).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use common::{
     affinity::{AffinityKey4, AffinityValue, MAX_AFFINITY_ENTRIES},
     ct::{CtEntry4, CtKey4, MAX_CT_ENTRIES},
+    event::{DROP_REASON_SLOTS, EVENTS_RING_BYTES},
     lb::{Backend4, Lb4Key, Lb4Service, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES, RevNat4},
+    net::Be32,
+    policy::{
+        IpCacheValue4, MAX_IPCACHE_ENTRIES, MAX_POLICIES, MAX_POLICY_ENDPOINTS, MAX_POLICY_ENTRIES,
+        PolicyEndpoint4, PolicyEndpointKey4, PolicyEntry, PolicyKeyData, PolicyName,
+    },
+    sock::{MAX_SOCK_REVNAT, SockRevNatKey4, SockRevNatValue4},
     stats::{ProgStats, STAT_SLOTS},
 };
 
@@ -29,3 +36,38 @@ pub static STRAIT_LB4_AFFINITY_V1: LruHashMap<AffinityKey4, AffinityValue> =
 
 #[map]
 pub static STRAIT_CT4_V1: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
+
+/// Socket-level reverse NAT for host-network UDP clients: (socket cookie, backend) → VIP.
+#[map]
+pub static STRAIT_SOCK_REVNAT4_V1: LruHashMap<SockRevNatKey4, SockRevNatValue4> =
+    LruHashMap::pinned(MAX_SOCK_REVNAT, 0);
+
+/// BPF_F_NO_PREALLOC: LPM tries require it.
+const NO_PREALLOC: u32 = 1;
+
+#[map]
+pub static STRAIT_POLICY_V1: LpmTrie<PolicyKeyData, PolicyEntry> =
+    LpmTrie::pinned(MAX_POLICY_ENTRIES, NO_PREALLOC);
+
+#[map]
+pub static STRAIT_IPCACHE4_V1: LpmTrie<Be32, IpCacheValue4> =
+    LpmTrie::pinned(MAX_IPCACHE_ENTRIES, NO_PREALLOC);
+
+#[map]
+pub static STRAIT_POLICY_EP4_V1: HashMap<PolicyEndpointKey4, PolicyEndpoint4> =
+    HashMap::pinned(MAX_POLICY_ENDPOINTS, 0);
+
+#[map]
+pub static STRAIT_POLICY_NAMES_V1: Array<PolicyName> = Array::pinned(MAX_POLICIES, 0);
+
+/// New connections let through by each policy, per CPU (index: `policy_ref`).
+#[map]
+pub static STRAIT_POLICY_STATS_V1: PerCpuArray<u64> = PerCpuArray::pinned(MAX_POLICIES, 0);
+
+/// Drops by reason, per CPU (index: `DropReason`).
+#[map]
+pub static STRAIT_DROP_STATS_V1: PerCpuArray<u64> = PerCpuArray::pinned(DROP_REASON_SLOTS, 0);
+
+/// Flow records for `proxy-agent flows`: drops and new connections.
+#[map]
+pub static STRAIT_EVENTS_V1: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
