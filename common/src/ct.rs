@@ -5,6 +5,10 @@
 //! - reply: backend → client (after DNAT), value names the rev-NAT id, so the reply's source is
 //!   rewritten back to VIP:port.
 //!
+//! Policy uses the same table: a connection a policy allowed gets an entry for its forward tuple
+//! (after DNAT) marked EGRESS_OK / INGRESS_OK, and one for its reply tuple marked REPLY, so the answer
+//! passes without a rule of its own (stateful). A service's reply entry doubles as that marker.
+//!
 //! Field names say what they hold in the direction the key describes; nothing is "reversed".
 
 use crate::net::{Be16, Be32};
@@ -33,6 +37,10 @@ pub mod ct_flags {
     pub const SEEN_REPLY: u16 = 1 << 4;
     /// The client's source was rewritten (hairpin: a backend reaching its own Service).
     pub const SNAT: u16 = 1 << 5;
+    /// Policy: the source pod's egress policy allowed this connection (entry keyed post-DNAT).
+    pub const EGRESS_OK: u16 = 1 << 6;
+    /// Policy: the destination pod's ingress policy allowed this connection.
+    pub const INGRESS_OK: u16 = 1 << 7;
 }
 
 #[repr(C)]

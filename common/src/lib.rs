@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod affinity;
+pub mod config;
 pub mod ct;
 pub mod event;
 pub mod lb;
@@ -30,6 +31,8 @@ pub mod map_names {
     pub const DROP_STATS: &str = "STRAIT_DROP_STATS_V1";
     pub const POLICY_STATS: &str = "STRAIT_POLICY_STATS_V1";
     pub const SOCK_REVNAT4: &str = "STRAIT_SOCK_REVNAT4_V1";
+    pub const CONFIG: &str = "STRAIT_CONFIG_V1";
+    pub const IFACES: &str = "STRAIT_IFACES_V1";
     pub use crate::policy::{
         map_names::{IPCACHE4, POLICY, POLICY_ENDPOINTS4},
         policy_map_names::POLICY_NAMES,

@@ -78,3 +78,10 @@ mod tests {
         assert_eq!(Be32::new(0x0a60_0001).octets(), [10, 96, 0, 1]);
     }
 }
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    #![allow(unsafe_code, reason = "aya::Pod for transparent wrappers of plain integers")]
+    unsafe impl aya::Pod for super::Be16 {}
+    unsafe impl aya::Pod for super::Be32 {}
+}

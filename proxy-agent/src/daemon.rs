@@ -276,6 +276,7 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared) -> R
                 interface: link.name.clone(),
                 ifindex: link.ifindex,
                 pod: ep.pod.clone(),
+                ip: ep.ip,
             });
         }
     }

@@ -3,10 +3,12 @@
 #![no_main]
 
 mod ct;
+mod events;
 mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod policy;
 mod reject;
 mod sctp;
 mod stats;
@@ -17,7 +19,11 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use common::stats::StatIndex;
+use common::{
+    event::{DropReason, direction, verdict},
+    stats::StatIndex,
+};
+use events::Context;
 use lb::Outcome;
 use parse::Parsed;
 
@@ -25,15 +31,64 @@ use parse::Parsed;
 #[classifier]
 pub fn tc_from_pod(ctx: TcContext) -> i32 {
     stats::count(StatIndex::FromPod, ctx.len());
+    let ifindex = ifindex(&ctx);
+    let pod_addr = iface_addr(ifindex);
     let mut flow = match parse::parse_tc(&ctx) {
         Parsed::Ipv4(flow) => flow,
-        Parsed::NotIpv4 | Parsed::Malformed => return TC_ACT_OK,
+        Parsed::NotIpv4 => return TC_ACT_OK,
+        Parsed::Malformed => {
+            return if policy::unreadable_allowed(pod_addr, true) {
+                TC_ACT_OK
+            } else {
+                drop(DropReason::Malformed)
+            };
+        }
+    };
+    if pod_addr != 0 && pod_addr != flow.saddr {
+        let cx = Context {
+            ifindex,
+            direction: direction::FROM_POD,
+            service_addr: 0,
+            service_port: 0,
+        };
+        events::report(&flow, &cx, verdict::DROPPED, DropReason::Spoofed, 0, 0, 0);
+        return drop(DropReason::Spoofed);
+    }
+    let (service_addr, service_port) = (flow.daddr, flow.dport);
+    let mut cx = Context {
+        ifindex,
+        direction: direction::FROM_POD,
+        service_addr: 0,
+        service_port: 0,
     };
     match lb::from_pod(&ctx, &mut flow) {
-        Outcome::Pass => TC_ACT_OK,
-        Outcome::RedirectBack => redirect_back(&ctx),
-        Outcome::Reject => reject::refuse(&ctx, &flow),
-        Outcome::Drop => TC_ACT_SHOT,
+        Outcome::Pass => {}
+        // A pod reaching itself through its Service: traffic to itself is never isolated.
+        Outcome::RedirectBack => return redirect_back(&ctx),
+        Outcome::Reject => {
+            events::count_drop(DropReason::ServiceRejected);
+            cx.service_addr = service_addr;
+            cx.service_port = service_port;
+            events::report(
+                &flow,
+                &cx,
+                verdict::REJECTED,
+                DropReason::ServiceRejected,
+                0,
+                0,
+                0,
+            );
+            return reject::refuse(&ctx, &flow);
+        }
+        Outcome::Drop => return drop(DropReason::NoBackend),
+    }
+    if flow.daddr != service_addr || flow.dport != service_port {
+        cx.service_addr = service_addr;
+        cx.service_port = service_port;
+    }
+    match policy::from_pod(&flow, &cx) {
+        Ok(()) => TC_ACT_OK,
+        Err(reason) => drop(reason),
     }
 }
 
@@ -41,14 +96,58 @@ pub fn tc_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_to_pod(ctx: TcContext) -> i32 {
     stats::count(StatIndex::ToPod, ctx.len());
+    let ifindex = ifindex(&ctx);
     let mut flow = match parse::parse_tc(&ctx) {
         Parsed::Ipv4(flow) => flow,
-        Parsed::NotIpv4 | Parsed::Malformed => return TC_ACT_OK,
+        Parsed::NotIpv4 => return TC_ACT_OK,
+        Parsed::Malformed => {
+            let pod_addr = iface_addr(ifindex);
+            return if policy::unreadable_allowed(pod_addr, false) {
+                TC_ACT_OK
+            } else {
+                drop(DropReason::Malformed)
+            };
+        }
     };
+    // Hairpin traffic was redirected here by the pod's own program: the pod reaching itself.
+    if flow.saddr != lb::HAIRPIN_ADDR {
+        let cx = Context {
+            ifindex,
+            direction: direction::TO_POD,
+            service_addr: 0,
+            service_port: 0,
+        };
+        if let Err(reason) = policy::to_pod(&flow, &cx) {
+            return drop(reason);
+        }
+    }
     match lb::to_pod(&ctx, &mut flow) {
         Outcome::Pass => TC_ACT_OK,
         Outcome::RedirectBack => redirect_back(&ctx),
-        Outcome::Reject | Outcome::Drop => TC_ACT_SHOT,
+        Outcome::Reject | Outcome::Drop => drop(DropReason::NatFailed),
+    }
+}
+
+#[inline(always)]
+fn drop(reason: DropReason) -> i32 {
+    events::count_drop(reason);
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the skb this program runs on.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// The pod address the agent registered for this host veth, 0 if none. Not an `Option`: a `None`
+/// carries an undefined payload that LLVM may spill, and the verifier rejects reading it.
+#[inline(always)]
+fn iface_addr(ifindex: u32) -> u32 {
+    // SAFETY: read-only copy of a map value.
+    match unsafe { maps::STRAIT_IFACES_V1.get(&ifindex) } {
+        Some(a) => a.raw(),
+        None => 0,
     }
 }
 
@@ -60,8 +159,8 @@ fn redirect_back(ctx: &TcContext) -> i32 {
     if reject::swap_macs(ctx).is_err() {
         return TC_ACT_SHOT;
     }
-    // SAFETY: reading the ifindex of the skb this program runs on; the helper has no preconditions.
-    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_redirect(ifindex(ctx), 0) as i32 }
 }
 
 /// XDP on the node's devices: traffic entering the node from its network.

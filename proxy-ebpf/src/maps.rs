@@ -6,6 +6,7 @@ use aya_ebpf::{
 };
 use common::{
     affinity::{AffinityKey4, AffinityValue, MAX_AFFINITY_ENTRIES},
+    config::DatapathConfig,
     ct::{CtEntry4, CtKey4, MAX_CT_ENTRIES},
     event::{DROP_REASON_SLOTS, EVENTS_RING_BYTES},
     lb::{Backend4, Lb4Key, Lb4Service, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES, RevNat4},
@@ -71,3 +72,12 @@ pub static STRAIT_DROP_STATS_V1: PerCpuArray<u64> = PerCpuArray::pinned(DROP_REA
 /// Flow records for `proxy-agent flows`: drops and new connections.
 #[map]
 pub static STRAIT_EVENTS_V1: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
+
+/// Settings written by the agent (index 0).
+#[map]
+pub static STRAIT_CONFIG_V1: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// Host-side veth ifindex → the address of the pod behind it (anti-spoofing, and the endpoint whose
+/// policy applies to packets that cannot be parsed).
+#[map]
+pub static STRAIT_IFACES_V1: HashMap<u32, Be32> = HashMap::pinned(MAX_POLICY_ENDPOINTS, 0);

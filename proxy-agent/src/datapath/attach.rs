@@ -14,7 +14,7 @@ use aya::programs::{
     tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact},
     xdp::XdpLinkId,
 };
-use common::prog_names;
+use common::{map_names, net::Be32, prog_names};
 use serde::Serialize;
 
 use super::{Datapath, loader::program};
@@ -25,6 +25,8 @@ pub struct PodInterface {
     pub interface: String,
     pub ifindex: u32,
     pub pod: String,
+    /// The pod's address: registered for the interface so the datapath can refuse spoofed sources.
+    pub ip: std::net::Ipv4Addr,
 }
 
 /// A node device that should carry the XDP program.
@@ -134,9 +136,18 @@ impl Datapath {
             if let Ok(p) = tc_program(&mut self.ebpf, prog_names::TC_TO_POD) {
                 let _ = p.detach(entry.egress);
             }
+            let _ = self.forget_iface(entry.ifindex);
             tracing::info!(interface = %name, pod = %entry.pod, "detached tc programs");
         }
         for want in desired {
+            // Registered before attaching, so the first packet the program sees is already checked.
+            if let Err(e) = self.register_iface(want.ifindex, want.ip) {
+                errors.push(format!(
+                    "pod {} interface {}: registering its address: {e:#}",
+                    want.pod, want.interface
+                ));
+                continue;
+            }
             if let Some(entry) = self.attachments.tc.get_mut(&want.interface) {
                 entry.pod.clone_from(&want.pod);
                 continue;
@@ -231,6 +242,32 @@ impl Datapath {
                     link,
                 })
             }
+        }
+    }
+}
+
+impl Datapath {
+    fn ifaces(&mut self) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, u32, Be32>> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::IFACES)
+            .with_context(|| format!("map {} missing from the object", map_names::IFACES))?;
+        Ok(aya::maps::HashMap::try_from(map)?)
+    }
+
+    fn register_iface(&mut self, ifindex: u32, ip: std::net::Ipv4Addr) -> Result<()> {
+        let want = Be32::from_octets(ip.octets());
+        let mut ifaces = self.ifaces()?;
+        if ifaces.get(&ifindex, 0).ok() != Some(want) {
+            ifaces.insert(ifindex, want, 0)?;
+        }
+        Ok(())
+    }
+
+    fn forget_iface(&mut self, ifindex: u32) -> Result<()> {
+        match self.ifaces()?.remove(&ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -1,0 +1,26 @@
+//! Datapath settings the agent writes at start (one array map, index 0), so a restart with other
+//! flags changes behaviour without reloading programs.
+
+pub mod config_flags {
+    /// `--policy-established=keep`: a connection a policy once allowed stays allowed when the policy
+    /// changes. Default (flag clear) is `revoke`: every packet of the forward direction is checked.
+    pub const KEEP_ESTABLISHED: u32 = 1 << 0;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 8);
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    #![allow(
+        unsafe_code,
+        reason = "aya::Pod for a repr(C) type whose padding is spelled out"
+    )]
+    unsafe impl aya::Pod for super::DatapathConfig {}
+}
