@@ -3,7 +3,7 @@
 //! (`pkg/controller/endpointslice` and `staging/src/k8s.io/endpointslice`, v1.33).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
 };
 
@@ -33,6 +33,25 @@ pub const MANAGED_BY: &str = "strait-standalone";
 /// namespace/name.
 pub fn derive_endpoint_slices(snapshot: &Snapshot) -> Vec<EndpointSlice> {
     let mut out = Vec::new();
+    // Indexes, so that 10k Services over 10k pods stay linear.
+    let with_slices: BTreeSet<(&str, &str)> = snapshot
+        .endpoint_slices
+        .iter()
+        .filter_map(|s| {
+            let service = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+            Some((
+                s.metadata.namespace.as_deref().unwrap_or("default"),
+                service.as_str(),
+            ))
+        })
+        .collect();
+    let mut pods_by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    for pod in &snapshot.pods {
+        pods_by_namespace
+            .entry(pod.metadata.namespace.as_deref().unwrap_or("default"))
+            .or_default()
+            .push(pod);
+    }
     let mut services: Vec<&Service> = snapshot.services.iter().collect();
     services.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
     for service in services {
@@ -55,11 +74,7 @@ pub fn derive_endpoint_slices(snapshot: &Snapshot) -> Vec<EndpointSlice> {
         let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
             continue;
         };
-        let has_slices = snapshot.endpoint_slices.iter().any(|s| {
-            s.metadata.namespace.as_deref().unwrap_or("default") == namespace
-                && s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) == Some(&name)
-        });
-        if has_slices {
+        if with_slices.contains(&(namespace.as_str(), name.as_str())) {
             continue;
         }
         let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
@@ -68,10 +83,11 @@ pub fn derive_endpoint_slices(snapshot: &Snapshot) -> Vec<EndpointSlice> {
 
         // Port mapping → endpoints, in pod-name order.
         let mut groups: BTreeMap<Vec<(String, i32, String)>, Vec<Endpoint>> = BTreeMap::new();
-        let mut pods: Vec<&Pod> = snapshot
-            .pods
-            .iter()
-            .filter(|p| p.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+        let mut pods: Vec<&Pod> = pods_by_namespace
+            .get(namespace.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
             .filter(|p| {
                 let labels = p.metadata.labels.as_ref();
                 selector

@@ -191,3 +191,97 @@ fn golden_external() {
 fn golden_standalone() {
     golden("standalone");
 }
+
+/// One Service document with `spec` → the field reported, or `None` if planned.
+fn rejected_field(spec: &str) -> Option<String> {
+    let text = format!("kind: Service\napiVersion: v1\nmetadata: {{name: s, namespace: n}}\nspec: {spec}\n");
+    let mut snapshot = Snapshot::default();
+    let mut parse_rejected = Vec::new();
+    parse_into(
+        &text,
+        std::path::Path::new("t.yaml"),
+        &mut snapshot,
+        &mut parse_rejected,
+    );
+    assert!(parse_rejected.is_empty(), "{parse_rejected:?}");
+    let plan = plan(&snapshot, "node-a");
+    match plan.rejected.as_slice() {
+        [] => None,
+        [r] => {
+            assert_eq!(
+                (r.kind, r.namespace.as_str(), r.name.as_str()),
+                ("Service", "n", "s")
+            );
+            assert!(plan.frontends.is_empty(), "a rejected Service is skipped whole");
+            Some(r.field.clone())
+        }
+        more => panic!("{more:?}"),
+    }
+}
+
+#[test]
+fn bad_service_fields_are_reported_by_name() {
+    let cases = [
+        ("{clusterIP: 10.96.0.1, ports: [{port: 80}]}", None),
+        (
+            "{clusterIP: 10.96.0.1, ports: [{port: 0}]}",
+            Some("spec.ports[0].port"),
+        ),
+        (
+            "{clusterIP: 10.96.0.1, ports: [{port: 80}, {port: 65536}]}",
+            Some("spec.ports[1].port"),
+        ),
+        (
+            "{clusterIP: 10.96.0.1, ports: [{port: 80, protocol: tcp}]}",
+            Some("spec.ports[0].protocol"),
+        ),
+        (
+            "{clusterIP: 10.96.0.1, type: NodePort, ports: [{port: 80, nodePort: -1}]}",
+            Some("spec.ports[0].nodePort"),
+        ),
+        (
+            "{clusterIP: 10.96.0.x, ports: [{port: 80}]}",
+            Some("spec.clusterIP"),
+        ),
+        (
+            "{clusterIPs: [10.96.0.1, 'fd00::z'], ports: [{port: 80}]}",
+            Some("spec.clusterIPs[1]"),
+        ),
+        (
+            "{clusterIP: 10.96.0.1, externalIPs: [1.2.3], ports: [{port: 80}]}",
+            Some("spec.externalIPs[0]"),
+        ),
+        (
+            "{clusterIP: 10.96.0.1, type: Magic, ports: [{port: 80}]}",
+            Some("spec.type"),
+        ),
+        (
+            "{clusterIP: 10.96.0.1, internalTrafficPolicy: Nearby, ports: [{port: 80}]}",
+            Some("spec.internalTrafficPolicy"),
+        ),
+        (
+            "{clusterIP: 10.96.0.1, sessionAffinity: Cookie, ports: [{port: 80}]}",
+            Some("spec.sessionAffinity"),
+        ),
+        (
+            "{clusterIP: 10.96.0.1, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}, ports: [{port: 80}]}",
+            Some("spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
+        ),
+        // IPv6-only and headless Services are not bad input, just not planned for IPv4.
+        ("{clusterIP: 'fd00::1', ports: [{port: 80}]}", None),
+        ("{clusterIP: None, ports: [{port: 80, protocol: ICMP}]}", None),
+    ];
+    for (spec, expected) in cases {
+        assert_eq!(rejected_field(spec).as_deref(), expected, "{spec}");
+    }
+}
+
+#[test]
+fn protocols_round_trip_through_their_numbers() {
+    for p in [Proto::Tcp, Proto::Udp, Proto::Sctp] {
+        assert_eq!(Proto::from_number(p.number()), Some(p));
+        assert_eq!(Proto::parse(Some(p.as_str())), Ok(p));
+    }
+    assert_eq!(Proto::parse(None), Ok(Proto::Tcp));
+    assert!(Proto::parse(Some("ICMP")).is_err());
+}

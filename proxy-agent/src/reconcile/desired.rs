@@ -83,7 +83,16 @@ fn add_frontend(maps: &mut DesiredMaps, ids: &mut Ids, f: &Frontend) -> Result<(
     }
     // Everything fits: write the frontend whole.
     for (slot, (id, backend)) in slots.into_iter().enumerate() {
-        maps.backends.entry(id).or_insert(backend);
+        // One backend may serve several frontends: it is local if any says so (all agree: it is the
+        // endpoint's nodeName), terminating only if every frontend uses it as a terminating fallback,
+        // so the result does not depend on the order of the frontends.
+        maps.backends
+            .entry(id)
+            .and_modify(|b| {
+                b.flags = ((b.flags | backend.flags) & backend_flags::LOCAL)
+                    | (b.flags & backend.flags & backend_flags::TERMINATING)
+            })
+            .or_insert(backend);
         maps.services.insert(
             key(f.addr, f.port, proto, f.scope, slot as u16 + 1),
             Lb4Service {

@@ -44,7 +44,7 @@ impl LbMaps for FakeMaps {
             Some(n) => self.fail_after = Some(n - 1),
             None => {}
         }
-        let before = self.maps.clone();
+        let before = self.check_references.then(|| self.maps.clone());
         match *op {
             MapOp::UpsertBackend { id, backend } => {
                 self.maps.backends.insert(id, backend);
@@ -65,7 +65,7 @@ impl LbMaps for FakeMaps {
                 self.maps.backends.remove(&id);
             }
         }
-        if self.check_references {
+        if let Some(before) = before {
             if let Err(e) = self.maps.check_references() {
                 self.maps = before;
                 bail!("{op} would leave a dangling reference: {e}");

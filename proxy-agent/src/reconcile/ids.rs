@@ -118,9 +118,14 @@ impl Default for Ids {
 
 impl Ids {
     pub fn new() -> Self {
+        Self::with_limits(MAX_BACKENDS, MAX_REVNAT)
+    }
+
+    /// An allocator with smaller id spaces (ids 1..=max), e.g. to exercise exhaustion in tests.
+    pub fn with_limits(max_backends: u32, max_revnat: u32) -> Self {
         Self {
-            backends: Pool::new(MAX_BACKENDS),
-            revnat: Pool::new(MAX_REVNAT),
+            backends: Pool::new(max_backends.min(MAX_BACKENDS)),
+            revnat: Pool::new(max_revnat.min(MAX_REVNAT).min(u32::from(u16::MAX))),
         }
     }
 

@@ -132,6 +132,11 @@ impl Reconciler {
         })
     }
 
+    /// A reconciler with the given allocator (e.g. [`Ids::with_limits`]).
+    pub fn with_ids(ids: Ids) -> Self {
+        Self { ids }
+    }
+
     pub fn ids(&self) -> &Ids {
         &self.ids
     }
