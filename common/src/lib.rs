@@ -44,4 +44,8 @@ pub mod prog_names {
     pub const TC_FROM_POD: &str = "tc_from_pod";
     pub const TC_TO_POD: &str = "tc_to_pod";
     pub const XDP_NODE: &str = "xdp_node";
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
 }

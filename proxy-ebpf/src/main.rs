@@ -11,13 +11,14 @@ mod parse;
 mod policy;
 mod reject;
 mod sctp;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::bpf_redirect,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use common::{
     event::{DropReason, direction, verdict},
@@ -161,6 +162,30 @@ fn redirect_back(ctx: &TcContext) -> i32 {
     }
     // SAFETY: helper without preconditions.
     unsafe { bpf_redirect(ifindex(ctx), 0) as i32 }
+}
+
+/// Host-network clients connecting to a Service: the socket is pointed at a backend.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+/// Host-network clients sending UDP datagrams to a Service without connecting.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+/// Answers to translated UDP sockets appear to come from the VIP.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::restore(&ctx)
+}
+
+/// getpeername() of a translated socket names the VIP it connected to.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::restore(&ctx)
 }
 
 /// XDP on the node's devices: traffic entering the node from its network.

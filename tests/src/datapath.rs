@@ -210,3 +210,104 @@ impl TestDatapath {
             .collect()
     }
 }
+
+use aya::maps::{
+    Array as AyaArray, PerCpuArray as AyaPerCpuArray,
+    lpm_trie::{Key as LpmKey, LpmTrie},
+};
+use common::{
+    config::DatapathConfig,
+    event::DropReason,
+    policy::{IpCacheValue4, PolicyEndpoint4, PolicyEndpointKey4, PolicyEntry, PolicyKey, PolicyKeyData},
+};
+
+impl TestDatapath {
+    /// ipcache: `addr/prefix_len` → identity and CIDR class.
+    pub fn add_ipcache(&mut self, addr: std::net::Ipv4Addr, prefix_len: u32, identity: u32, cidr_class: u32) {
+        let map = self
+            .datapath
+            .ebpf_mut()
+            .map_mut(map_names::IPCACHE4)
+            .expect("ipcache map");
+        let mut trie: LpmTrie<_, Be32, IpCacheValue4> =
+            LpmTrie::try_from(map).expect("ipcache is an LPM trie");
+        trie.insert(
+            &LpmKey::new(prefix_len, Be32::from_octets(addr.octets())),
+            IpCacheValue4 { identity, cidr_class },
+            0,
+        )
+        .unwrap();
+    }
+
+    pub fn add_endpoint(&mut self, addr: std::net::Ipv4Addr, endpoint_id: u32, identity: u32, flags: u32) {
+        let key = PolicyEndpointKey4 {
+            addr: Be32::from_octets(addr.octets()),
+        };
+        self.hash_map::<PolicyEndpointKey4, PolicyEndpoint4>(map_names::POLICY_ENDPOINTS4)
+            .insert(
+                key,
+                PolicyEndpoint4 {
+                    endpoint_id,
+                    identity,
+                    flags,
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    fn policy_trie(&mut self) -> LpmTrie<&mut aya::maps::MapData, PolicyKeyData, PolicyEntry> {
+        let map = self
+            .datapath
+            .ebpf_mut()
+            .map_mut(map_names::POLICY)
+            .expect("policy map");
+        LpmTrie::try_from(map).expect("policy is an LPM trie")
+    }
+
+    /// One allow entry; `key.prefix_len` says how much of proto/port is significant.
+    pub fn add_policy(&mut self, key: PolicyKey, policy_ref: u16, rule_index: u16) {
+        let entry = PolicyEntry {
+            policy_ref,
+            rule_index,
+            flags: 0,
+            _pad: 0,
+        };
+        self.policy_trie()
+            .insert(&LpmKey::new(key.prefix_len, key.data()), entry, 0)
+            .unwrap();
+    }
+
+    pub fn remove_policy(&mut self, key: PolicyKey) {
+        self.policy_trie()
+            .remove(&LpmKey::new(key.prefix_len, key.data()))
+            .unwrap();
+    }
+
+    pub fn set_config(&mut self, flags: u32) {
+        let map = self
+            .datapath
+            .ebpf_mut()
+            .map_mut(map_names::CONFIG)
+            .expect("config map");
+        let mut array: AyaArray<_, DatapathConfig> = AyaArray::try_from(map).unwrap();
+        array.set(0, DatapathConfig { flags, _pad: 0 }, 0).unwrap();
+    }
+
+    /// Registers `addr` as the pod behind `ifindex` (BPF_PROG_TEST_RUN runs skbs on loopback, ifindex 1).
+    pub fn register_iface(&mut self, ifindex: u32, addr: std::net::Ipv4Addr) {
+        self.hash_map::<u32, Be32>(map_names::IFACES)
+            .insert(ifindex, Be32::from_octets(addr.octets()), 0)
+            .unwrap();
+    }
+
+    pub fn drops(&mut self, reason: DropReason) -> u64 {
+        let map = self
+            .datapath
+            .ebpf_mut()
+            .map(map_names::DROP_STATS)
+            .expect("drop stats map");
+        let array: AyaPerCpuArray<_, u64> = AyaPerCpuArray::try_from(map).unwrap();
+        array.get(&(reason as u32), 0).unwrap().iter().sum()
+    }
+}

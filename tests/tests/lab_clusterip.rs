@@ -1,6 +1,7 @@
 //! ClusterIP with real traffic in the lab: agents on two nodes program the service maps; clients on
-//! both nodes reach all backends through the VIP, replies come from the VIP, a Service without
-//! endpoints refuses at once, and a backend reaching its own Service is answered (hairpin).
+//! both nodes and the nodes themselves (host network, through the socket hooks) reach all backends
+//! through the VIP, replies come from the VIP, a Service without endpoints refuses at once, and a
+//! backend reaching its own Service is answered (hairpin).
 
 use serde_json::Value;
 use tests::lab::{Lab, require_privileges};
@@ -57,6 +58,32 @@ fn clusterip_balances_tcp_and_udp_from_both_nodes_and_refuses_without_endpoints(
         // UDP: answered only if the reply comes from VIP:53 (the probe's socket is connected to it).
         let udp = lab.probe(client, "10.96.0.10:53/udp", 300);
         assert_spread(&udp, 300, &format!("{client} udp"));
+    }
+
+    // Host-network clients: the socket hooks translate at connect/sendmsg; the backend sees the node.
+    for node in ["node/n1", "node/n2"] {
+        let tcp = lab.probe(node, "10.96.0.10:80/tcp", 300);
+        assert_spread(&tcp, 300, &format!("{node} tcp"));
+        let node_ip = if node.ends_with('1') {
+            "10.0.0.10:"
+        } else {
+            "10.0.0.11:"
+        };
+        assert!(
+            tcp["attempts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|a| a["client_seen"].as_str().unwrap().starts_with(node_ip)),
+            "{node}: backends see the node's address"
+        );
+        let udp = lab.probe(node, "10.96.0.10:53/udp", 300);
+        assert_spread(&udp, 300, &format!("{node} udp"));
+        let empty = lab.probe(node, "10.96.0.20:80/tcp", 3);
+        assert_eq!(
+            empty["summary"]["refused"], 3,
+            "{node}: no endpoints refused: {empty:#}"
+        );
     }
 
     for proto in ["tcp", "udp"] {

@@ -106,6 +106,13 @@ impl Attachments {
 }
 
 impl Datapath {
+    /// Every attachment, as `status` shows them: XDP, tc, then the socket hooks.
+    pub fn attachment_views(&self) -> Vec<AttachmentView> {
+        let mut out = self.attachments.view();
+        out.extend(self.cgroup_view());
+        out
+    }
+
     /// Attaches where `desired` says and detaches where it no longer does. Returns one message per
     /// interface that failed; the others are still reconciled.
     pub fn reconcile_attachments(&mut self, desired: &DesiredAttachments) -> Vec<String> {

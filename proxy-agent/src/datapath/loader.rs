@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, Xdp},
+    programs::{CgroupSockAddr, SchedClassifier, Xdp},
 };
 use common::prog_names;
 
@@ -18,6 +18,8 @@ pub struct Datapath {
     pub(crate) ebpf: Ebpf,
     pub pin_dir: PathBuf,
     pub attachments: Attachments,
+    /// Where the socket hooks are attached, when they are.
+    pub(crate) cgroup: Option<PathBuf>,
 }
 
 impl Datapath {
@@ -38,10 +40,17 @@ impl Datapath {
             .with_context(|| format!("program {} is not XDP", prog_names::XDP_NODE))?;
         xdp.load()
             .with_context(|| format!("verifying program {}", prog_names::XDP_NODE))?;
+        for (name, _) in super::cgroup::SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?
+                .try_into()
+                .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
+            prog.load().with_context(|| format!("verifying program {name}"))?;
+        }
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             attachments: Attachments::default(),
+            cgroup: None,
         })
     }
 

@@ -3,8 +3,11 @@
 
 pub mod attach;
 pub mod bpffs;
+pub mod cgroup;
+pub mod events;
 pub mod lb_maps;
 pub mod loader;
+pub mod policy_maps;
 pub mod stats;
 
 pub use attach::{Attachments, DesiredAttachments};
