@@ -196,6 +196,19 @@ pub fn xdp_node(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Baseline for benchmarks: the cheapest possible tc program, measured in the same run as the real
+/// ones so per-packet costs are reported as ratios. Never attached.
+#[classifier]
+pub fn bench_tc_bare(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
+/// Baseline for benchmarks: the cheapest possible XDP program. Never attached.
+#[xdp]
+pub fn bench_xdp_bare(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
