@@ -261,3 +261,76 @@ impl Lab {
         ])
     }
 }
+
+/// A TCP connection held open from inside a lab namespace (the socket stays in the namespace it was
+/// created in; the thread that opens it enters that namespace and never leaves it).
+pub struct LongConnection {
+    stream: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl LongConnection {
+    /// Connects from the named netns to `to` (e.g. `10.96.0.10:80`), bounded by a 2 s timeout.
+    pub fn open(netns: &str, to: &str) -> LongConnection {
+        let path = format!("/run/netns/{netns}");
+        let to: std::net::SocketAddr = to.parse().expect("address");
+        let stream = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns into the lab netns");
+            std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("connecting to {to} from {path}: {e}"))
+        })
+        .join()
+        .expect("connect thread");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        LongConnection {
+            stream: std::io::BufReader::new(stream),
+        }
+    }
+
+    /// Sends one line and returns the pod that answered (`ns/name`), or the error.
+    pub fn ask(&mut self) -> Result<String, String> {
+        use std::io::{BufRead, Write};
+        self.stream
+            .get_mut()
+            .write_all(b"hello\n")
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        match self.stream.read_line(&mut line) {
+            Ok(0) => Err("connection closed".into()),
+            Ok(_) => {
+                let v: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))?;
+                Ok(v["pod"].as_str().unwrap_or_default().to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Lab {
+    /// `lab apply` of YAML text (written to a file of the test's own).
+    pub fn apply_text(&self, yaml: &str) {
+        let path = std::env::temp_dir().join(format!("strait-{}-{}.yaml", self.name, std::process::id()));
+        std::fs::write(&path, yaml).expect("writing the objects");
+        let out = self.run(&["apply", path.to_str().expect("utf-8")]);
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "lab apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Repeats `probe` (bounded: 10 s) until `done` says its answer shows the change took effect.
+    pub fn wait_for(&self, from: &str, to: &str, count: u32, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let p = self.probe(from, to, count);
+            if done(&p) || std::time::Instant::now() > deadline {
+                return p;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
