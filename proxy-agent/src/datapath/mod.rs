@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod bpffs;
 pub mod cgroup;
+pub mod conntrack;
 pub mod events;
 pub mod lb_maps;
 pub mod loader;
