@@ -334,3 +334,18 @@ impl Lab {
         }
     }
 }
+
+impl Lab {
+    /// `lab delete` of YAML text.
+    pub fn delete_text(&self, yaml: &str) {
+        let path = std::env::temp_dir().join(format!("strait-{}-{}-del.yaml", self.name, std::process::id()));
+        std::fs::write(&path, yaml).expect("writing the objects");
+        let out = self.run(&["delete", path.to_str().expect("utf-8")]);
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "lab delete failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
