@@ -24,6 +24,72 @@ pub enum Command {
     Run(RunArgs),
     /// What the running agent on this node has attached, its sync state and packet counters.
     Status(StatusArgs),
+    /// Flow records of the datapath (drops and new connections), with pod and policy names.
+    Flows(FlowsArgs),
+    /// NetworkPolicy: what is programmed for each local pod, and why a flow is allowed or denied.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Pod identities (label sets) the policy datapath uses.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Service frontends programmed in the datapath, with their backends.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Per local pod: endpoint id, identity, isolation per direction, the policies selecting it, entries.
+    List(StatusArgs),
+    /// Is a flow allowed, and by which policy and rule (or which policies isolate the pod)?
+    Explain(ExplainArgs),
+}
+
+#[derive(Subcommand)]
+pub enum IdentityCommand {
+    /// Identity number → namespace and labels, and the pods that have it.
+    List(StatusArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ServiceCommand {
+    /// Frontends with their backends, flags and state, as the service maps hold them.
+    List(StatusArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExplainArgs {
+    /// Source: NS/POD, or an IPv4 address (a pod's address is that pod).
+    #[arg(long)]
+    pub from: String,
+    /// Destination pod and port (after service translation): NS/POD:PORT[/PROTO], protocol TCP by default.
+    #[arg(long)]
+    pub to: String,
+    /// Explain offline from these Kubernetes manifests (file or directory) instead of asking the agent.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FlowsArgs {
+    /// Keep printing new records as they arrive (polls the agent every 200 ms).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only records after this sequence number (`seq` in `-o json`).
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    /// Only the last N records (before following).
+    #[arg(long)]
+    pub last: Option<usize>,
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+    /// `json`: one JSON record a line.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -68,6 +134,17 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => crate::daemon::run(args),
         Command::Status(args) => crate::status::print(&args),
+        Command::Flows(args) => crate::flows::print(&args),
+        Command::Policy(PolicyCommand::List(args)) => crate::policy::view::print_policy_list(&args),
+        Command::Policy(PolicyCommand::Explain(args)) => crate::policy::view::print_explain(&args),
+        Command::Identity(IdentityCommand::List(args)) => crate::policy::view::print_identity_list(&args),
+        Command::Service(ServiceCommand::List(args)) => {
+            let view: crate::status::ServicesView = crate::status::get_json(args.admin_addr, "/services")?;
+            write_stdout(&match args.output {
+                Output::Json => serde_json::to_string_pretty(&view)? + "\n",
+                Output::Table => crate::status::render_services(&view),
+            })
+        }
     }
 }
 

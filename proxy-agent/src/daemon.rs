@@ -19,12 +19,15 @@ use crate::{
         attach::{Device, PodInterface},
     },
     endpoints::{self, LocalEndpoint},
+    flows::{FlowContext, FlowStore},
     host::{links, routes},
     lb,
+    metrics::{AgentCounters, MetricsSnapshot},
+    policy::{PolicyReconciler, view::PolicyState},
     reconcile::Reconciler,
     snapshot::Snapshot,
     source::manifests,
-    status::{AttachmentRow, CounterView, EndpointView, LbView, StatusView, SyncView},
+    status::{AttachmentRow, CounterView, EndpointView, LbView, PolicyStatusView, StatusView, SyncView},
 };
 
 /// How often the agent looks for changed files and new interfaces. A pod's veth appears when the CNI
@@ -35,6 +38,11 @@ const RESYNC: Duration = Duration::from_secs(10);
 
 pub struct Shared {
     inner: Mutex<Inner>,
+    /// Flow records, filled by the events reader (its own lock: reading events never waits for a
+    /// reconcile pass).
+    flows: Mutex<FlowStore>,
+    /// What names flow records; replaced after every policy reconcile.
+    flow_context: Mutex<Arc<FlowContext>>,
 }
 
 struct Inner {
@@ -45,6 +53,14 @@ struct Inner {
     lb: LbView,
     endpoints: Vec<LocalEndpoint>,
     errors: Vec<String>,
+    policy: PolicyReconciler,
+    /// The objects the last policy compile read (`policy explain` against the running agent).
+    policy_input: policy::PolicyInput,
+    policy_state: Arc<PolicyState>,
+    policy_status: PolicyStatusView,
+    counters: AgentCounters,
+    /// Frontend (address, port, protocol number, scope) → the Service port it belongs to.
+    frontend_names: std::collections::BTreeMap<(std::net::Ipv4Addr, u16, u8, u8), String>,
 }
 
 impl Shared {
@@ -83,6 +99,7 @@ impl Shared {
             object_bytes: Datapath::object_size(),
             sync: inner.sync.clone(),
             lb: inner.lb.clone(),
+            conntrack: crate::datapath::conntrack::stats(),
             endpoints: inner
                 .endpoints
                 .iter()
@@ -94,8 +111,7 @@ impl Shared {
                 .collect(),
             attachments: inner
                 .datapath
-                .attachments
-                .view()
+                .attachment_views()
                 .into_iter()
                 .map(|a| AttachmentRow {
                     program: a.program.to_string(),
@@ -108,7 +124,95 @@ impl Shared {
                 .collect(),
             counters,
             errors,
+            policy: inner.policy_status.clone(),
         }
+    }
+
+    /// The compiled policy state (`policy list`, `identity list`).
+    pub fn policy_state(&self) -> Arc<PolicyState> {
+        self.lock().policy_state.clone()
+    }
+
+    /// `policy explain` on the agent's objects.
+    pub fn explain(&self, from: &str, to: &str) -> Result<crate::policy::view::ExplainView, String> {
+        let flow = crate::policy::view::parse_flow(from, to)?;
+        let input = self.lock().policy_input.clone();
+        policy::explain(&input, &flow)
+            .map(|e| crate::policy::view::ExplainView::from(&e))
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn flows_since(&self, since: u64) -> crate::flows::FlowsPage {
+        self.flows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .since(since)
+    }
+
+    /// Names and stores records read from the events ring buffer.
+    pub fn add_flow_events(&self, records: &[&[u8]]) {
+        let cx = self
+            .flow_context
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let (mono, real) = crate::flows::clocks_now();
+        let mut store = self
+            .flows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for bytes in records {
+            match crate::flows::decode(bytes) {
+                Some(e) => {
+                    let wall = crate::flows::wall_clock_ns(e.ts_ns, mono, real);
+                    store.push(crate::flows::resolve(&e, wall, &cx));
+                }
+                None => store.undecodable += 1,
+            }
+        }
+    }
+
+    /// Frontends as programmed (dump of the service maps), with the Service each belongs to.
+    pub fn services(&self) -> Result<crate::status::ServicesView, String> {
+        let mut inner = self.lock();
+        let dump = crate::reconcile::LbMaps::dump(&inner.datapath.lb_maps()).map_err(|e| format!("{e:#}"))?;
+        Ok(crate::status::ServicesView::from_dump(
+            &dump,
+            &inner.frontend_names,
+        ))
+    }
+
+    /// Everything `/metrics` shows.
+    pub fn metrics(&self) -> String {
+        let inner = self.lock();
+        let mut m = MetricsSnapshot {
+            counters: inner.counters.clone(),
+            frontends: inner.lb.frontends as u64,
+            policy_endpoints: inner.policy_state.endpoints.len() as u64,
+            identities: inner.policy_state.identities.len() as u64,
+            ..Default::default()
+        };
+        for (name, ops) in inner.policy.ops_by_map() {
+            *m.counters.reconcile_ops.entry(name).or_default() += ops;
+        }
+        match inner.datapath.drop_counters() {
+            Ok(d) => m.drops = d.into_iter().map(|(r, v)| (r.label().to_owned(), v)).collect(),
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "reading drop counters"),
+        }
+        let refs = inner.policy_state.policies.keys().copied();
+        match inner.datapath.policy_counters(refs) {
+            Ok(v) => {
+                m.verdicts = v
+                    .into_iter()
+                    .filter_map(|(r, n)| Some((inner.policy_state.policies.get(&r)?.clone(), n)))
+                    .collect();
+            }
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "reading policy counters"),
+        }
+        if let Ok(c) = inner.datapath.counters() {
+            m.packets = c.into_iter().map(|(n, c)| (n.to_owned(), c.packets)).collect();
+        }
+        crate::metrics::render(&m)
     }
 }
 
@@ -119,6 +223,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut datapath = Datapath::load(&args.bpffs_root)?;
     // Ids come back from the pinned maps, so a restarted agent rewrites nothing that is still right.
     let reconciler = Reconciler::restore(&datapath.lb_maps())?;
+    if let Some(cgroup) = &args.cgroup_root {
+        datapath.attach_cgroup(cgroup)?;
+    }
     tracing::info!(node = %args.node, pin_dir = %args.bpffs_root.display(), "datapath loaded");
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
@@ -132,7 +239,15 @@ pub fn run(args: RunArgs) -> Result<()> {
             },
             endpoints: Vec::new(),
             errors: Vec::new(),
+            policy: PolicyReconciler::new(),
+            policy_input: policy::PolicyInput::default(),
+            policy_state: Arc::default(),
+            policy_status: PolicyStatusView::default(),
+            counters: AgentCounters::default(),
+            frontend_names: Default::default(),
         }),
+        flows: Mutex::new(FlowStore::default()),
+        flow_context: Mutex::new(Arc::default()),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -144,6 +259,20 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 async fn serve(args: RunArgs, manifests_path: PathBuf, shared: Arc<Shared>) -> Result<()> {
     let admin = tokio::spawn(crate::admin::serve(args.admin_addr, shared.clone()));
+    crate::datapath::conntrack::spawn_sweeper(args.bpffs_root.clone());
+    let events = shared.lock().datapath.take_events();
+    match events {
+        Some(Ok(reader)) => {
+            let sink = shared.clone();
+            tokio::spawn(async move {
+                if let Err(e) = reader.run(move |batch| sink.add_flow_events(batch)).await {
+                    tracing::error!(error = %format!("{e:#}"), "flow events reader stopped");
+                }
+            });
+        }
+        Some(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "no flow records"),
+        None => tracing::warn!("the datapath object has no events ring buffer; no flow records"),
+    }
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut ticker = tokio::time::interval(TICK);
@@ -179,8 +308,14 @@ fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner
     for r in &plan.rejected {
         if watch.reported.insert(r.to_string()) {
             tracing::warn!(object = %r, "object skipped by the service planner");
+            *inner.counters.rejected.entry(r.kind.to_owned()).or_default() += 1;
         }
     }
+    inner.frontend_names = plan
+        .frontends
+        .iter()
+        .map(|f| ((f.addr, f.port, f.proto.number(), f.scope), f.service.to_string()))
+        .collect();
     inner
         .sync
         .rejected
@@ -192,6 +327,9 @@ fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner
         ..
     } = inner;
     let outcome = reconciler.reconcile(&plan, &mut datapath.lb_maps())?;
+    for op in &outcome.ops {
+        *inner.counters.reconcile_ops.entry(lb_map_name(op)).or_default() += 1;
+    }
     for u in &outcome.unfit {
         tracing::error!(service = %u.service, frontend = %u.frontend, reason = %u.reason, "frontend does not fit");
     }
@@ -210,6 +348,60 @@ fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner
         .iter()
         .map(|u| format!("{} {}: {}", u.service, u.frontend, u.reason))
         .collect();
+    Ok(())
+}
+
+fn lb_map_name(op: &crate::reconcile::MapOp) -> &'static str {
+    use crate::reconcile::MapOp;
+    use common::map_names as m;
+    match op {
+        MapOp::UpsertBackend { .. } | MapOp::DeleteBackend { .. } => m::LB4_BACKENDS,
+        MapOp::UpsertService { .. } | MapOp::DeleteService { .. } => m::LB4_SERVICES,
+        MapOp::UpsertRevNat { .. } | MapOp::DeleteRevNat { .. } => m::LB4_REVNAT,
+    }
+}
+
+/// Policy maps follow the snapshot: compile for this node (pure) → reconcile (dump, diff, ordered
+/// writes); then the tables that name numbers (policy list, flow records) are refreshed.
+fn reconcile_policy(args: &RunArgs, watch: &SourceWatch, shared: &Shared, inner: &mut Inner) -> Result<()> {
+    let input = crate::policy::input_from_snapshot(&watch.snapshot);
+    let Inner { datapath, policy, .. } = inner;
+    let result = policy.reconcile(&input, &args.node, &mut datapath.policy_maps());
+    if let Some(desired) = inner.policy.last() {
+        let state = Arc::new(PolicyState::build(desired, &input));
+        *shared
+            .flow_context
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(FlowContext {
+            pods_by_ip: crate::policy::view::pods_by_ip(&watch.snapshot.pods),
+            policy: (*state).clone(),
+        });
+        inner.policy_status.endpoints = state.endpoints.len();
+        inner.policy_status.identities = state.identities.len();
+        inner.policy_status.policies = state.policies.len();
+        inner.policy_status.entries = state.policy_entries;
+        inner.policy_status.errors.clone_from(&state.errors);
+        inner.policy_state = state;
+    }
+    inner.policy_input = input;
+    let outcome = result?;
+    for e in &outcome.new_errors {
+        tracing::warn!(policy = %e.policy, field = %e.field, reason = %e.message, "NetworkPolicy skipped");
+        *inner
+            .counters
+            .rejected
+            .entry("NetworkPolicy".to_owned())
+            .or_default() += 1;
+    }
+    for u in &outcome.unfit {
+        tracing::error!(problem = %u, "policy state does not fit");
+    }
+    if !outcome.ops.is_empty() {
+        tracing::info!(ops = outcome.ops.len(), "policy maps updated");
+    }
+    inner.policy_status.last_ops = outcome.ops.len();
+    inner.policy_status.total_ops += outcome.ops.len() as u64;
+    inner.policy_status.unfit = outcome.unfit;
     Ok(())
 }
 
@@ -234,7 +426,7 @@ impl SourceWatch {
     }
 
     /// Returns true when the snapshot was re-read.
-    fn refresh(&mut self, sync: &mut SyncView) -> Result<bool> {
+    fn refresh(&mut self, sync: &mut SyncView, counters: &mut AgentCounters) -> Result<bool> {
         let fingerprint = manifests::fingerprint(&self.path)?;
         let due = self.last_load.is_none_or(|t| t.elapsed() >= RESYNC);
         if !due && self.fingerprint.as_ref() == Some(&fingerprint) {
@@ -245,6 +437,8 @@ impl SourceWatch {
             // Reported once per distinct problem, not on every resync.
             if self.reported.insert(r.to_string()) {
                 tracing::warn!(object = %r.object, file = %r.file.display(), reason = %r.reason, "object skipped");
+                let kind = r.object.split_whitespace().next().unwrap_or("unknown");
+                *counters.rejected.entry(kind.to_owned()).or_default() += 1;
             }
         }
         sync.rejected = rejected.iter().map(ToString::to_string).collect();
@@ -263,8 +457,13 @@ impl SourceWatch {
 
 fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared) -> Result<()> {
     let mut inner = shared.lock();
-    if watch.refresh(&mut inner.sync)? {
-        reconcile_services(args, watch, &mut inner)?;
+    let inner = &mut *inner;
+    if watch.refresh(&mut inner.sync, &mut inner.counters)? {
+        // Policy is reconciled even when the service maps failed, and the other way round.
+        let services = reconcile_services(args, watch, inner);
+        let policy = reconcile_policy(args, watch, shared, inner);
+        services?;
+        policy?;
     }
     let table = routes::read_routes()?;
     let links = links::read_links()?;

@@ -1,0 +1,205 @@
+//! The NetworkPolicy maps of the loaded datapath, behind the reconciler's [`PolicyMaps`] trait, and the
+//! verdict counters (drops by reason, new connections by policy).
+
+use anyhow::{Context, Result};
+use aya::maps::{
+    Array, HashMap, MapData, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
+use common::{
+    event::{DROP_REASON_SLOTS, DropReason},
+    map_names,
+    net::Be32,
+    policy::{
+        IpCacheKey4, IpCacheValue4, MAX_POLICIES, PolicyEndpoint4, PolicyEndpointKey4, PolicyEntry,
+        PolicyKey, PolicyKeyData, PolicyName,
+    },
+};
+
+use super::Datapath;
+use crate::policy::{PolicyMaps, PolicyMapsState, PolicyOp};
+
+pub struct AyaPolicyMaps<'a> {
+    datapath: &'a mut Datapath,
+}
+
+impl Datapath {
+    pub fn policy_maps(&mut self) -> AyaPolicyMaps<'_> {
+        AyaPolicyMaps { datapath: self }
+    }
+
+    /// Drops by reason, summed over CPUs (every reason, zeros included).
+    pub fn drop_counters(&self) -> Result<Vec<(DropReason, u64)>> {
+        let array = per_cpu_u64(self, map_names::DROP_STATS)?;
+        DropReason::ALL
+            .iter()
+            .filter(|r| (**r as u32) < DROP_REASON_SLOTS && **r != DropReason::None)
+            .map(|r| Ok((*r, sum(&array, *r as u32)?)))
+            .collect()
+    }
+
+    /// New connections let through by each of `refs` (policy refs), summed over CPUs.
+    pub fn policy_counters(&self, refs: impl Iterator<Item = u16>) -> Result<Vec<(u16, u64)>> {
+        let array = per_cpu_u64(self, map_names::POLICY_STATS)?;
+        refs.filter(|r| u32::from(*r) < MAX_POLICIES)
+            .map(|r| Ok((r, sum(&array, u32::from(r))?)))
+            .collect()
+    }
+}
+
+fn per_cpu_u64<'m>(dp: &'m Datapath, name: &str) -> Result<PerCpuArray<&'m MapData, u64>> {
+    let map = dp
+        .ebpf
+        .map(name)
+        .with_context(|| format!("map {name} missing from the object"))?;
+    PerCpuArray::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn sum(array: &PerCpuArray<&MapData, u64>, index: u32) -> Result<u64> {
+    let values = array
+        .get(&index, 0)
+        .with_context(|| format!("reading counter {index}"))?;
+    Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
+}
+
+fn map<'m>(dp: &'m Datapath, name: &str) -> Result<&'m aya::maps::Map> {
+    dp.ebpf
+        .map(name)
+        .with_context(|| format!("map {name} missing from the object"))
+}
+
+fn map_mut<'m>(dp: &'m mut Datapath, name: &str) -> Result<&'m mut aya::maps::Map> {
+    dp.ebpf
+        .map_mut(name)
+        .with_context(|| format!("map {name} missing from the object"))
+}
+
+fn ipcache(dp: &mut Datapath) -> Result<LpmTrie<&mut MapData, Be32, IpCacheValue4>> {
+    Ok(LpmTrie::try_from(map_mut(dp, map_names::IPCACHE4)?)?)
+}
+
+fn policy(dp: &mut Datapath) -> Result<LpmTrie<&mut MapData, PolicyKeyData, PolicyEntry>> {
+    Ok(LpmTrie::try_from(map_mut(dp, map_names::POLICY)?)?)
+}
+
+fn endpoints(dp: &mut Datapath) -> Result<HashMap<&mut MapData, PolicyEndpointKey4, PolicyEndpoint4>> {
+    Ok(HashMap::try_from(map_mut(dp, map_names::POLICY_ENDPOINTS4)?)?)
+}
+
+fn names(dp: &mut Datapath) -> Result<Array<&mut MapData, PolicyName>> {
+    Ok(Array::try_from(map_mut(dp, map_names::POLICY_NAMES)?)?)
+}
+
+fn name_value(name: &str) -> PolicyName {
+    let mut v = PolicyName::default();
+    let bytes = name.as_bytes();
+    // Names are namespace/name: at most 63 + 1 + 253 bytes; a longer one is cut at a char boundary.
+    let mut len = bytes.len().min(v.name.len());
+    while !name.is_char_boundary(len) {
+        len -= 1;
+    }
+    v.name[..len].copy_from_slice(&bytes[..len]);
+    v.len = len as u16;
+    v
+}
+
+impl PolicyMaps for AyaPolicyMaps<'_> {
+    fn dump(&self) -> Result<PolicyMapsState> {
+        let dp = &*self.datapath;
+        let mut out = PolicyMapsState::default();
+        let ipcache: LpmTrie<&MapData, Be32, IpCacheValue4> =
+            LpmTrie::try_from(map(dp, map_names::IPCACHE4)?).context("ipcache map type")?;
+        for entry in ipcache.iter() {
+            let (k, v) = entry.context("reading the ipcache map")?;
+            out.ipcache.insert(
+                IpCacheKey4 {
+                    prefix_len: k.prefix_len(),
+                    addr: k.data(),
+                },
+                v,
+            );
+        }
+        let policy: LpmTrie<&MapData, PolicyKeyData, PolicyEntry> =
+            LpmTrie::try_from(map(dp, map_names::POLICY)?).context("policy map type")?;
+        for entry in policy.iter() {
+            let (k, v) = entry.context("reading the policy map")?;
+            out.policy
+                .insert(PolicyKey::from_data(k.prefix_len(), &k.data()), v);
+        }
+        let endpoints: HashMap<&MapData, PolicyEndpointKey4, PolicyEndpoint4> =
+            HashMap::try_from(map(dp, map_names::POLICY_ENDPOINTS4)?).context("endpoints map type")?;
+        for entry in endpoints.iter() {
+            let (k, v) = entry.context("reading the policy endpoints map")?;
+            out.endpoints.insert(k, v);
+        }
+        let names: Array<&MapData, PolicyName> =
+            Array::try_from(map(dp, map_names::POLICY_NAMES)?).context("policy names map type")?;
+        for (i, v) in names.iter().enumerate() {
+            let v = v.context("reading the policy names map")?;
+            if v.len == 0 {
+                continue;
+            }
+            let len = usize::from(v.len).min(v.name.len());
+            let name = String::from_utf8_lossy(&v.name[..len]).into_owned();
+            if let Ok(r) = u16::try_from(i) {
+                out.names.insert(r, name);
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, op: &PolicyOp) -> Result<()> {
+        let dp = &mut *self.datapath;
+        // Deleting an absent key: aya reports ENOENT from the syscall (or KeyNotFound).
+        let absent_ok = |r: Result<(), aya::maps::MapError>| match r {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            other => other,
+        };
+        match op {
+            PolicyOp::UpsertName { policy_ref, name } => {
+                names(dp)?.set(u32::from(*policy_ref), name_value(name), 0)?;
+            }
+            PolicyOp::DeleteName { policy_ref } => {
+                names(dp)?.set(u32::from(*policy_ref), PolicyName::default(), 0)?;
+            }
+            PolicyOp::UpsertPolicy { key, entry } => {
+                policy(dp)?.insert(&Key::new(key.prefix_len, key.data()), entry, 0)?;
+            }
+            PolicyOp::DeletePolicy { key } => {
+                absent_ok(policy(dp)?.remove(&Key::new(key.prefix_len, key.data())))?;
+            }
+            PolicyOp::UpsertIpCache { key, value } => {
+                ipcache(dp)?.insert(&Key::new(key.prefix_len, key.addr), value, 0)?;
+            }
+            PolicyOp::DeleteIpCache { key } => {
+                absent_ok(ipcache(dp)?.remove(&Key::new(key.prefix_len, key.addr)))?;
+            }
+            PolicyOp::UpsertEndpoint { key, value } => {
+                endpoints(dp)?.insert(key, value, 0)?;
+            }
+            PolicyOp::DeleteEndpoint { key } => {
+                absent_ok(endpoints(dp)?.remove(key))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_names_fit_the_slot() {
+        let v = name_value("x/allow");
+        assert_eq!(usize::from(v.len), 7);
+        assert_eq!(&v.name[..7], b"x/allow");
+        let long = "n/".to_owned() + &"é".repeat(200);
+        let v = name_value(&long);
+        assert!(usize::from(v.len) <= v.name.len());
+        assert!(std::str::from_utf8(&v.name[..usize::from(v.len)]).is_ok());
+    }
+}

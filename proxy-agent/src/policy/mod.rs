@@ -1,0 +1,331 @@
+//! Level-triggered reconcile of the NetworkPolicy maps: snapshot → [`policy::PolicyInput`] →
+//! [`policy::compile`] for this node → desired contents of the four maps ([`PolicyMapsState`]) →
+//! [`diff()`] against a dump of the pinned maps → ordered [`PolicyOp`]s applied through [`PolicyMaps`].
+//!
+//! The order never denies, even for one operation, a flow that both the old and the new state allow
+//! (see [`diff()`]); reconciling twice performs no operation; numbers (identities, endpoint ids, CIDR
+//! classes, policy refs) are restored from the pinned maps at start ([`restore_allocations`]), so a
+//! restarted agent renumbers nothing.
+
+mod diff;
+mod fake;
+pub mod render;
+#[cfg(test)]
+mod tests;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use common::policy::{
+    IpCacheKey4, IpCacheValue4, MAX_POLICIES, PolicyEndpoint4, PolicyEndpointKey4, PolicyEntry, PolicyKey,
+    identity,
+};
+use policy::{Allocations, IdentityKey, PolicyDesired, PolicyError, PolicyInput, PolicyRef, net::Ipv4Net};
+
+pub use diff::diff;
+pub use fake::FakePolicyMaps;
+
+use crate::snapshot::Snapshot;
+
+/// The contents of the four policy maps, desired or dumped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyMapsState {
+    pub ipcache: BTreeMap<IpCacheKey4, IpCacheValue4>,
+    pub endpoints: BTreeMap<PolicyEndpointKey4, PolicyEndpoint4>,
+    pub policy: BTreeMap<PolicyKey, PolicyEntry>,
+    /// `policy_ref` → `namespace/name` (the non-empty slots of the names array).
+    pub names: BTreeMap<u16, String>,
+}
+
+impl PolicyMapsState {
+    /// The maps a compile result asks for. Policy refs beyond the names array cannot be named in the
+    /// datapath; they are returned as errors (their entries are still programmed: the verdict does not
+    /// depend on the name).
+    pub fn from_desired(d: &PolicyDesired) -> (Self, Vec<String>) {
+        let mut unfit = Vec::new();
+        let mut names = BTreeMap::new();
+        for (r, p) in &d.policies {
+            if u32::from(*r) < MAX_POLICIES {
+                names.insert(*r, p.to_string());
+            } else {
+                unfit.push(format!(
+                    "policy {p}: ref {r} beyond the names table ({MAX_POLICIES} slots)"
+                ));
+            }
+        }
+        let state = Self {
+            ipcache: d.ipcache.clone(),
+            endpoints: d.endpoints.clone(),
+            policy: d.policy.clone(),
+            names,
+        };
+        (state, unfit)
+    }
+
+    /// A `PolicyDesired` holding these maps (and no tables), for [`policy::simulate`].
+    pub fn as_desired(&self) -> PolicyDesired {
+        PolicyDesired {
+            ipcache: self.ipcache.clone(),
+            endpoints: self.endpoints.clone(),
+            policy: self.policy.clone(),
+            ..Default::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ipcache.len() + self.endpoints.len() + self.policy.len() + self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One write to one policy map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyOp {
+    UpsertName {
+        policy_ref: u16,
+        name: String,
+    },
+    UpsertPolicy {
+        key: PolicyKey,
+        entry: PolicyEntry,
+    },
+    UpsertIpCache {
+        key: IpCacheKey4,
+        value: IpCacheValue4,
+    },
+    UpsertEndpoint {
+        key: PolicyEndpointKey4,
+        value: PolicyEndpoint4,
+    },
+    DeleteEndpoint {
+        key: PolicyEndpointKey4,
+    },
+    DeletePolicy {
+        key: PolicyKey,
+    },
+    DeleteIpCache {
+        key: IpCacheKey4,
+    },
+    /// Clears a slot of the names array.
+    DeleteName {
+        policy_ref: u16,
+    },
+}
+
+impl PolicyOp {
+    /// The pinned map the operation writes (the `map` label of `strait_reconcile_operations_total`).
+    pub fn map_name(&self) -> &'static str {
+        use common::map_names as m;
+        match self {
+            Self::UpsertName { .. } | Self::DeleteName { .. } => m::POLICY_NAMES,
+            Self::UpsertPolicy { .. } | Self::DeletePolicy { .. } => m::POLICY,
+            Self::UpsertIpCache { .. } | Self::DeleteIpCache { .. } => m::IPCACHE4,
+            Self::UpsertEndpoint { .. } | Self::DeleteEndpoint { .. } => m::POLICY_ENDPOINTS4,
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use render::{
+            endpoint_line, ipcache_key_text, ipcache_line, name_line, policy_key_text, policy_line,
+        };
+        match self {
+            Self::UpsertName { policy_ref, name } => write!(f, "upsert {}", name_line(*policy_ref, name)),
+            Self::UpsertPolicy { key, entry } => write!(f, "upsert {}", policy_line(key, entry)),
+            Self::UpsertIpCache { key, value } => write!(f, "upsert {}", ipcache_line(key, value)),
+            Self::UpsertEndpoint { key, value } => write!(f, "upsert {}", endpoint_line(key, value)),
+            Self::DeleteEndpoint { key } => write!(f, "delete EP {}", Ipv4Addr::from(key.addr.octets())),
+            Self::DeletePolicy { key } => write!(f, "delete POLICY {}", policy_key_text(key)),
+            Self::DeleteIpCache { key } => write!(f, "delete IPCACHE {}", ipcache_key_text(key)),
+            Self::DeleteName { policy_ref } => write!(f, "delete NAME {policy_ref}"),
+        }
+    }
+}
+
+/// The policy maps as the reconciler sees them: the aya implementation lives with the datapath
+/// (`datapath::policy_maps`), [`FakePolicyMaps`] is the in-memory one for tests.
+pub trait PolicyMaps {
+    fn dump(&self) -> Result<PolicyMapsState>;
+    /// Performs one operation; deleting an absent key is not an error.
+    fn apply(&mut self, op: &PolicyOp) -> Result<()>;
+}
+
+/// The objects policy reads, out of the agent's snapshot.
+pub fn input_from_snapshot(s: &Snapshot) -> PolicyInput {
+    PolicyInput {
+        namespaces: s.namespaces.clone(),
+        pods: s.pods.clone(),
+        policies: s.network_policies.clone(),
+        nodes: s.nodes.clone(),
+    }
+}
+
+/// The numbers in use in the pinned maps, keyed by what they stand for in `input` — so the first
+/// compile after a restart keeps them:
+/// - identities: each pod /32 in the ipcache gives its identity to that pod's identity key (the key
+///   computed from `input`); an id claimed by two keys (the address now belongs to a pod with other
+///   labels) or a key claiming two ids keeps only the first claim (lowest address);
+/// - endpoint ids: the endpoints map (pod IP → endpoint id) and the pod that owns the IP now;
+/// - CIDR classes: ipcache prefixes with identity `WORLD`, and /32s whose class no shorter prefix carries
+///   (a /32 declared on its own, e.g. a pod inside an egress ipBlock with a named port);
+/// - policy refs: the names array.
+pub fn restore_allocations(dump: &PolicyMapsState, input: &PolicyInput, node: &str) -> Allocations {
+    let mut out = Allocations::default();
+    // A compile without history says which key each address and endpoint stands for now.
+    let Ok(fresh) = policy::compile(input, node, &Allocations::default()) else {
+        return out;
+    };
+    let mut ids_taken: BTreeSet<u32> = BTreeSet::new();
+    for (key, value) in &dump.ipcache {
+        if key.prefix_len != 32 {
+            continue;
+        }
+        let old = value.identity;
+        if !(identity::FIRST_POD_IDENTITY..identity::MAX_IDENTITY).contains(&old) {
+            continue;
+        }
+        let Some(now) = fresh.ipcache.get(key) else {
+            continue;
+        };
+        let Some(ik) = fresh.identities.get(&now.identity) else {
+            continue;
+        };
+        if out.identities.contains_key(ik) || !ids_taken.insert(old) {
+            continue;
+        }
+        out.identities.insert(ik.clone(), old);
+    }
+
+    let mut eps_taken = BTreeSet::new();
+    let pod_of_ip: BTreeMap<Ipv4Addr, &policy::PodRef> =
+        fresh.endpoint_table.values().map(|e| (e.ip, &e.pod)).collect();
+    for (key, value) in &dump.endpoints {
+        let ip = Ipv4Addr::from(key.addr.octets());
+        let Some(pod) = pod_of_ip.get(&ip) else { continue };
+        if value.endpoint_id == 0 || out.endpoints.contains_key(*pod) || !eps_taken.insert(value.endpoint_id)
+        {
+            continue;
+        }
+        out.endpoints.insert((*pod).clone(), value.endpoint_id);
+    }
+
+    let shorter_classes: BTreeSet<u32> = dump
+        .ipcache
+        .iter()
+        .filter(|(k, v)| k.prefix_len < 32 && v.identity == identity::WORLD)
+        .map(|(_, v)| v.cidr_class)
+        .collect();
+    let mut classes_taken = BTreeSet::new();
+    for (key, value) in &dump.ipcache {
+        let class = value.cidr_class;
+        if !identity::is_cidr_class(class) {
+            continue;
+        }
+        let declared = if key.prefix_len < 32 {
+            value.identity == identity::WORLD
+        } else {
+            !shorter_classes.contains(&class)
+        };
+        if !declared || !classes_taken.insert(class) {
+            continue;
+        }
+        let net = Ipv4Net::new(Ipv4Addr::from(key.addr.octets()), key.prefix_len as u8);
+        out.cidr_classes.insert(net, class);
+    }
+
+    for (r, name) in &dump.names {
+        if let Ok(p) = name.parse::<PolicyRef>() {
+            out.policies.entry(p).or_insert(*r);
+        }
+    }
+    out
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyOutcome {
+    /// The operations performed, in order.
+    pub ops: Vec<PolicyOp>,
+    /// Invalid policies, each reported (logged) once by the reconciler; these are the new ones.
+    pub new_errors: Vec<PolicyError>,
+    /// Things that could not be programmed (a policy ref beyond the names table).
+    pub unfit: Vec<String>,
+}
+
+/// Holds the allocations and the last compile between passes.
+#[derive(Debug, Default)]
+pub struct PolicyReconciler {
+    allocations: Allocations,
+    restored: bool,
+    /// The last compile (what the datapath was brought to), for `policy list`, flows and metrics.
+    last: Option<PolicyDesired>,
+    reported: BTreeSet<PolicyError>,
+    /// Operations applied since start, by pinned map.
+    ops_by_map: BTreeMap<&'static str, u64>,
+}
+
+impl PolicyReconciler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn allocations(&self) -> &Allocations {
+        &self.allocations
+    }
+
+    pub fn last(&self) -> Option<&PolicyDesired> {
+        self.last.as_ref()
+    }
+
+    /// Operations applied since start, by pinned map (`strait_reconcile_operations_total`).
+    pub fn ops_by_map(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.ops_by_map.iter().map(|(k, v)| (*k, *v))
+    }
+
+    /// One level-triggered pass. The first pass restores the numbers from the dump. Stops at the first
+    /// failed operation (the next pass starts over from a fresh dump).
+    pub fn reconcile(
+        &mut self,
+        input: &PolicyInput,
+        node: &str,
+        maps: &mut dyn PolicyMaps,
+    ) -> Result<PolicyOutcome> {
+        let actual = maps.dump().context("dumping the policy maps")?;
+        if !self.restored {
+            self.allocations = restore_allocations(&actual, input, node);
+            self.restored = true;
+        }
+        let desired = policy::compile(input, node, &self.allocations).context("compiling NetworkPolicies")?;
+        let (wanted, unfit) = PolicyMapsState::from_desired(&desired);
+        let ops = diff(&wanted, &actual);
+        // The numbers of this compile are the ones the maps will hold: keep them even if a write fails.
+        self.allocations = desired.allocations.clone();
+        // Reported once while it stays invalid (again if it is fixed and broken anew).
+        let current: BTreeSet<PolicyError> = desired.errors.iter().cloned().collect();
+        let new_errors: Vec<PolicyError> = current.difference(&self.reported).cloned().collect();
+        self.reported = current;
+        self.last = Some(desired);
+        for (i, op) in ops.iter().enumerate() {
+            maps.apply(op)
+                .with_context(|| format!("policy map operation {} of {}: {op}", i + 1, ops.len()))?;
+            *self.ops_by_map.entry(op.map_name()).or_default() += 1;
+        }
+        Ok(PolicyOutcome {
+            ops,
+            new_errors,
+            unfit,
+        })
+    }
+}
+
+/// Labels an identity key for people: `ns=x app=web,tier=db`.
+pub fn identity_labels(k: &IdentityKey) -> String {
+    let labels: Vec<String> = k.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.join(",")
+}

@@ -1,0 +1,383 @@
+//! Policy reconcile on [`FakePolicyMaps`]: golden dump, idempotence, numbers kept across a restart,
+//! recovery from a failed write, and the ordering invariant (checked with the datapath's own lookup,
+//! `policy::simulate`, after every single operation of every transition between the conformance cases).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use policy::scenario::Scenario;
+use policy::{Peer, PolicyInput, simulate};
+
+use super::*;
+use crate::lb::tests::check_golden;
+
+const NODE: &str = "node-1";
+
+fn policy_testdata(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/policy")
+        .join(file)
+}
+
+fn model() -> PolicyInput {
+    let text = std::fs::read_to_string(policy_testdata("model.yaml")).unwrap();
+    PolicyInput::from_yaml(&text).unwrap()
+}
+
+fn scenario(name: &str) -> Scenario {
+    let text = std::fs::read_to_string(policy_testdata(&format!("{name}.yaml"))).unwrap();
+    Scenario::from_yaml(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn case(name: &str) -> PolicyInput {
+    scenario(name).apply(&model())
+}
+
+/// Every conformance case, by file name.
+fn all_cases() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(policy_testdata(""))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let stem = name.strip_suffix(".yaml")?.to_owned();
+            (stem != "model").then_some(stem)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn reconcile(r: &mut PolicyReconciler, input: &PolicyInput, maps: &mut FakePolicyMaps) -> PolicyOutcome {
+    r.reconcile(input, NODE, maps).unwrap()
+}
+
+#[test]
+fn golden_dump_of_a_small_case() {
+    let input = case("pod-selector");
+    let mut maps = FakePolicyMaps::new();
+    let mut r = PolicyReconciler::new();
+    let out = reconcile(&mut r, &input, &mut maps);
+    assert_eq!(
+        out.ops.len(),
+        maps.maps.len(),
+        "one upsert per entry from empty maps"
+    );
+    check_golden("../policy/pod-selector.node-1.maps", &render::render(&maps.maps));
+    // The dump agrees with what the compiler asked for.
+    let (wanted, unfit) = PolicyMapsState::from_desired(r.last().unwrap());
+    assert!(unfit.is_empty());
+    assert_eq!(maps.maps, wanted);
+}
+
+#[test]
+fn reconciling_twice_performs_no_operation() {
+    for name in [
+        "pod-selector",
+        "ingress-ip-block",
+        "named-port-egress",
+        "updated-pod-labels",
+    ] {
+        let input = case(name);
+        let mut maps = FakePolicyMaps::new();
+        let mut r = PolicyReconciler::new();
+        assert!(!reconcile(&mut r, &input, &mut maps).ops.is_empty(), "{name}");
+        let again = reconcile(&mut r, &input, &mut maps);
+        assert!(again.ops.is_empty(), "{name}: {:?}", again.ops);
+    }
+}
+
+#[test]
+fn a_restart_keeps_every_number() {
+    // Run through a few states, so numbers are not simply the ones a fresh compile would pick.
+    let mut maps = FakePolicyMaps::new();
+    let mut r = PolicyReconciler::new();
+    for name in [
+        "ingress-ip-block",
+        "egress-ip-block-except-overlap",
+        "named-port-egress",
+    ] {
+        reconcile(&mut r, &case(name), &mut maps);
+    }
+    let before = maps.maps.clone();
+    let allocations = r.allocations().clone();
+    // A new agent over the same maps and the same objects: nothing to write.
+    let mut restarted = PolicyReconciler::new();
+    let out = reconcile(&mut restarted, &case("named-port-egress"), &mut maps);
+    assert!(out.ops.is_empty(), "restart rewrote: {:#?}", out.ops);
+    assert_eq!(maps.maps, before);
+    assert_eq!(restarted.allocations().identities, allocations.identities);
+    assert_eq!(restarted.allocations().endpoints, allocations.endpoints);
+    assert_eq!(restarted.allocations().policies, allocations.policies);
+    // CIDR classes in use are restored (the allocations may also remember released ones).
+    for (net, class) in &restarted.allocations().cidr_classes {
+        assert_eq!(allocations.cidr_classes.get(net), Some(class), "{net}");
+    }
+    // And after a change during the downtime, the restarted agent writes what the one that kept running
+    // would have written.
+    let next = case("egress-ip-block-except");
+    let mut kept = maps.clone();
+    reconcile(&mut r, &next, &mut kept);
+    let mut restarted = PolicyReconciler::new();
+    reconcile(&mut restarted, &next, &mut maps);
+    assert_eq!(render::render(&maps.maps), render::render(&kept.maps));
+}
+
+#[test]
+fn restore_reads_numbers_from_the_maps() {
+    let input = case("egress-ip-block-except-overlap");
+    let d = policy::compile(&input, NODE, &Allocations::default()).unwrap();
+    let (state, _) = PolicyMapsState::from_desired(&d);
+    let restored = restore_allocations(&state, &input, NODE);
+    assert_eq!(restored.identities, d.allocations.identities);
+    assert_eq!(restored.endpoints, d.allocations.endpoints);
+    assert_eq!(restored.cidr_classes, d.allocations.cidr_classes);
+    // Policies that name nothing on this node are still in the names table (the whole cluster's).
+    assert_eq!(restored.policies, d.allocations.policies);
+}
+
+#[test]
+fn a_failed_write_is_finished_by_the_next_pass() {
+    let input = case("stacked-policies");
+    let mut maps = FakePolicyMaps::new();
+    maps.fail_after = Some(5);
+    let mut r = PolicyReconciler::new();
+    assert!(r.reconcile(&input, NODE, &mut maps).is_err());
+    let out = reconcile(&mut r, &input, &mut maps);
+    assert!(!out.ops.is_empty());
+    assert!(reconcile(&mut r, &input, &mut maps).ops.is_empty());
+    let (wanted, _) = PolicyMapsState::from_desired(r.last().unwrap());
+    assert_eq!(maps.maps, wanted);
+}
+
+#[test]
+fn invalid_policies_are_reported_once_and_the_rest_is_enforced() {
+    let mut input = case("pod-selector");
+    let bad: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\n\
+         spec: {podSelector: {}, ingress: [{ports: [{port: 80, protocol: ICMP}]}]}\n",
+    )
+    .unwrap();
+    input.policies.push(bad);
+    let mut maps = FakePolicyMaps::new();
+    let mut r = PolicyReconciler::new();
+    let out = reconcile(&mut r, &input, &mut maps);
+    assert_eq!(out.new_errors.len(), 1);
+    assert_eq!(out.new_errors[0].policy.to_string(), "x/bad");
+    assert_eq!(out.new_errors[0].field, "spec.ingress[0].ports[0].protocol");
+    assert!(reconcile(&mut r, &input, &mut maps).new_errors.is_empty());
+    // The valid policy is programmed: x/a is isolated and allows x/b.
+    let d = maps.maps.as_desired();
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let a = pod_ip(&input, "x/a");
+    assert!(simulate(&d, pod_ip(&input, "x/b"), a, 6, 80).allowed());
+    assert!(!simulate(&d, pod_ip(&input, "y/b"), a, 6, 80).allowed());
+    assert!(!simulate(&d, ip("192.0.2.1"), a, 6, 80).allowed());
+}
+
+fn pod_ip(input: &PolicyInput, pod: &str) -> Ipv4Addr {
+    view::pods_by_ip(&input.pods)
+        .into_iter()
+        .find(|(_, p)| p == pod)
+        .map(|(ip, _)| ip)
+        .unwrap_or_else(|| panic!("no pod {pod}"))
+}
+
+/// Flows to check: every pod pair and every bare address of the cases, both ways, on two ports and
+/// two protocols.
+fn probe_flows(inputs: &[&PolicyInput], extra: &BTreeSet<Ipv4Addr>) -> Vec<(Ipv4Addr, Ipv4Addr, u8, u16)> {
+    let mut addrs: BTreeSet<Ipv4Addr> = extra.clone();
+    for i in inputs {
+        addrs.extend(view::pods_by_ip(&i.pods).keys());
+    }
+    addrs.insert("10.0.0.11".parse().unwrap());
+    let mut flows = Vec::new();
+    for s in &addrs {
+        for d in &addrs {
+            if s == d {
+                continue;
+            }
+            for (proto, port) in [(6, 80), (17, 81)] {
+                flows.push((*s, *d, proto, port));
+            }
+        }
+    }
+    flows
+}
+
+fn allowed(state: &PolicyDesired, f: &(Ipv4Addr, Ipv4Addr, u8, u16)) -> bool {
+    simulate(state, f.0, f.1, f.2, f.3).allowed()
+}
+
+#[test]
+fn no_operation_order_denies_what_both_states_allow() {
+    let cases = all_cases();
+    let mut extra = BTreeSet::new();
+    for name in &cases {
+        for e in &scenario(name).expect {
+            for (p, _) in &e.table.rows {
+                if let Peer::Ip(ip) = p {
+                    extra.insert(*ip);
+                }
+            }
+        }
+    }
+    // A walk through every case (each one a transition from the previous), then back to no policy.
+    let mut walk: Vec<PolicyInput> = cases.iter().map(|c| case(c)).collect();
+    walk.push(model());
+    let mut maps = FakePolicyMaps::new();
+    let mut r = PolicyReconciler::new();
+    reconcile(&mut r, &model(), &mut maps);
+    let mut checked = 0usize;
+    for (step, next) in walk.iter().enumerate() {
+        let before = maps.maps.as_desired();
+        maps.record = true;
+        maps.history.clear();
+        let out = reconcile(&mut r, next, &mut maps);
+        let after = maps.maps.as_desired();
+        let name = cases.get(step).map_or("model", String::as_str);
+        let flows = probe_flows(&[next], &extra);
+        let both: Vec<_> = flows
+            .iter()
+            .filter(|f| allowed(&before, f) && allowed(&after, f))
+            .collect();
+        for (i, state) in maps.history.iter().enumerate() {
+            let mid = state.as_desired();
+            for f in &both {
+                checked += 1;
+                assert!(
+                    allowed(&mid, f),
+                    "{name}: after operation {} ({}) the flow {f:?} is denied though both states allow it",
+                    i + 1,
+                    out.ops[i]
+                );
+            }
+        }
+        // Ends where the compiler wanted.
+        let (wanted, _) = PolicyMapsState::from_desired(r.last().unwrap());
+        assert_eq!(maps.maps, wanted, "{name}");
+    }
+    assert!(checked > 10_000, "only {checked} checks");
+}
+
+#[test]
+fn a_label_change_never_denies_in_between() {
+    // x/a isolated, allowing pod=b; then x/b's labels change (new identity) while the policy now
+    // allows the new label too: the flow x/b -> x/a is allowed before and after, and must be allowed
+    // after every single operation — also when isolation is dropped in the same pass.
+    let with = |policy: &str, b_labels: &str| {
+        let mut input = model();
+        let np = serde_yaml::from_str(policy).unwrap();
+        input.policies.push(np);
+        for p in &mut input.pods {
+            if p.metadata.namespace.as_deref() == Some("x") && p.metadata.name.as_deref() == Some("b") {
+                p.metadata.labels = Some(serde_yaml::from_str(b_labels).unwrap());
+            }
+        }
+        input
+    };
+    let p1 = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n\
+              spec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}\n";
+    let p2 = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n\
+              spec: {podSelector: {matchLabels: {pod: nobody}}}\n";
+    let a = with(p1, "{pod: b}");
+    let b = with(p2, "{pod: b, extra: yes}");
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let mut maps = FakePolicyMaps::new();
+        let mut r = PolicyReconciler::new();
+        reconcile(&mut r, from, &mut maps);
+        let before = maps.maps.as_desired();
+        maps.record = true;
+        let out = reconcile(&mut r, to, &mut maps);
+        let (xb, xa) = (pod_ip(from, "x/b"), pod_ip(from, "x/a"));
+        assert!(simulate(&before, xb, xa, 6, 80).allowed());
+        for (i, s) in maps.history.iter().enumerate() {
+            assert!(
+                simulate(&s.as_desired(), xb, xa, 6, 80).allowed(),
+                "after {}",
+                out.ops[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn operations_come_in_the_documented_phases() {
+    let mut maps = FakePolicyMaps::new();
+    let mut r = PolicyReconciler::new();
+    reconcile(&mut r, &case("ingress-ip-block"), &mut maps);
+    let out = reconcile(&mut r, &case("egress-ip-block-except"), &mut maps);
+    let phase = |op: &PolicyOp| match op {
+        PolicyOp::UpsertName { .. } => 1,
+        PolicyOp::UpsertPolicy { .. } => 2,
+        PolicyOp::UpsertEndpoint { .. } => 0, // relax (3) or upsert (6): checked below
+        PolicyOp::UpsertIpCache { .. } => 4,
+        PolicyOp::DeleteIpCache { .. } => 5,
+        PolicyOp::DeleteEndpoint { .. } => 7,
+        PolicyOp::DeletePolicy { .. } => 8,
+        PolicyOp::DeleteName { .. } => 9,
+    };
+    let phases: Vec<u8> = out.ops.iter().map(phase).filter(|p| *p != 0).collect();
+    assert!(phases.windows(2).all(|w| w[0] <= w[1]), "{phases:?}");
+    assert!(phases.contains(&5) && phases.contains(&8), "{phases:?}");
+    // ipcache upserts longest prefix first, deletes shortest first.
+    let lens = |want: u8| -> Vec<u32> {
+        out.ops
+            .iter()
+            .filter(|op| phase(op) == want)
+            .map(|op| match op {
+                PolicyOp::UpsertIpCache { key, .. } | PolicyOp::DeleteIpCache { key } => key.prefix_len,
+                _ => unreachable!(),
+            })
+            .collect()
+    };
+    assert!(lens(4).windows(2).all(|w| w[0] >= w[1]));
+    assert!(lens(5).windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[test]
+fn policy_list_names_isolating_policies() {
+    let input = case("stacked-policies");
+    let d = policy::compile(&input, NODE, &Allocations::default()).unwrap();
+    let state = view::PolicyState::build(&d, &input);
+    assert!(!state.endpoints.is_empty());
+    for e in &state.endpoints {
+        let info = d.endpoint_table.get(&e.endpoint_id).unwrap();
+        let ingress = info.flags & common::policy::endpoint_flags::INGRESS_ISOLATED != 0;
+        assert_eq!(!e.ingress_isolated_by.is_empty(), ingress, "{}", e.pod);
+        let egress = info.flags & common::policy::endpoint_flags::EGRESS_ISOLATED != 0;
+        assert_eq!(!e.egress_isolated_by.is_empty(), egress, "{}", e.pod);
+    }
+    let table = view::render_policy_list(&state);
+    assert!(table.lines().count() > state.endpoints.len());
+    // Every identity of the node's maps is listed with its pods.
+    let ids = view::render_identity_list(&state);
+    assert!(ids.contains("reserved:world"));
+    assert!(
+        state
+            .identities
+            .iter()
+            .any(|i| i.pods.contains(&"x/a".to_string()))
+    );
+}
+
+#[test]
+fn explain_parses_command_line_flows() {
+    let f = view::parse_flow("x/a", "y/b:80/UDP").unwrap();
+    assert_eq!(f.port, 80);
+    assert_eq!(f.protocol, policy::Protocol::Udp);
+    let f = view::parse_flow("192.0.2.1", "y/b:81").unwrap();
+    assert_eq!(f.from, Peer::Ip("192.0.2.1".parse().unwrap()));
+    assert!(view::parse_flow("x/a", "y/b").is_err());
+    assert!(view::parse_flow("x/a", "y/b:0").is_err());
+    let input = case("default-deny-ingress");
+    let e = policy::explain(&input, &view::parse_flow("y/a", "x/b:80").unwrap()).unwrap();
+    let v = view::ExplainView::from(&e);
+    assert!(!v.allowed);
+    assert_eq!(v.ingress.isolated_by, ["x/deny-ingress"]);
+    let text = view::render_explain(&v);
+    assert!(
+        text.contains("DENIED") && text.contains("isolated by x/deny-ingress"),
+        "{text}"
+    );
+}
