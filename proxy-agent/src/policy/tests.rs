@@ -381,3 +381,53 @@ fn explain_parses_command_line_flows() {
         "{text}"
     );
 }
+
+#[test]
+fn changing_nested_prefixes_never_exposes_a_third_one() {
+    // Before: x/a allows 10/8 except 10.1/16, and 10.1.2/24 (three declared prefixes, the middle one
+    // denied). After: x/a allows 10/8 (one prefix). 10.1.2.5 is allowed before (class of /24) and after
+    // (class of /8); had /24 been deleted before /16, it would have resolved to /16 in between: denied.
+    let np = |name: &str, from: &str| -> k8s_openapi::api::networking::v1::NetworkPolicy {
+        serde_yaml::from_str(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\n\
+             spec: {{podSelector: {{matchLabels: {{pod: a}}}}, ingress: [{{from: [{from}]}}]}}\n"
+        ))
+        .unwrap()
+    };
+    let mut before = model();
+    before
+        .policies
+        .push(np("p1", "{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}"));
+    before.policies.push(np("p2", "{ipBlock: {cidr: 10.1.2.0/24}}"));
+    let mut after = model();
+    after.policies.push(np("p1", "{ipBlock: {cidr: 10.0.0.0/8}}"));
+    let xa = pod_ip(&before, "x/a");
+    let srcs: Vec<Ipv4Addr> = ["10.1.2.5", "10.1.3.5", "10.2.0.1"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    // And the other way round: adding them (longest prefix first) exposes no third one either.
+    for (before, after) in [(&before, &after), (&after, &before)] {
+        let mut maps = FakePolicyMaps::new();
+        let mut r = PolicyReconciler::new();
+        reconcile(&mut r, before, &mut maps);
+        let old = maps.maps.as_desired();
+        maps.record = true;
+        let out = reconcile(&mut r, after, &mut maps);
+        let new = maps.maps.as_desired();
+        assert!(simulate(&old, srcs[0], xa, 6, 80).allowed() && simulate(&new, srcs[0], xa, 6, 80).allowed());
+        for (i, s) in maps.history.iter().enumerate() {
+            for src in &srcs {
+                let both =
+                    simulate(&old, *src, xa, 6, 80).allowed() && simulate(&new, *src, xa, 6, 80).allowed();
+                if both {
+                    assert!(
+                        simulate(&s.as_desired(), *src, xa, 6, 80).allowed(),
+                        "{src} denied after {}",
+                        out.ops[i]
+                    );
+                }
+            }
+        }
+    }
+}
