@@ -1,5 +1,6 @@
 //! Shared helpers for the privileged tests: privilege checks, crafted packets, the datapath under test.
 
+pub mod bench;
 pub mod datapath;
 pub mod lab;
 pub mod packet;

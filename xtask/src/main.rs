@@ -1,6 +1,7 @@
 //! Project tasks. `cargo xtask <task>`; see README.md.
 #![deny(unsafe_code)]
 
+mod bench;
 mod demo;
 #[path = "../../proxy-agent/build/ebpf_toolchain.rs"]
 #[allow(
@@ -37,6 +38,8 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Run every test: lints, unit tests, privileged packet and lab tests.
     Test(test::TestArgs),
+    /// Per-packet datapath cost as ratios to bare programs in the same run; writes bench-results/.
+    Bench(bench::BenchArgs),
     /// A lab cluster made of network namespaces on this machine.
     Lab(lab::LabArgs),
     /// Internal: the per-pod responder the lab runs inside each pod's namespace.
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build => build(),
         Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
+        Task::Bench(args) => bench::run(&args),
         Task::Lab(args) => lab::run(args),
         Task::LabResponder(args) => lab::responder::run(args),
     }
