@@ -123,6 +123,46 @@ pub fn sweep(pin_dir: &Path, t: &Timeouts, stats: &mut CtStats) -> Result<()> {
     Ok(())
 }
 
+/// How often the sweeper walks the table: often enough that closed TCP entries (10 s) and UDP flows of
+/// deleted backends do not linger, rarely enough to stay cheap at 256k entries.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+static STATS: std::sync::Mutex<CtStats> = std::sync::Mutex::new(CtStats {
+    entries: 0,
+    max: MAX_CT_ENTRIES as u64,
+    gc_runs: 0,
+    expired_idle: 0,
+    expired_backend_gone: 0,
+});
+
+/// The sweeper's latest figures.
+pub fn stats() -> CtStats {
+    STATS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Runs the sweeper on its own thread for the life of the agent, on the pinned maps of `pin_dir`.
+pub fn spawn_sweeper(pin_dir: std::path::PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("ct-sweeper".into())
+        .spawn(move || {
+            let timeouts = Timeouts::default();
+            loop {
+                std::thread::sleep(SWEEP_EVERY);
+                let mut s = stats();
+                match sweep(&pin_dir, &timeouts, &mut s) {
+                    Ok(()) => *STATS.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = s,
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "conntrack sweep failed; retrying"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the conntrack sweeper");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use common::net::{Be16, Be32};
@@ -197,45 +237,5 @@ mod tests {
         // TCP keeps its backend even when the endpoint left the Service.
         let tcp = entry(ct_flags::FORWARD | ct_flags::SEEN_REPLY, 7, 100_000);
         assert_eq!(expiry(&key(proto::TCP), &tcp, NOW, &t, |_| false), None);
-    }
-}
-
-/// How often the sweeper walks the table: often enough that closed TCP entries (10 s) and UDP flows of
-/// deleted backends do not linger, rarely enough to stay cheap at 256k entries.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-static STATS: std::sync::Mutex<CtStats> = std::sync::Mutex::new(CtStats {
-    entries: 0,
-    max: MAX_CT_ENTRIES as u64,
-    gc_runs: 0,
-    expired_idle: 0,
-    expired_backend_gone: 0,
-});
-
-/// The sweeper's latest figures.
-pub fn stats() -> CtStats {
-    STATS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
-}
-
-/// Runs the sweeper on its own thread for the life of the agent, on the pinned maps of `pin_dir`.
-pub fn spawn_sweeper(pin_dir: std::path::PathBuf) {
-    let spawned = std::thread::Builder::new()
-        .name("ct-sweeper".into())
-        .spawn(move || {
-            let timeouts = Timeouts::default();
-            loop {
-                std::thread::sleep(SWEEP_EVERY);
-                let mut s = stats();
-                match sweep(&pin_dir, &timeouts, &mut s) {
-                    Ok(()) => *STATS.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = s,
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "conntrack sweep failed; retrying"),
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "could not start the conntrack sweeper");
     }
 }

@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
 
 use crate::snapshot::Snapshot;
 
@@ -68,10 +67,28 @@ pub fn load(path: &Path) -> Result<(Snapshot, Vec<Rejected>)> {
     Ok((snapshot, rejected))
 }
 
+/// The documents of a multi-document YAML text, split on `---` lines. Done by hand because serde_yaml's
+/// document iterator cannot continue past a syntax error, and one broken document must not hide the
+/// others.
+fn split_documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed.starts_with("---#") {
+            docs.push(String::new());
+            continue;
+        }
+        let current = docs.last_mut().expect("never empty");
+        current.push_str(line);
+        current.push('\n');
+    }
+    docs
+}
+
 /// Adds every object of a multi-document YAML text to `snapshot`.
 pub fn parse_into(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &mut Vec<Rejected>) {
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match serde_yaml::Value::deserialize(document) {
+    for (index, document) in split_documents(text).iter().enumerate() {
+        let value = match serde_yaml::from_str::<serde_yaml::Value>(document) {
             Ok(serde_yaml::Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
@@ -119,10 +136,11 @@ pub fn parse_into(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &m
     }
 }
 
+/// Deserializes one object; the error names the field path (`spec.containers: invalid type ...`).
 fn push<T: serde::de::DeserializeOwned>(value: serde_yaml::Value, into: &mut Vec<T>) -> Result<(), String> {
-    serde_yaml::from_value(value)
+    serde_path_to_error::deserialize(value)
         .map(|o| into.push(o))
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("{}: {}", e.path(), e.inner()))
 }
 
 fn object_name(value: &serde_yaml::Value, kind: &str, index: usize) -> String {
