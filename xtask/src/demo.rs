@@ -69,12 +69,12 @@ fn show(agent: &Path) -> Result<()> {
 
     heading("NetworkPolicy shop/web-from-clients applied (only app=client may reach app=web on 8080)");
     lab(&["apply", POLICY]).status()?;
-    std::thread::sleep(Duration::from_millis(500));
-    lab(&["matrix", "--port", "8080"]).status()?;
-    println!(
-        "(The policy is loaded by the agents; in-kernel enforcement arrives with the NetworkPolicy issue,\n \
-         so the table above still shows what plain routing allows.)"
-    );
+    // The agents pick the change up within a second.
+    std::thread::sleep(Duration::from_millis(1000));
+    lab(&["matrix", "--port", "8080", "--timeout-ms", "300"]).status()?;
+    println!("(web pods reaching each other are now denied; the clients still get through)");
+    heading("Why: the datapath's flow records on n1 (proxy-agent flows)");
+    lab(&["exec", "node/n1", "--", path_str(agent)?, "flows"]).status()?;
 
     heading("What the agent on n1 has programmed (proxy-agent status)");
     lab(&["exec", "node/n1", "--", path_str(agent)?, "status"]).status()?;
