@@ -1,6 +1,6 @@
 //! Connection tracking for translated flows (see common::ct for the entry layout).
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use common::{
     ct::{CtEntry4, CtKey4, ct_flags},
     lb::Backend4,
@@ -29,16 +29,25 @@ pub fn lookup(key: &CtKey4) -> Option<&'static mut CtEntry4> {
     CT4.get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }
 
+/// CLOCK_MONOTONIC at tick resolution: conntrack and affinity time out in seconds, and the coarse
+/// clock is much cheaper per packet than the precise one. The sweeper compares against CLOCK_MONOTONIC.
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
+
+/// last_seen is rewritten at most this often per entry: timeouts are in seconds, and skipping the
+/// store keeps a busy flow's entry from bouncing between CPUs.
+const TOUCH_EVERY_NS: u64 = 1_000_000_000;
 
 /// Records a packet on an existing entry: time, and TCP teardown so the sweeper can expire it early.
 #[inline(always)]
 pub fn touch(entry: &mut CtEntry4, flow: &Ipv4Flow, extra: u16) {
-    entry.last_seen_ns = now();
+    let now = now();
+    if now.saturating_sub(entry.last_seen_ns) >= TOUCH_EVERY_NS {
+        entry.last_seen_ns = now;
+    }
     let mut flags = entry.flags | extra;
     if flow.proto == proto::TCP {
         if flow.tcp_flags & tcp_flags::FIN != 0 {

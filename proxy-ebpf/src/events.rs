@@ -7,7 +7,6 @@ use common::{
 };
 
 use crate::{
-    ct,
     maps::{
         STRAIT_DROP_STATS_V1 as DROP_STATS, STRAIT_EVENTS_V1 as EVENTS,
         STRAIT_POLICY_STATS_V1 as POLICY_STATS,
@@ -52,7 +51,8 @@ pub fn report(
     endpoint_id: u32,
 ) {
     let event = FlowEvent {
-        ts_ns: ct::now(),
+        // SAFETY: helper without preconditions. Precise time: records are few and ordered by it.
+        ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
         saddr: Be32::from_raw(flow.saddr),
         daddr: Be32::from_raw(flow.daddr),
         sport: Be16::from_raw(flow.sport),

@@ -51,8 +51,14 @@ pub enum Parsed {
 
 #[inline(always)]
 pub fn parse_tc(ctx: &TcContext) -> Parsed {
-    // Headers may sit beyond the linear part of the skb; pull what a TCP header with options needs.
-    let _ = ctx.pull_data((ETH_HLEN + 60 + 20) as u32);
+    // Headers may sit beyond the linear part of the skb. Pulling is a helper call that costs on every
+    // packet, so it is done only when the linear part is shorter than Ethernet + IPv4 with options +
+    // TCP and the packet itself is longer than that.
+    const HEADERS: usize = ETH_HLEN + 60 + 20;
+    let linear = ctx.data_end().saturating_sub(ctx.data());
+    if linear < HEADERS && (ctx.len() as usize) > linear {
+        let _ = ctx.pull_data(HEADERS as u32);
+    }
     parse(ctx.data(), ctx.data_end())
 }
 

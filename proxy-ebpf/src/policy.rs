@@ -123,26 +123,23 @@ fn reversed(key: &CtKey4) -> CtKey4 {
     }
 }
 
-/// Marks a connection allowed in `flag`'s direction and makes sure its replies are recognised.
+/// Marks a connection allowed in `flag`'s direction and makes sure its replies are recognised. Only
+/// the first packet pays for the inserts; later ones just refresh the entry.
 #[inline(always)]
 fn track(key: &CtKey4, existing: Option<&'static mut CtEntry4>, flag: u16, flow: &Ipv4Flow) {
     match existing {
+        Some(e) if e.flags & flag != 0 => {
+            ct::touch(e, flow, 0);
+            return;
+        }
         Some(e) => ct::touch(e, flow, flag),
         None => {
-            let entry = CtEntry4 {
-                flags: flag,
-                last_seen_ns: ct::now(),
-                ..Default::default()
-            };
+            let entry = CtEntry4 { flags: flag, last_seen_ns: ct::now(), ..Default::default() };
             let _ = CT4.insert(key, &entry, 0);
         }
     }
     // A service's reply entry (with its rev-NAT id) may already be there: never overwrite it.
-    let reply = CtEntry4 {
-        flags: ct_flags::REPLY,
-        last_seen_ns: ct::now(),
-        ..Default::default()
-    };
+    let reply = CtEntry4 { flags: ct_flags::REPLY, last_seen_ns: ct::now(), ..Default::default() };
     let _ = CT4.insert(&reversed(key), &reply, BPF_NOEXIST);
 }
 
