@@ -110,6 +110,11 @@ pub struct RunArgs {
     /// Node devices for the XDP program; default: the interfaces that carry the Node's addresses.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
+    /// What happens to an open connection when a policy no longer allows it: `revoke` drops its next
+    /// packet (every forward packet is judged against the current policy); `keep` lets a connection
+    /// once allowed run to its end.
+    #[arg(long, value_enum, default_value_t = PolicyEstablished::Revoke)]
+    pub policy_established: PolicyEstablished,
     /// Address of the admin endpoint (/status, /healthz).
     #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
     pub admin_addr: SocketAddr,
@@ -122,6 +127,12 @@ pub struct StatusArgs {
     pub admin_addr: SocketAddr,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyEstablished {
+    Revoke,
+    Keep,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -223,6 +223,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut datapath = Datapath::load(&args.bpffs_root)?;
     // Ids come back from the pinned maps, so a restarted agent rewrites nothing that is still right.
     let reconciler = Reconciler::restore(&datapath.lb_maps())?;
+    let mut flags = 0;
+    if args.policy_established == crate::cli::PolicyEstablished::Keep {
+        flags |= common::config::config_flags::KEEP_ESTABLISHED;
+    }
+    datapath.set_config(common::config::DatapathConfig { flags, _pad: 0 })?;
     if let Some(cgroup) = &args.cgroup_root {
         datapath.attach_cgroup(cgroup)?;
     }

@@ -41,7 +41,7 @@ fn clusterip_balances_tcp_and_udp_from_both_nodes_and_refuses_without_endpoints(
         return;
     }
     let lab = Lab::new("cip");
-    lab.up_with_agents(FILE, 4);
+    lab.up_with_agents(FILE, 5);
 
     for client in ["shop/client-1", "shop/client-2"] {
         let tcp = lab.probe(client, "10.96.0.10:80/tcp", 300);
@@ -108,6 +108,35 @@ fn clusterip_balances_tcp_and_udp_from_both_nodes_and_refuses_without_endpoints(
     assert_spread(&hairpin, 60, "hairpin tcp");
     let hairpin = lab.probe("shop/web-1", "10.96.0.10:53/udp", 60);
     assert_spread(&hairpin, 60, "hairpin udp");
+
+    // A named targetPort resolved per backend: api-1 serves `http` on 8081, api-2 on 9091.
+    let api = lab.probe("shop/client-1", "10.96.0.30:80/tcp", 60);
+    let s = summary(&api);
+    assert_eq!(
+        s.get("shop/api-1").copied().unwrap_or(0) + s.get("shop/api-2").copied().unwrap_or(0),
+        60,
+        "{s:?}"
+    );
+    assert!(
+        s.get("shop/api-1").copied().unwrap_or(0) >= 9 && s.get("shop/api-2").copied().unwrap_or(0) >= 9,
+        "{s:?}"
+    );
+
+    // The programs are where bpftool looks for them, inside the node.
+    let out = lab.run(&["exec", "node/n1", "--", "bpftool", "net", "show"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for wanted in ["clsact/ingress tc_from_pod", "clsact/egress tc_to_pod"] {
+        assert!(
+            shown.contains(wanted),
+            "bpftool net show lacks {wanted}:\n{shown}"
+        );
+    }
+    // bpftool lists XDP by program id only: `eth0(2) driver id N` under `xdp:`.
+    let xdp = shown.split("tc:").next().unwrap_or_default();
+    assert!(
+        xdp.contains("eth0(") && xdp.contains(" id "),
+        "no XDP program on eth0:\n{shown}"
+    );
 
     // The datapath did it: the agent's counters saw the traffic on the clients' veths.
     let status = lab.agent_status("n1").expect("agent status on n1");

@@ -106,3 +106,119 @@ status: {podIP: 10.244.1.21}
     let took = time_until(&lab, true);
     assert!(took < WITHIN, "deleting the policies took {took:?}");
 }
+
+/// The agent's answer to a CLI command run on node n1: its JSON documents (`flows` prints one per line).
+fn agent_json_lines(lab: &Lab, args: &[&str]) -> Vec<serde_json::Value> {
+    let agent = tests::lab::agent_bin();
+    let mut full = vec!["exec", "node/n1", "--", agent.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let out = lab.run(&full);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<serde_json::Value>()
+        .map(|v| v.unwrap_or_else(|e| panic!("{args:?}: not JSON ({e})")))
+        .collect()
+}
+
+fn agent_json(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    let mut docs = agent_json_lines(lab, args);
+    assert_eq!(docs.len(), 1, "{args:?}: expected one JSON document");
+    docs.remove(0)
+}
+
+#[test]
+fn flows_and_explain_name_the_policy_and_rule() {
+    if !require_privileges("flows_and_explain_name_the_policy_and_rule") {
+        return;
+    }
+    let lab = Lab::new("polflows");
+    lab.up_with_agents(FILE, 4);
+    lab.apply_text(ALLOW_CLIENTS);
+    // web-1 (on n1) is isolated: clients allowed by rule 0, another web pod denied by default deny.
+    let denied = lab.wait_for("shop/web-2", "10.244.1.11:8080/tcp", 1, |p| {
+        p["summary"]["timeout"] == 1
+    });
+    assert_eq!(denied["summary"]["timeout"], 1, "{denied:#}");
+    let allowed = lab.probe("shop/client-1", "10.244.1.11:8080/tcp", 1);
+    assert_eq!(allowed["summary"]["shop/web-1"], 1, "{allowed:#}");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut drop_seen, mut allow_seen) = (false, false);
+    while Instant::now() < deadline && !(drop_seen && allow_seen) {
+        for f in agent_json_lines(&lab, &["flows", "-o", "json"]) {
+            let (src, dst) = (f["src"]["pod"].as_str(), f["dst"]["pod"].as_str());
+            if src == Some("shop/web-2") && dst == Some("shop/web-1") && f["verdict"] == "DROPPED" {
+                assert_eq!(f["reason"], "policy-ingress", "{f:#}");
+                let by: Vec<_> = f["isolated_by"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                assert_eq!(
+                    by,
+                    ["shop/web-from-clients"],
+                    "default deny names the isolating policy: {f:#}"
+                );
+                drop_seen = true;
+            }
+            if src == Some("shop/client-1") && dst == Some("shop/web-1") && f["verdict"] == "FORWARDED" {
+                assert_eq!(f["policy"], "shop/web-from-clients", "{f:#}");
+                assert_eq!(f["rule"], 0, "{f:#}");
+                allow_seen = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        drop_seen && allow_seen,
+        "flows must show the drop ({drop_seen}) and the allow ({allow_seen})"
+    );
+
+    let explain = agent_json(
+        &lab,
+        &[
+            "policy",
+            "explain",
+            "--from",
+            "shop/web-2",
+            "--to",
+            "shop/web-1:8080/tcp",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(explain["allowed"], false, "{explain:#}");
+    assert!(
+        explain["summary"]
+            .as_str()
+            .unwrap()
+            .contains("shop/web-from-clients"),
+        "{explain:#}"
+    );
+    let explain = agent_json(
+        &lab,
+        &[
+            "policy",
+            "explain",
+            "--from",
+            "shop/client-1",
+            "--to",
+            "shop/web-1:8080/tcp",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(explain["allowed"], true, "{explain:#}");
+    assert!(
+        explain["summary"]
+            .as_str()
+            .unwrap()
+            .contains("shop/web-from-clients"),
+        "{explain:#}"
+    );
+}
