@@ -831,6 +831,8 @@ pub fn run_all(p: &Params) -> anyhow::Result<Report> {
     step += 1;
     progress(&format!("[{step}/{total}] XDP"));
     measurements.extend(xdp_group(p, &mut checks)?);
+    progress("policy compile (control plane)");
+    measurements.extend(compile_group(p)?);
     progress(&format!("done in {:.1}s", start.elapsed().as_secs_f64()));
     Ok(Report {
         schema: 1,
@@ -841,4 +843,91 @@ pub fn run_all(p: &Params) -> anyhow::Result<Report> {
         measurements,
         wall_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Synthetic cluster for the policy compiler: `pods` pods over 10 namespaces and 100 label sets, one
+/// in twenty on the node compiled for, and `policies` policies mixing pod selectors, namespace
+/// selectors, ipBlocks, ports and endPort ranges.
+pub fn synthetic_policy_input(pods: u32, policies: u32) -> policy::PolicyInput {
+    let mut yaml = String::new();
+    yaml.push_str("kind: Node\nmetadata: {name: node-1}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}]}\n");
+    for ns in 0..10 {
+        yaml.push_str(&format!(
+            "---\nkind: Namespace\nmetadata: {{name: ns{ns}, labels: {{team: t{}}}}}\n",
+            ns % 3
+        ));
+    }
+    for i in 0..pods {
+        let node = if i % 20 == 0 { "node-1" } else { "node-2" };
+        yaml.push_str(&format!(
+            "---\nkind: Pod\nmetadata: {{name: p{i}, namespace: ns{}, labels: {{app: app{}, tier: t{}}}}}\n\
+spec: {{nodeName: {node}, containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]}}\n\
+status: {{podIP: 10.{}.{}.{}}}\n",
+            i % 10,
+            i % 100,
+            i % 4,
+            100 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        ));
+    }
+    for j in 0..policies {
+        yaml.push_str(&format!(
+            "---\nkind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {{name: pol{j}, namespace: ns{}}}\n\
+spec:\n  podSelector: {{matchLabels: {{app: app{}}}}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  \
+- from:\n    - podSelector: {{matchLabels: {{app: app{}}}}}\n    - namespaceSelector: {{matchLabels: {{team: t{}}}}}\n      \
+podSelector: {{matchLabels: {{tier: t{}}}}}\n    ports: [{{port: http}}, {{port: 9000, endPort: 9100, protocol: UDP}}]\n  \
+egress:\n  - to:\n    - ipBlock: {{cidr: 192.168.{}.0/24, except: [192.168.{}.128/25]}}\n    ports: [{{port: 443}}]\n",
+            j % 10,
+            j % 100,
+            (j + 1) % 100,
+            j % 3,
+            j % 4,
+            j % 256,
+            j % 256
+        ));
+    }
+    policy::PolicyInput::from_yaml(&yaml).expect("synthetic policy input")
+}
+
+/// Control-plane cost of NetworkPolicy: wall-clock time of `policy::compile` for one node, as the
+/// median of `rounds` runs; the small input (10× fewer pods and policies) is the same-run baseline, so
+/// the ratio shows how compile time scales.
+pub fn compile_group(p: &Params) -> anyhow::Result<Vec<Measurement>> {
+    let sizes = [(1_000u32, 100u32), (10_000, 1_000)];
+    let mut out: Vec<Measurement> = Vec::new();
+    for (pods, policies) in sizes {
+        let input = synthetic_policy_input(pods, policies);
+        let mut rounds = Vec::new();
+        for _ in 0..p.rounds.min(5) {
+            let start = Instant::now();
+            let desired = policy::compile(&input, "node-1", &policy::Allocations::default())
+                .map_err(|e| anyhow::anyhow!("compile: {e}"))?;
+            rounds.push(start.elapsed().as_nanos() as f64);
+            anyhow::ensure!(
+                !desired.policy.is_empty(),
+                "the synthetic policies compiled to nothing"
+            );
+        }
+        let median_ns = median(&rounds);
+        let baseline = out.first().map(|b| b.case.clone());
+        let ratio = out.first().map(|b| median_ns / b.median_ns);
+        out.push(Measurement {
+            group: "policy-compile".into(),
+            case: format!("compile {policies} policies over {pods} pods"),
+            program: "policy::compile".into(),
+            method: "wall-clock".into(),
+            services: None,
+            policy_entries: Some(policies),
+            baseline,
+            min_ns: rounds.iter().copied().fold(f64::INFINITY, f64::min),
+            max_ns: rounds.iter().copied().fold(0.0, f64::max),
+            rounds_ns: rounds,
+            median_ns,
+            ratio,
+            ratio_min: ratio,
+            ratio_max: ratio,
+        });
+    }
+    Ok(out)
 }

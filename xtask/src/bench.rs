@@ -206,7 +206,9 @@ fn flatness(r: &Report) -> Vec<(u32, f64)> {
 }
 
 fn group_title(m: &Measurement) -> String {
-    if let Some(n) = m.services {
+    if m.group == "policy-compile" {
+        "NetworkPolicy compile for one node (control plane; ns are wall-clock per compile)".into()
+    } else if let Some(n) = m.services {
         format!("ClusterIP, {n} services × 3 backends")
     } else if let Some(p) = m.policy_entries {
         format!("NetworkPolicy, isolated endpoint with {p} entries")
