@@ -417,7 +417,7 @@ fn markdown(r: &Report, has_plot: bool) -> String {
         "\nNot in this report yet: the end-to-end comparisons against upstream kube-proxy in iptables and \
          nftables modes (connections/s, latency p50/p99, control-plane programming time, agent memory) \
          need the control-plane issue and come later. IPVS mode is not compared: this kernel has no IPVS \
-         (and upstream deprecates it). The policy compile-time benchmark (issue 4) is not here yet.\n\n",
+         (and upstream deprecates it).\n\n",
     );
     if has_plot {
         s.push_str("![cost vs services](clusterip.svg)\n\n");
