@@ -134,12 +134,20 @@ fn track(key: &CtKey4, existing: Option<&'static mut CtEntry4>, flag: u16, flow:
         }
         Some(e) => ct::touch(e, flow, flag),
         None => {
-            let entry = CtEntry4 { flags: flag, last_seen_ns: ct::now(), ..Default::default() };
+            let entry = CtEntry4 {
+                flags: flag,
+                last_seen_ns: ct::now(),
+                ..Default::default()
+            };
             let _ = CT4.insert(key, &entry, 0);
         }
     }
     // A service's reply entry (with its rev-NAT id) may already be there: never overwrite it.
-    let reply = CtEntry4 { flags: ct_flags::REPLY, last_seen_ns: ct::now(), ..Default::default() };
+    let reply = CtEntry4 {
+        flags: ct_flags::REPLY,
+        last_seen_ns: ct::now(),
+        ..Default::default()
+    };
     let _ = CT4.insert(&reversed(key), &reply, BPF_NOEXIST);
 }
 

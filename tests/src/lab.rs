@@ -349,3 +349,13 @@ impl Lab {
         );
     }
 }
+
+/// The network namespace of pod `ns/name` in a `lab up --json` answer.
+pub fn pod_netns(up: &Value, pod: &str) -> String {
+    up["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["name"] == pod))
+        .and_then(|p| p["netns"].as_str())
+        .unwrap_or_else(|| panic!("no pod {pod} in the lab: {up:#}"))
+        .to_string()
+}

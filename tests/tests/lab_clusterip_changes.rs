@@ -3,7 +3,7 @@
 //! a Service whose endpoints all went is refused at once; sessionAffinity pins a client to one backend.
 
 use serde_json::Value;
-use tests::lab::{Lab, LongConnection, require_privileges};
+use tests::lab::{Lab, LongConnection, pod_netns, require_privileges};
 
 const FILE: &str = "testdata/lab/clusterip.yaml";
 
@@ -64,14 +64,7 @@ fn open_connection_survives_not_ready_and_empty_service_is_refused() {
     }
     let lab = Lab::new("cipchg");
     let up = lab.up_with_agents(FILE, 4);
-    let client_ns = up["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "shop/client-1")
-        .and_then(|p| p["netns"].as_str())
-        .expect("client-1 netns")
-        .to_string();
+    let client_ns = pod_netns(&up, "shop/client-1");
 
     let mut conn = LongConnection::open(&client_ns, "10.96.0.10:80");
     let pinned = conn.ask().expect("first answer on the open connection");

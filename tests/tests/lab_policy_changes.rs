@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tests::lab::{Lab, LongConnection, require_privileges};
+use tests::lab::{Lab, LongConnection, pod_netns, require_privileges};
 
 const FILE: &str = "testdata/lab/clusterip.yaml";
 /// The agent's propagation target (issue: "within 1 second").
@@ -62,14 +62,7 @@ fn policy_changes_reach_the_datapath_within_a_second() {
         "web-1 reachable before any policy"
     );
 
-    let client_ns = up["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "shop/client-1")
-        .and_then(|p| p["netns"].as_str())
-        .expect("client-1 netns")
-        .to_string();
+    let client_ns = pod_netns(&up, "shop/client-1");
     let mut open = LongConnection::open(&client_ns, "10.244.1.11:8080");
     assert_eq!(open.ask().as_deref(), Ok("shop/web-1"));
 

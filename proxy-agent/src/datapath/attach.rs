@@ -123,18 +123,11 @@ impl Datapath {
     }
 
     fn reconcile_tc(&mut self, desired: &[PodInterface], errors: &mut Vec<String>) {
-        let stale: Vec<String> = self
-            .attachments
-            .tc
+        let wanted: Vec<(&str, u32)> = desired
             .iter()
-            .filter(|(name, e)| {
-                !desired
-                    .iter()
-                    .any(|d| &d.interface == *name && d.ifindex == e.ifindex)
-            })
-            .map(|(name, _)| name.clone())
+            .map(|d| (d.interface.as_str(), d.ifindex))
             .collect();
-        for name in stale {
+        for name in stale(&self.attachments.tc, &wanted, |e| e.ifindex) {
             let entry = self.attachments.tc.remove(&name).expect("listed above");
             // The interface is usually gone with its pod, and its links with it: errors are expected.
             if let Ok(p) = tc_program(&mut self.ebpf, prog_names::TC_FROM_POD) {
@@ -198,18 +191,11 @@ impl Datapath {
     }
 
     fn reconcile_xdp(&mut self, desired: &[Device], errors: &mut Vec<String>) {
-        let stale: Vec<String> = self
-            .attachments
-            .xdp
+        let wanted: Vec<(&str, u32)> = desired
             .iter()
-            .filter(|(name, e)| {
-                !desired
-                    .iter()
-                    .any(|d| &d.interface == *name && d.ifindex == e.ifindex)
-            })
-            .map(|(name, _)| name.clone())
+            .map(|d| (d.interface.as_str(), d.ifindex))
             .collect();
-        for name in stale {
+        for name in stale(&self.attachments.xdp, &wanted, |e| e.ifindex) {
             let entry = self.attachments.xdp.remove(&name).expect("listed above");
             if let Ok(p) = xdp_program(&mut self.ebpf) {
                 let _ = p.detach(entry.link);
@@ -277,6 +263,20 @@ impl Datapath {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Attached interfaces that are no longer wanted, or whose interface was recreated under the same
+/// name (another ifindex: the old links went with the old interface).
+fn stale<E>(
+    attached: &BTreeMap<String, E>,
+    wanted: &[(&str, u32)],
+    ifindex: impl Fn(&E) -> u32,
+) -> Vec<String> {
+    attached
+        .iter()
+        .filter(|(name, e)| !wanted.iter().any(|(w, i)| w == name && *i == ifindex(e)))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 fn netlink() -> TcAttachOptions {
