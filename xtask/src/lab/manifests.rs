@@ -1,8 +1,9 @@
 //! `<state dir>/manifests/objects.yaml`: the lab's objects as the agents read them (standalone mode).
-//! The lab plays the API server and controllers here: every namespace in use exists as a Namespace
-//! carrying the `kubernetes.io/metadata.name` label, and Services with a selector but no EndpointSlice
-//! in the file get one derived from the pods (see `endpoints`). Replaced atomically, so an agent never
-//! reads half a file.
+//! The lab plays the API server here: every namespace in use exists as a Namespace carrying the
+//! `kubernetes.io/metadata.name` label. EndpointSlices for Services with a selector and none in the file
+//! are derived by the agents themselves (standalone mode plays the EndpointSlice controller), so the
+//! lab exercises that code instead of keeping a second copy of it. Replaced atomically, so an agent
+//! never reads half a file.
 
 use std::collections::BTreeSet;
 
@@ -10,7 +11,6 @@ use anyhow::Result;
 use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 
 use super::{
-    endpoints,
     spec::Object,
     state::{Paths, write_atomically},
 };
@@ -46,8 +46,6 @@ pub fn complete(objects: &[Object]) -> Vec<Object> {
                 .insert("kubernetes.io/metadata.name".into(), name);
         }
     }
-    let derived = endpoints::derive(&out);
-    out.extend(derived.into_iter().map(|s| Object::EndpointSlice(Box::new(s))));
     out
 }
 

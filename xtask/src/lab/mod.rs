@@ -4,14 +4,13 @@
 //!
 //! Module map: `spec` parses and validates the file, `plan` names and addresses things (pure),
 //! `layout` turns a cluster into the `state` to build, `topology` wires netns/veths/routes, `pods`
-//! adds and removes pods with their responders, `agents` starts the node agents, `manifests` and
-//! `endpoints` write what the agents read, `probe`/`matrix` send traffic, `down` removes everything.
+//! adds and removes pods with their responders, `agents` starts the node agents, `manifests` writes
+//! what the agents read, `probe`/`matrix` send traffic, `down` removes everything.
 
 mod agents;
 mod apply;
 mod cgroup;
 mod down;
-mod endpoints;
 mod layout;
 mod manifests;
 mod matrix;
