@@ -1,7 +1,9 @@
 //! ClusterIP with real traffic in the lab: agents on two nodes program the service maps; clients on
 //! both nodes and the nodes themselves (host network, through the socket hooks) reach all backends
 //! through the VIP, replies come from the VIP, a Service without endpoints refuses at once, and a
-//! backend reaching its own Service is answered (hairpin).
+//! backend reaching its own Service is answered (hairpin). SCTP too, from pods: real packets through
+//! raw sockets (this kernel has no SCTP stack), the port rewritten 77 -> 7777 and the CRC32c redone
+//! both ways by the datapath, or the packets would not verify.
 
 use serde_json::Value;
 use tests::lab::{Lab, require_privileges};
@@ -36,8 +38,8 @@ fn assert_spread(probe: &Value, count: u64, what: &str) {
 }
 
 #[test]
-fn clusterip_balances_tcp_and_udp_from_both_nodes_and_refuses_without_endpoints() {
-    if !require_privileges("clusterip_balances_tcp_and_udp_from_both_nodes_and_refuses_without_endpoints") {
+fn clusterip_balances_tcp_udp_and_sctp_and_refuses_without_endpoints() {
+    if !require_privileges("clusterip_balances_tcp_udp_and_sctp_and_refuses_without_endpoints") {
         return;
     }
     let lab = Lab::new("cip");
@@ -58,6 +60,13 @@ fn clusterip_balances_tcp_and_udp_from_both_nodes_and_refuses_without_endpoints(
         // UDP: answered only if the reply comes from VIP:53 (the probe's socket is connected to it).
         let udp = lab.probe(client, "10.96.0.10:53/udp", 300);
         assert_spread(&udp, 300, &format!("{client} udp"));
+        // SCTP: answered only by a packet from VIP:77 to the probe's port with its tag and a valid
+        // CRC32c (the probe reads a raw socket connected to the VIP).
+        let sctp = lab.probe(client, "10.96.0.10:77/sctp", 300);
+        assert_spread(&sctp, 300, &format!("{client} sctp"));
+        for a in sctp["attempts"].as_array().unwrap() {
+            assert!(a["client_seen"].as_str().unwrap().starts_with(client_ip), "{a}");
+        }
     }
 
     // Host-network clients: the socket hooks translate at connect/sendmsg; the backend sees the node.
@@ -108,6 +117,8 @@ fn clusterip_balances_tcp_and_udp_from_both_nodes_and_refuses_without_endpoints(
     assert_spread(&hairpin, 60, "hairpin tcp");
     let hairpin = lab.probe("shop/web-1", "10.96.0.10:53/udp", 60);
     assert_spread(&hairpin, 60, "hairpin udp");
+    let hairpin = lab.probe("shop/web-1", "10.96.0.10:77/sctp", 60);
+    assert_spread(&hairpin, 60, "hairpin sctp");
 
     // A named targetPort resolved per backend: api-1 serves `http` on 8081, api-2 on 9091.
     let api = lab.probe("shop/client-1", "10.96.0.30:80/tcp", 60);

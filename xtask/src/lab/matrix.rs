@@ -51,12 +51,10 @@ pub struct Matrix {
     pub errors: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-/// Pods that answer on `port`/`proto`: the responder serves TCP and UDP on every declared port number;
-/// SCTP only where SCTP is declared.
-pub fn serves(p: &PodState, port: u16, proto: Proto) -> bool {
-    p.ports
-        .iter()
-        .any(|d| d.port == port && (proto != Proto::Sctp || d.protocol == Proto::Sctp))
+/// Pods that answer on `port`/`proto`: the responder serves TCP, UDP and SCTP on every declared port
+/// number.
+pub fn serves(p: &PodState, port: u16) -> bool {
+    p.ports.iter().any(|d| d.port == port)
 }
 
 pub fn command(paths: &Paths, args: MatrixArgs) -> Result<()> {
@@ -71,11 +69,7 @@ pub fn command(paths: &Paths, args: MatrixArgs) -> Result<()> {
             .next()
             .context("no pod declares a port")?,
     };
-    let columns: Vec<&PodState> = state
-        .pods
-        .iter()
-        .filter(|p| serves(p, port, args.proto))
-        .collect();
+    let columns: Vec<&PodState> = state.pods.iter().filter(|p| serves(p, port)).collect();
     if columns.is_empty() {
         bail!("no pod serves {port}/{}", args.proto);
     }

@@ -20,6 +20,7 @@ mod pods;
 mod probe;
 mod process;
 pub mod responder;
+mod sctp;
 mod spec;
 mod state;
 mod status;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     cgroup, netns,
     responder::Answer,
+    sctp,
     spec::Proto,
     state::{Paths, State},
 };
@@ -159,12 +160,7 @@ pub fn attempt(ip: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> Atte
     let result = match proto {
         Proto::Tcp => tcp(addr, timeout, start),
         Proto::Udp => udp(addr, timeout),
-        Proto::Sctp => {
-            return Attempt::plain(
-                Outcome::Error,
-                Some("SCTP sockets are not available: this kernel is built without CONFIG_IP_SCTP".into()),
-            );
-        }
+        Proto::Sctp => sctp::exchange(SocketAddrV4::new(ip, port), timeout),
     };
     match result {
         Ok(line) => {
@@ -199,6 +195,8 @@ fn classify(e: &std::io::Error) -> Attempt {
         (_, Some(libc::EHOSTUNREACH | libc::EHOSTDOWN)) => {
             Attempt::plain(Outcome::Refused, how("host unreachable"))
         }
+        // SCTP (raw socket): ICMP protocol unreachable, a netns with no SCTP listener at all.
+        (_, Some(libc::ENOPROTOOPT)) => Attempt::plain(Outcome::Refused, how("protocol unreachable")),
         (_, Some(libc::ENETUNREACH)) => {
             Attempt::plain(Outcome::Refused, how("network unreachable (no route)"))
         }

@@ -5,8 +5,11 @@
 //!
 //! TCP: one answer per line received, the connection stays open until the client closes it (so
 //! long-lived connections can be tested across endpoint changes). UDP: one answer per datagram.
+//! SCTP (this kernel has no SCTP stack): one raw socket of protocol 132 for the pod, answering every
+//! packet to a served port with one packet carrying the line in a DATA chunk (see `sctp.rs`).
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
@@ -16,6 +19,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use super::sctp;
+
 #[derive(Debug, Args)]
 pub struct ResponderArgs {
     /// The pod this responder speaks for, `namespace/name`.
@@ -24,7 +29,8 @@ pub struct ResponderArgs {
     /// A port number to answer on, TCP and UDP (repeat for more).
     #[arg(long = "port")]
     pub ports: Vec<u16>,
-    /// Ports declared as SCTP: logged and skipped (this kernel has no SCTP sockets).
+    /// Ports declared as SCTP. SCTP is answered on these and on every `--port` (through one raw
+    /// socket: this kernel has no SCTP sockets).
     #[arg(long = "sctp-port")]
     pub sctp_ports: Vec<u16>,
     /// Written once every socket is bound, so `lab up` knows the pod answers.
@@ -60,11 +66,7 @@ const MAX_LINE: u64 = 64 * 1024;
 
 pub fn run(args: ResponderArgs) -> Result<()> {
     let pod = args.pod.clone();
-    for p in &args.sctp_ports {
-        eprintln!(
-            "responder {pod}: port {p}/sctp skipped: this kernel has no SCTP sockets (CONFIG_IP_SCTP is off)"
-        );
-    }
+    let sctp_ports: BTreeSet<u16> = args.ports.iter().chain(&args.sctp_ports).copied().collect();
     let mut ports = args.ports.clone();
     ports.sort_unstable();
     ports.dedup();
@@ -77,6 +79,16 @@ pub fn run(args: ResponderArgs) -> Result<()> {
         let p = pod.clone();
         handles.push(std::thread::spawn(move || serve_udp(&p, port, udp)));
         eprintln!("responder {pod}: answering on {port}/tcp and {port}/udp");
+    }
+    if !sctp_ports.is_empty() {
+        let raw = sctp::raw_socket().context("opening a raw SCTP socket (protocol 132)")?;
+        eprintln!("responder {pod}: answering SCTP (raw socket) on {sctp_ports:?}");
+        let p = pod.clone();
+        handles.push(std::thread::spawn(move || {
+            sctp::serve(&p, &raw, &sctp_ports, |client, port| {
+                answer_line(&p, client, port, "sctp")
+            })
+        }));
     }
     if let Some(ready) = &args.ready_file {
         if let Some(dir) = ready.parent() {
