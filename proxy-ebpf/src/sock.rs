@@ -37,7 +37,9 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         return PROCEED;
     }
     let proto = protocol as u8;
-    if proto != proto::TCP && proto != proto::UDP {
+    // SCTP sockets go the same way (the port rewrite is all a socket needs); this machine's kernel has no
+    // SCTP stack, so that path is exercised only where one exists.
+    if proto != proto::TCP && proto != proto::UDP && proto != proto::SCTP {
         return PROCEED;
     }
     // user_port holds the port in network order in its first two bytes.
