@@ -179,6 +179,19 @@ mod pod_impls {
 pub type PolicyKeyData = [u8; 12];
 
 impl PolicyKey {
+    /// The order entries are listed in dumps and tables: by endpoint, direction, peer, protocol and
+    /// port (host order), then prefix length.
+    pub fn listing_order(&self) -> (u32, u8, u32, u8, u16, u32) {
+        (
+            self.endpoint_id,
+            self.direction,
+            self.peer_id,
+            self.proto,
+            self.port.get(),
+            self.prefix_len,
+        )
+    }
+
     pub fn data(&self) -> PolicyKeyData {
         let mut d = [0u8; 12];
         let e = self.endpoint_id.to_ne_bytes();

@@ -504,16 +504,7 @@ impl std::fmt::Display for PolicyDesired {
         }
         writeln!(f, "policy:")?;
         let mut entries: Vec<_> = self.policy.iter().collect();
-        entries.sort_by_key(|(k, _)| {
-            (
-                k.endpoint_id,
-                k.direction,
-                k.peer_id,
-                k.proto,
-                k.port.get(),
-                k.prefix_len,
-            )
-        });
+        entries.sort_by_key(|(k, _)| k.listing_order());
         for (k, v) in entries {
             let dir = if k.direction == common::policy::DIR_INGRESS {
                 "ingress"

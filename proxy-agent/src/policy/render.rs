@@ -135,16 +135,7 @@ pub fn render(m: &PolicyMapsState) -> String {
         let _ = writeln!(out, "{}", endpoint_line(k, v));
     }
     let mut entries: Vec<_> = m.policy.iter().collect();
-    entries.sort_by_key(|(k, _)| {
-        (
-            k.endpoint_id,
-            k.direction,
-            k.peer_id,
-            k.proto,
-            k.port.get(),
-            k.prefix_len,
-        )
-    });
+    entries.sort_by_key(|(k, _)| k.listing_order());
     for (k, v) in entries {
         let _ = writeln!(out, "{}", policy_line(k, v));
     }
