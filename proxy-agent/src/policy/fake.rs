@@ -1,6 +1,6 @@
 //! In-memory [`PolicyMaps`] for tests.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use super::{PolicyMaps, PolicyMapsState, PolicyOp};
 
@@ -28,14 +28,7 @@ impl PolicyMaps for FakePolicyMaps {
     }
 
     fn apply(&mut self, op: &PolicyOp) -> Result<()> {
-        match self.fail_after {
-            Some(0) => {
-                self.fail_after = None;
-                bail!("injected failure");
-            }
-            Some(n) => self.fail_after = Some(n - 1),
-            None => {}
-        }
+        crate::reconcile::injected_failure(&mut self.fail_after)?;
         let m = &mut self.maps;
         match op {
             PolicyOp::UpsertName { policy_ref, name } => {

@@ -36,14 +36,7 @@ impl LbMaps for FakeMaps {
     }
 
     fn apply(&mut self, op: &MapOp) -> Result<()> {
-        match self.fail_after {
-            Some(0) => {
-                self.fail_after = None;
-                bail!("injected failure");
-            }
-            Some(n) => self.fail_after = Some(n - 1),
-            None => {}
-        }
+        injected_failure(&mut self.fail_after)?;
         let before = self.check_references.then(|| self.maps.clone());
         match *op {
             MapOp::UpsertBackend { id, backend } => {
@@ -74,4 +67,18 @@ impl LbMaps for FakeMaps {
         self.applied.push(*op);
         Ok(())
     }
+}
+
+/// The failure injection both fakes share: with `Some(n)` the next `n` operations succeed and the one
+/// after fails (once); `None` never fails.
+pub fn injected_failure(fail_after: &mut Option<usize>) -> Result<()> {
+    match *fail_after {
+        Some(0) => {
+            *fail_after = None;
+            bail!("injected failure");
+        }
+        Some(n) => *fail_after = Some(n - 1),
+        None => {}
+    }
+    Ok(())
 }

@@ -20,7 +20,7 @@ use common::lb::{Backend4, Lb4Key, Lb4Service, RevNat4};
 
 pub use desired::{Unfit, desired};
 pub use diff::diff;
-pub use fake::FakeMaps;
+pub use fake::{FakeMaps, injected_failure};
 pub use ids::{BackendKey, Ids, RevNatKey};
 
 use crate::lb::LbPlan;
