@@ -6,8 +6,7 @@ use crate::net::Be32;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AffinityKey4 {
     /// The service's rev-NAT id: one per (VIP, port, protocol), so it names the frontend.
-    pub rev_nat: u16,
-    pub _pad: u16,
+    pub rev_nat: u32,
     pub client: Be32,
 }
 

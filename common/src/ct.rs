@@ -41,14 +41,18 @@ pub mod ct_flags {
     pub const EGRESS_OK: u16 = 1 << 6;
     /// Policy: the destination pod's ingress policy allowed this connection.
     pub const INGRESS_OK: u16 = 1 << 7;
+    /// The client's source port was rewritten (`client_port` → `wire_port`) because the reply tuple it
+    /// would have had was already taken by another translated connection: the same client port reaching
+    /// one backend through two VIPs (or a VIP and a NodePort). netfilter resolves such clashes the same
+    /// way, by picking another source port.
+    pub const PORT_SNAT: u16 = 1 << 8;
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry4 {
     pub backend_id: u32,
-    pub rev_nat: u16,
-    pub flags: u16,
+    pub rev_nat: u32,
     /// bpf_ktime_get_ns() of the last packet; the userspace sweeper expires by protocol and state.
     pub last_seen_ns: u64,
     /// The backend chosen for this connection. Kept in the entry (not only its id) so a TCP or SCTP
@@ -57,10 +61,13 @@ pub struct CtEntry4 {
     /// re-balance once the backend id is gone, so a deleted backend does not black-hole them.
     pub backend_addr: Be32,
     pub backend_port: Be16,
-    pub _pad: u16,
+    pub flags: u16,
     /// Hairpin: the client's own address, which its source was rewritten from.
     pub orig_saddr: Be32,
-    pub _pad2: u32,
+    /// The client's source port as the client sent it, and as it leaves this node (they differ only
+    /// with PORT_SNAT). Both entries of a connection carry both, so each direction can restore the other.
+    pub client_port: Be16,
+    pub wire_port: Be16,
 }
 
 pub const MAX_CT_ENTRIES: u32 = 262_144;

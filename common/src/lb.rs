@@ -55,10 +55,10 @@ pub struct Lb4Service {
     pub backend_id: u32,
     /// Frontend: number of backend slots.
     pub count: u16,
-    /// Frontend: rev-NAT id, so replies are rewritten back to this VIP:port.
-    pub rev_nat: u16,
     pub flags: u16,
-    pub _pad: u16,
+    /// Frontend: rev-NAT id, so replies are rewritten back to this VIP:port. 32 bits: one id per
+    /// (VIP, port, protocol), and a cluster may have more than 65,535 of those.
+    pub rev_nat: u32,
     /// sessionAffinity timeout in seconds (0 = no affinity).
     pub affinity_timeout: u32,
 }
@@ -88,9 +88,11 @@ pub struct RevNat4 {
     pub _pad: u16,
 }
 
-pub const MAX_SERVICE_ENTRIES: u32 = 262_144;
-pub const MAX_BACKENDS: u32 = 131_072;
-pub const MAX_REVNAT: u32 = 65_535;
+/// Capacities sized for 100k frontends with 3 backends each (a frontend takes 1 + backends entries).
+/// These hash maps are created without preallocation, so the caps cost memory only when filled.
+pub const MAX_SERVICE_ENTRIES: u32 = 524_288;
+pub const MAX_BACKENDS: u32 = 524_288;
+pub const MAX_REVNAT: u32 = 262_144;
 
 const _: () = assert!(core::mem::size_of::<Lb4Key>() == 12);
 const _: () = assert!(core::mem::size_of::<Lb4Service>() == 16);

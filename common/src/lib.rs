@@ -22,15 +22,15 @@ pub const PROJECT: &str = "strait";
 /// A layout change gets a new suffix so an old pinned map is never read with the new layout.
 pub mod map_names {
     pub const PROG_STATS: &str = "STRAIT_PROG_STATS_V1";
-    pub const LB4_SERVICES: &str = "STRAIT_LB4_SERVICES_V1";
-    pub const LB4_BACKENDS: &str = "STRAIT_LB4_BACKENDS_V1";
-    pub const LB4_REVNAT: &str = "STRAIT_LB4_REVNAT_V1";
-    pub const CT4: &str = "STRAIT_CT4_V1";
-    pub const LB4_AFFINITY: &str = "STRAIT_LB4_AFFINITY_V1";
+    pub const LB4_SERVICES: &str = "STRAIT_LB4_SERVICES_V2";
+    pub const LB4_BACKENDS: &str = "STRAIT_LB4_BACKENDS_V2";
+    pub const LB4_REVNAT: &str = "STRAIT_LB4_REVNAT_V2";
+    pub const CT4: &str = "STRAIT_CT4_V2";
+    pub const LB4_AFFINITY: &str = "STRAIT_LB4_AFFINITY_V2";
     pub const EVENTS: &str = "STRAIT_EVENTS_V1";
     pub const DROP_STATS: &str = "STRAIT_DROP_STATS_V1";
     pub const POLICY_STATS: &str = "STRAIT_POLICY_STATS_V1";
-    pub const SOCK_REVNAT4: &str = "STRAIT_SOCK_REVNAT4_V1";
+    pub const SOCK_REVNAT4: &str = "STRAIT_SOCK_REVNAT4_V2";
     pub const CONFIG: &str = "STRAIT_CONFIG_V1";
     pub const IFACES: &str = "STRAIT_IFACES_V1";
     pub use crate::policy::{

@@ -18,13 +18,14 @@ pub struct SockRevNatKey4 {
 pub struct SockRevNatValue4 {
     pub addr: Be32,
     pub port: Be16,
-    pub rev_nat: u16,
+    pub _pad: u16,
+    pub rev_nat: u32,
 }
 
 pub const MAX_SOCK_REVNAT: u32 = 65_536;
 
 const _: () = assert!(core::mem::size_of::<SockRevNatKey4>() == 16);
-const _: () = assert!(core::mem::size_of::<SockRevNatValue4>() == 8);
+const _: () = assert!(core::mem::size_of::<SockRevNatValue4>() == 12);
 
 #[cfg(feature = "user")]
 mod pod_impls {

@@ -236,7 +236,7 @@ pub struct FrontendRow {
     pub service: Option<String>,
     /// Kind and options (`ClusterIP`, `NodePort+Local`, ...).
     pub flags: String,
-    pub revnat: u16,
+    pub revnat: u32,
     pub affinity_timeout: u32,
     pub backends: Vec<BackendRow>,
 }

@@ -1,13 +1,13 @@
 //! Connection tracking for translated flows (see common::ct for the entry layout).
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
 use common::{
     ct::{CtEntry4, CtKey4, ct_flags},
     lb::Backend4,
     net::{Be16, Be32, proto},
 };
 
-use crate::{maps::STRAIT_CT4_V1 as CT4, parse::Ipv4Flow, parse::tcp_flags};
+use crate::{maps::STRAIT_CT4_V2 as CT4, parse::Ipv4Flow, parse::tcp_flags};
 
 /// The key of a packet as it is on the wire now.
 #[inline(always)]
@@ -62,36 +62,46 @@ pub fn touch(entry: &mut CtEntry4, flow: &Ipv4Flow, extra: u16) {
     }
 }
 
+/// What a new translated connection rewrites, as both of its entries record it.
+pub struct Translation<'a> {
+    pub backend_id: u32,
+    pub backend: &'a Backend4,
+    pub rev_nat: u32,
+    /// Hairpin: the client's address, rewritten to the hairpin address on the way out (0: none).
+    pub snat_from: u32,
+    /// The client's source port as sent, and as it leaves (they differ after a clash, see PORT_SNAT).
+    pub client_port: u16,
+    pub wire_port: u16,
+}
+
 /// Creates both entries of a new translated connection: `forward` is the client's tuple before any
 /// rewrite, `reply` the tuple the backend's answer will carry.
 #[inline(always)]
-pub fn create(
-    forward: &CtKey4,
-    reply: &CtKey4,
-    backend_id: u32,
-    backend: &Backend4,
-    rev_nat: u16,
-    snat_from: Option<u32>,
-) -> Result<(), ()> {
+pub fn create(forward: &CtKey4, reply: &CtKey4, t: &Translation) -> Result<(), ()> {
     let now = now();
-    let snat = if snat_from.is_some() { ct_flags::SNAT } else { 0 };
-    let orig = Be32::from_raw(snat_from.unwrap_or(0));
+    let mut flags = 0;
+    if t.snat_from != 0 {
+        flags |= ct_flags::SNAT;
+    }
+    if t.client_port != t.wire_port {
+        flags |= ct_flags::PORT_SNAT;
+    }
     let reply_entry = CtEntry4 {
-        backend_id,
-        rev_nat,
-        flags: ct_flags::REPLY | snat,
+        backend_id: t.backend_id,
+        rev_nat: t.rev_nat,
         last_seen_ns: now,
-        backend_addr: backend.addr,
-        backend_port: backend.port,
-        _pad: 0,
-        orig_saddr: orig,
-        _pad2: 0,
+        backend_addr: t.backend.addr,
+        backend_port: t.backend.port,
+        flags: ct_flags::REPLY | flags,
+        orig_saddr: Be32::from_raw(t.snat_from),
+        client_port: Be16::from_raw(t.client_port),
+        wire_port: Be16::from_raw(t.wire_port),
     };
     // Reply entry first: a forward entry without its reply would translate packets whose answers
     // could not be translated back.
     CT4.insert(reply, &reply_entry, 0).map_err(|_| ())?;
     let forward_entry = CtEntry4 {
-        flags: ct_flags::FORWARD | snat,
+        flags: ct_flags::FORWARD | flags,
         ..reply_entry
     };
     if CT4.insert(forward, &forward_entry, 0).is_err() {
@@ -99,4 +109,41 @@ pub fn create(
         return Err(());
     }
     Ok(())
+}
+
+/// Whether `reply` (the tuple a new connection's answers would carry) is free for a connection of
+/// `rev_nat`. An entry left by the same client port reaching the same VIP:port is that connection's
+/// own past (its forward entry was evicted, or a UDP flow re-balanced) and may be overwritten; any
+/// other entry is a live or lingering different connection whose replies would be taken over.
+#[inline(always)]
+fn reply_free(reply: &CtKey4, rev_nat: u32) -> bool {
+    match lookup(reply) {
+        None => true,
+        Some(e) => e.flags & ct_flags::REPLY != 0 && e.rev_nat == rev_nat,
+    }
+}
+
+/// Candidates tried for a clashing connection's new source port before giving up (the packet is dropped
+/// then, and the client retransmits or retries).
+const PORT_ATTEMPTS: u32 = 8;
+/// Ports below this are never chosen: a privileged source port can mean something to a server.
+const PORT_MIN: u32 = 1024;
+
+/// The source port a new connection leaves with: its own when its reply tuple is free, otherwise a
+/// random unprivileged port whose reply tuple is free. `reply.dport` is updated to match.
+#[inline(always)]
+pub fn wire_port(reply: &mut CtKey4, rev_nat: u32) -> Option<u16> {
+    if reply_free(reply, rev_nat) {
+        return Some(reply.dport.raw());
+    }
+    for _ in 0..PORT_ATTEMPTS {
+        // SAFETY: helper without preconditions.
+        let r = unsafe { bpf_get_prandom_u32() };
+        let port = (PORT_MIN + r % (65_536 - PORT_MIN)) as u16;
+        reply.dport = Be16::new(port);
+        if lookup(reply).is_none() {
+            return Some(reply.dport.raw());
+        }
+    }
+    None
 }

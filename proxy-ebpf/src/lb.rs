@@ -13,8 +13,8 @@ use common::{
 use crate::{
     ct,
     maps::{
-        STRAIT_LB4_AFFINITY_V1 as AFFINITY, STRAIT_LB4_BACKENDS_V1 as BACKENDS,
-        STRAIT_LB4_REVNAT_V1 as REVNAT, STRAIT_LB4_SERVICES_V1 as SERVICES,
+        STRAIT_LB4_AFFINITY_V2 as AFFINITY, STRAIT_LB4_BACKENDS_V2 as BACKENDS,
+        STRAIT_LB4_REVNAT_V2 as REVNAT, STRAIT_LB4_SERVICES_V2 as SERVICES,
     },
     nat::{self, End},
     parse::Ipv4Flow,
@@ -77,9 +77,14 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
                 proto: flow.proto,
                 flags: 0,
             };
-            let hairpin = entry.flags & ct_flags::SNAT != 0;
+            let snat_addr = if entry.flags & ct_flags::SNAT != 0 {
+                HAIRPIN_ADDR
+            } else {
+                0
+            };
+            let wire_port = entry.wire_port.raw();
             ct::touch(entry, flow, 0);
-            return translate(ctx, flow, &be, hairpin);
+            return translate(ctx, flow, &be, snat_addr, wire_port);
         }
     }
     let frontend = match lookup_frontend(flow.daddr, flow.dport, flow.proto) {
@@ -99,7 +104,8 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         return Outcome::Drop;
     };
     let hairpin = be.addr.raw() == flow.saddr;
-    let reply = CtKey4 {
+    let snat_addr = if hairpin { HAIRPIN_ADDR } else { 0 };
+    let mut reply = CtKey4 {
         saddr: be.addr,
         daddr: Be32::from_raw(if hairpin { HAIRPIN_ADDR } else { flow.saddr }),
         sport: be.port,
@@ -107,31 +113,37 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         proto: flow.proto,
         _pad: [0; 3],
     };
-    if ct::create(
-        &forward,
-        &reply,
+    let Some(wire_port) = ct::wire_port(&mut reply, svc.rev_nat) else {
+        return Outcome::Drop;
+    };
+    let translation = ct::Translation {
         backend_id,
-        be,
-        svc.rev_nat,
-        hairpin.then_some(flow.saddr),
-    )
-    .is_err()
+        backend: be,
+        rev_nat: svc.rev_nat,
+        snat_from: if hairpin { flow.saddr } else { 0 },
+        client_port: flow.sport,
+        wire_port,
+    };
+    if ct::create(&forward, &reply, &translation).is_err() {
+        return Outcome::Drop;
+    }
+    translate(ctx, flow, be, snat_addr, wire_port)
+}
+
+/// DNAT to the backend; the source is rewritten too when the connection was hairpinned (`snat_addr`,
+/// 0 for none) or its port reallocated after a clash (`wire_port` differs from the client's).
+#[inline(always)]
+fn translate(ctx: &TcContext, flow: &mut Ipv4Flow, be: &Backend4, snat_addr: u32, wire_port: u16) -> Outcome {
+    let src = if snat_addr != 0 { snat_addr } else { flow.saddr };
+    // `rewrite` leaves fields that do not change alone, so the common case (no SNAT) writes only the
+    // destination.
+    if nat::rewrite(ctx, flow, End::Destination, be.addr.raw(), be.port.raw()).is_err()
+        || nat::rewrite(ctx, flow, End::Source, src, wire_port).is_err()
+        || nat::finish(ctx, flow).is_err()
     {
         return Outcome::Drop;
     }
-    translate(ctx, flow, be, hairpin)
-}
-
-#[inline(always)]
-fn translate(ctx: &TcContext, flow: &mut Ipv4Flow, be: &Backend4, hairpin: bool) -> Outcome {
-    if nat::rewrite(ctx, flow, End::Destination, be.addr.raw(), be.port.raw()).is_err() {
-        return Outcome::Drop;
-    }
-    if hairpin {
-        let sport = flow.sport;
-        if nat::rewrite(ctx, flow, End::Source, HAIRPIN_ADDR, sport).is_err() {
-            return Outcome::Drop;
-        }
+    if snat_addr != 0 {
         return Outcome::RedirectBack;
     }
     Outcome::Pass
@@ -186,7 +198,6 @@ pub fn pick(
     let svc = frontend.svc;
     let affinity_key = AffinityKey4 {
         rev_nat: svc.rev_nat,
-        _pad: 0,
         client: Be32::from_raw(client),
     };
     let now = ct::now();
@@ -240,11 +251,11 @@ fn hairpin_reply(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     let Some(rev) = (unsafe { REVNAT.get(&entry.rev_nat) }) else {
         return Outcome::Drop;
     };
-    let orig = entry.orig_saddr.raw();
-    let dport = flow.dport;
+    let (orig, client_port) = (entry.orig_saddr.raw(), entry.client_port.raw());
     ct::touch(entry, flow, ct_flags::SEEN_REPLY);
     if nat::rewrite(ctx, flow, End::Source, rev.addr.raw(), rev.port.raw()).is_err()
-        || nat::rewrite(ctx, flow, End::Destination, orig, dport).is_err()
+        || nat::rewrite(ctx, flow, End::Destination, orig, client_port).is_err()
+        || nat::finish(ctx, flow).is_err()
     {
         return Outcome::Drop;
     }
@@ -269,8 +280,13 @@ pub fn to_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     let Some(rev) = (unsafe { REVNAT.get(&entry.rev_nat) }) else {
         return Outcome::Pass;
     };
+    let (client, client_port) = (flow.daddr, entry.client_port.raw());
     ct::touch(entry, flow, ct_flags::SEEN_REPLY);
-    if nat::rewrite(ctx, flow, End::Source, rev.addr.raw(), rev.port.raw()).is_err() {
+    // The destination changes only after a source-port clash (PORT_SNAT); otherwise it is left alone.
+    if nat::rewrite(ctx, flow, End::Source, rev.addr.raw(), rev.port.raw()).is_err()
+        || nat::rewrite(ctx, flow, End::Destination, client, client_port).is_err()
+        || nat::finish(ctx, flow).is_err()
+    {
         return Outcome::Drop;
     }
     Outcome::Pass

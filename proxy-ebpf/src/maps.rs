@@ -19,32 +19,34 @@ use common::{
     stats::{ProgStats, STAT_SLOTS},
 };
 
+/// BPF_F_NO_PREALLOC: LPM tries require it; the service maps use it so their capacity (sized for 100k
+/// frontends) costs kernel memory only as entries are added.
+const NO_PREALLOC: u32 = 1;
+
 #[map]
 pub static STRAIT_PROG_STATS_V1: PerCpuArray<ProgStats> = PerCpuArray::pinned(STAT_SLOTS, 0);
 
 #[map]
-pub static STRAIT_LB4_SERVICES_V1: HashMap<Lb4Key, Lb4Service> = HashMap::pinned(MAX_SERVICE_ENTRIES, 0);
+pub static STRAIT_LB4_SERVICES_V2: HashMap<Lb4Key, Lb4Service> =
+    HashMap::pinned(MAX_SERVICE_ENTRIES, NO_PREALLOC);
 
 #[map]
-pub static STRAIT_LB4_BACKENDS_V1: HashMap<u32, Backend4> = HashMap::pinned(MAX_BACKENDS, 0);
+pub static STRAIT_LB4_BACKENDS_V2: HashMap<u32, Backend4> = HashMap::pinned(MAX_BACKENDS, NO_PREALLOC);
 
 #[map]
-pub static STRAIT_LB4_REVNAT_V1: HashMap<u16, RevNat4> = HashMap::pinned(MAX_REVNAT, 0);
+pub static STRAIT_LB4_REVNAT_V2: HashMap<u32, RevNat4> = HashMap::pinned(MAX_REVNAT, NO_PREALLOC);
 
 #[map]
-pub static STRAIT_LB4_AFFINITY_V1: LruHashMap<AffinityKey4, AffinityValue> =
+pub static STRAIT_LB4_AFFINITY_V2: LruHashMap<AffinityKey4, AffinityValue> =
     LruHashMap::pinned(MAX_AFFINITY_ENTRIES, 0);
 
 #[map]
-pub static STRAIT_CT4_V1: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
+pub static STRAIT_CT4_V2: LruHashMap<CtKey4, CtEntry4> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
 
 /// Socket-level reverse NAT for host-network UDP clients: (socket cookie, backend) → VIP.
 #[map]
-pub static STRAIT_SOCK_REVNAT4_V1: LruHashMap<SockRevNatKey4, SockRevNatValue4> =
+pub static STRAIT_SOCK_REVNAT4_V2: LruHashMap<SockRevNatKey4, SockRevNatValue4> =
     LruHashMap::pinned(MAX_SOCK_REVNAT, 0);
-
-/// BPF_F_NO_PREALLOC: LPM tries require it.
-const NO_PREALLOC: u32 = 1;
 
 #[map]
 pub static STRAIT_POLICY_V1: LpmTrie<PolicyKeyData, PolicyEntry> =

@@ -63,7 +63,7 @@ pub fn rewrite(ctx: &TcContext, flow: &mut Ipv4Flow, end: End, addr: u32, port: 
         }
     }
     if flow.proto == proto::SCTP && old_port != port {
-        crate::sctp::fix_crc32c(ctx, flow.l4)?;
+        flow.crc_stale = true;
     }
     match end {
         End::Source => {
@@ -74,6 +74,17 @@ pub fn rewrite(ctx: &TcContext, flow: &mut Ipv4Flow, end: End, addr: u32, port: 
             flow.daddr = addr;
             flow.dport = port;
         }
+    }
+    Ok(())
+}
+
+/// Completes a packet's rewrites: SCTP's CRC32c covers the whole packet, so it is redone once, after
+/// every rewrite, rather than per rewrite (each pass is a loop over the packet the verifier walks too).
+#[inline(always)]
+pub fn finish(ctx: &TcContext, flow: &mut Ipv4Flow) -> Result<(), ()> {
+    if flow.crc_stale {
+        crate::sctp::fix_crc32c(ctx, flow.l4)?;
+        flow.crc_stale = false;
     }
     Ok(())
 }

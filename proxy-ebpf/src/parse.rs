@@ -31,6 +31,8 @@ pub struct Ipv4Flow {
     pub later_fragment: bool,
     /// Total length of the IP packet (header + payload), host order.
     pub ip_len: u16,
+    /// SCTP: a port was rewritten and the CRC32c must be redone (`nat::finish`) before the packet leaves.
+    pub crc_stale: bool,
 }
 
 pub mod tcp_flags {
@@ -92,6 +94,7 @@ pub fn parse(start: usize, end: usize) -> Parsed {
         tcp_flags: 0,
         later_fragment: frag & 0x1fff != 0,
         ip_len,
+        crc_stale: false,
     };
     if flow.later_fragment {
         return Parsed::Ipv4(flow);

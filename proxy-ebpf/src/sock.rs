@@ -16,7 +16,7 @@ use common::{
 
 use crate::{
     lb::{self, Lookup},
-    maps::STRAIT_SOCK_REVNAT4_V1 as SOCK_REVNAT,
+    maps::STRAIT_SOCK_REVNAT4_V2 as SOCK_REVNAT,
 };
 
 /// Hook return values: 1 lets the call proceed, 0 fails it (with the errno set by bpf_set_retval).
@@ -75,6 +75,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     let value = SockRevNatValue4 {
         addr: Be32::from_raw(addr),
         port: Be16::from_raw(port),
+        _pad: 0,
         rev_nat,
     };
     if SOCK_REVNAT.insert(&key, &value, 0).is_err() {

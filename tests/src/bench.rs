@@ -376,7 +376,7 @@ pub fn single_shot_case<'a>(
 /// own in 10.128.0.0/10.
 pub fn synthetic_service(i: u32) -> TestService {
     let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i + 1);
-    let mut svc = TestService::new(vip, 80, PROTO_TCP, (i + 1) as u16);
+    let mut svc = TestService::new(vip, 80, PROTO_TCP, i + 1);
     for j in 0..BACKENDS_PER_SERVICE {
         let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * BACKENDS_PER_SERVICE + j + 1);
         svc.backends.push((addr, 8080));
@@ -384,7 +384,7 @@ pub fn synthetic_service(i: u32) -> TestService {
     svc
 }
 
-/// How many such services the datapath maps hold: every service takes a rev-NAT id (u16), one frontend
+/// How many such services the datapath maps hold: every service takes a rev-NAT id, one frontend
 /// plus one slot per backend in the service map, and its own backends.
 pub fn service_capacity() -> u32 {
     let by_revnat = MAX_REVNAT;
@@ -476,9 +476,9 @@ pub fn clusterip_group(
         last_seen_ns: 0,
         backend_addr: Be32::from_octets(vip.octets()),
         backend_port: Be16::new(vport),
-        _pad: 0,
         orig_saddr: Be32::from_octets([0; 4]),
-        _pad2: 0,
+        client_port: Be16::new(40000),
+        wire_port: Be16::new(40000),
     };
     ct_map(&mut dp).insert(ct_key(CLIENT, 40000, backend, 8080), cycle, 0)?;
     // One run translates to the backend; two runs on the same buffer translate back (this is also
@@ -524,14 +524,14 @@ pub fn clusterip_group(
     // The reply direction: the backend's answer, reverse-NATed to come from VIP:port. Same cycle:
     // a spare rev-NAT id maps back to the backend, and a reply entry for VIP:port → client uses it.
     let reply = established(backend, 8080, CLIENT, 40000);
-    let spare_rev_nat = (n + 1) as u16;
+    let spare_rev_nat = n + 1;
     {
         let map = dp
             .datapath
             .ebpf_mut()
             .map_mut(map_names::LB4_REVNAT)
             .expect("rev-NAT map");
-        let mut revnat: AyaHashMap<_, u16, RevNat4> = AyaHashMap::try_from(map)?;
+        let mut revnat: AyaHashMap<_, u32, RevNat4> = AyaHashMap::try_from(map)?;
         let back = RevNat4 {
             addr: Be32::from_octets(backend.octets()),
             port: Be16::new(8080),
@@ -812,7 +812,7 @@ pub fn run_all(p: &Params) -> anyhow::Result<Report> {
             let n = capacity / 1000 * 1000;
             notes.push(format!(
                 "{requested} services do not fit the datapath maps: with {BACKENDS_PER_SERVICE} backends \
-                 each, at most {capacity} (rev-NAT ids are u16: {MAX_REVNAT}; service map \
+                 each, at most {capacity} (rev-NAT map {MAX_REVNAT}; service map \
                  {MAX_SERVICE_ENTRIES} entries = 1 frontend + 1 slot per backend; backend map \
                  {MAX_BACKENDS}). Measured at {n} services instead."
             ));

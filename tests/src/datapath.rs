@@ -74,13 +74,13 @@ pub struct TestService {
     pub port: u16,
     pub proto: u8,
     pub backends: Vec<(std::net::Ipv4Addr, u16)>,
-    pub rev_nat: u16,
+    pub rev_nat: u32,
     pub flags: u16,
     pub affinity_timeout: u32,
 }
 
 impl TestService {
-    pub fn new(vip: std::net::Ipv4Addr, port: u16, proto: u8, rev_nat: u16) -> Self {
+    pub fn new(vip: std::net::Ipv4Addr, port: u16, proto: u8, rev_nat: u32) -> Self {
         Self {
             vip,
             port,
@@ -94,7 +94,7 @@ impl TestService {
 
     /// Backend ids are derived from the rev-NAT id so two services in one test never share one.
     pub fn backend_id(&self, index: usize) -> u32 {
-        u32::from(self.rev_nat) * 1000 + index as u32 + 1
+        self.rev_nat * 1000 + index as u32 + 1
     }
 }
 
@@ -158,7 +158,6 @@ impl TestDatapath {
             count: svc.backends.len() as u16,
             rev_nat: svc.rev_nat,
             flags: svc.flags,
-            _pad: 0,
             affinity_timeout: svc.affinity_timeout,
         };
         services
@@ -169,7 +168,7 @@ impl TestDatapath {
             port: Be16::new(svc.port),
             _pad: 0,
         };
-        self.hash_map::<u16, RevNat4>(map_names::LB4_REVNAT)
+        self.hash_map::<u32, RevNat4>(map_names::LB4_REVNAT)
             .insert(svc.rev_nat, rev, 0)
             .unwrap();
     }
@@ -208,6 +207,13 @@ impl TestDatapath {
             .iter()
             .map(|r| r.unwrap())
             .collect()
+    }
+
+    /// Removes one conntrack entry, as LRU eviction or the sweeper would.
+    pub fn remove_conntrack(&mut self, key: &CtKey4) {
+        self.hash_map::<CtKey4, CtEntry4>(map_names::CT4)
+            .remove(key)
+            .unwrap();
     }
 }
 

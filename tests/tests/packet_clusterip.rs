@@ -21,7 +21,7 @@ const BACKEND_A: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
 const BACKEND_B: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 6);
 const HAIRPIN: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
 
-fn one_backend(proto: u8, rev_nat: u16) -> TestService {
+fn one_backend(proto: u8, rev_nat: u32) -> TestService {
     let mut svc = TestService::new(VIP, 80, proto, rev_nat);
     svc.backends.push((BACKEND_A, 8080));
     svc
@@ -39,7 +39,7 @@ fn service_translation_round_trip_for_tcp_udp_sctp() {
     }
     let mut dp = TestDatapath::load("clusterip-rt");
     for (i, proto) in [PROTO_TCP, PROTO_UDP, PROTO_SCTP].into_iter().enumerate() {
-        dp.add_service(&one_backend(proto, 1 + i as u16));
+        dp.add_service(&one_backend(proto, 1 + i as u32));
         let request = match proto {
             PROTO_TCP => Ipv4Packet::tcp(CLIENT, 40000, VIP, 80),
             PROTO_UDP => Ipv4Packet::udp(CLIENT, 40000, VIP, 80),

@@ -50,7 +50,7 @@ impl LbMaps for AyaLbMaps<'_> {
             let (k, v) = entry.context("reading the backends map")?;
             out.backends.insert(k, v);
         }
-        for entry in hash::<u16, RevNat4>(self.datapath, map_names::LB4_REVNAT)?.iter() {
+        for entry in hash::<u32, RevNat4>(self.datapath, map_names::LB4_REVNAT)?.iter() {
             let (k, v) = entry.context("reading the rev-NAT map")?;
             out.revnat.insert(k, v);
         }
@@ -71,13 +71,13 @@ impl LbMaps for AyaLbMaps<'_> {
                 hash_mut::<Lb4Key, Lb4Service>(dp, map_names::LB4_SERVICES)?.insert(key, value, 0)?;
             }
             MapOp::UpsertRevNat { id, revnat } => {
-                hash_mut::<u16, RevNat4>(dp, map_names::LB4_REVNAT)?.insert(id, revnat, 0)?;
+                hash_mut::<u32, RevNat4>(dp, map_names::LB4_REVNAT)?.insert(id, revnat, 0)?;
             }
             MapOp::DeleteService { key } => {
                 absent_ok(hash_mut::<Lb4Key, Lb4Service>(dp, map_names::LB4_SERVICES)?.remove(&key))?;
             }
             MapOp::DeleteRevNat { id } => {
-                absent_ok(hash_mut::<u16, RevNat4>(dp, map_names::LB4_REVNAT)?.remove(&id))?;
+                absent_ok(hash_mut::<u32, RevNat4>(dp, map_names::LB4_REVNAT)?.remove(&id))?;
             }
             MapOp::DeleteBackend { id } => {
                 absent_ok(hash_mut::<u32, Backend4>(dp, map_names::LB4_BACKENDS)?.remove(&id))?;

@@ -108,7 +108,6 @@ fn add_frontend(maps: &mut DesiredMaps, ids: &mut Ids, f: &Frontend) -> Result<(
             count,
             rev_nat,
             flags: f.flags,
-            _pad: 0,
             affinity_timeout: f.affinity_timeout,
         },
     );

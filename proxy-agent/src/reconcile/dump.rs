@@ -84,7 +84,7 @@ pub fn backend_line(id: u32, be: &Backend4) -> String {
     out
 }
 
-pub fn revnat_line(id: u16, rn: &RevNat4) -> String {
+pub fn revnat_line(id: u32, rn: &RevNat4) -> String {
     format!(
         "REVNAT {id} {}:{}",
         Ipv4Addr::from(rn.addr.octets()),

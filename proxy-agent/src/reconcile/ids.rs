@@ -125,7 +125,7 @@ impl Ids {
     pub fn with_limits(max_backends: u32, max_revnat: u32) -> Self {
         Self {
             backends: Pool::new(max_backends.min(MAX_BACKENDS)),
-            revnat: Pool::new(max_revnat.min(MAX_REVNAT).min(u32::from(u16::MAX))),
+            revnat: Pool::new(max_revnat.min(MAX_REVNAT)),
         }
     }
 
@@ -141,7 +141,7 @@ impl Ids {
             if key.slot == 0 && svc.rev_nat != 0 {
                 ids.revnat.restore(
                     (Ipv4Addr::from(key.addr.octets()), key.port.get(), key.proto),
-                    u32::from(svc.rev_nat),
+                    svc.rev_nat,
                 );
             }
         }
@@ -152,8 +152,8 @@ impl Ids {
         self.backends.get(key)
     }
 
-    pub fn revnat(&self, key: &RevNatKey) -> Option<u16> {
-        self.revnat.get(key).map(|id| id as u16)
+    pub fn revnat(&self, key: &RevNatKey) -> Option<u32> {
+        self.revnat.get(key)
     }
 
     /// The id of a backend, allocated if new; `None` when every id is in use.
@@ -162,22 +162,21 @@ impl Ids {
     }
 
     /// The rev-NAT id of a frontend address, allocated if new; `None` when every id is in use.
-    pub fn alloc_revnat(&mut self, key: &RevNatKey) -> Option<u16> {
-        self.revnat.alloc(key).map(|id| id as u16)
+    pub fn alloc_revnat(&mut self, key: &RevNatKey) -> Option<u32> {
+        self.revnat.alloc(key)
     }
 
     /// Marks the ids present in `actual` that this allocator does not know (orphans awaiting deletion)
     /// as not available, until a later call no longer sees them.
     pub fn hold(&mut self, actual: &DesiredMaps) {
         self.backends.hold(actual.backends.keys().copied());
-        self.revnat.hold(actual.revnat.keys().map(|&id| u32::from(id)));
+        self.revnat.hold(actual.revnat.keys().copied());
     }
 
     /// Frees every id that `desired` does not use. Call after `desired` has been written completely.
     pub fn release_unused(&mut self, desired: &DesiredMaps) {
         self.backends.retain(|id| desired.backends.contains_key(&id));
-        self.revnat
-            .retain(|id| u16::try_from(id).is_ok_and(|id| desired.revnat.contains_key(&id)));
+        self.revnat.retain(|id| desired.revnat.contains_key(&id));
     }
 
     /// Number of (backend, rev-NAT) ids in use.

@@ -31,7 +31,7 @@ pub struct DesiredMaps {
     /// Frontends (slot 0) and their backend slots (1..=count).
     pub services: BTreeMap<Lb4Key, Lb4Service>,
     pub backends: BTreeMap<u32, Backend4>,
-    pub revnat: BTreeMap<u16, RevNat4>,
+    pub revnat: BTreeMap<u32, RevNat4>,
 }
 
 impl DesiredMaps {
@@ -70,14 +70,14 @@ pub enum MapOp {
         value: Lb4Service,
     },
     UpsertRevNat {
-        id: u16,
+        id: u32,
         revnat: RevNat4,
     },
     DeleteService {
         key: Lb4Key,
     },
     DeleteRevNat {
-        id: u16,
+        id: u32,
     },
     DeleteBackend {
         id: u32,
