@@ -35,6 +35,9 @@ pub enum Command {
     /// Service frontends programmed in the datapath, with their backends.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Remove every attachment and pin the agent leaves in the kernel (tc filters, XDP and socket-hook
+    /// links, maps), as `kube-proxy --cleanup` does. Stop the agent first.
+    Cleanup(CleanupArgs),
 }
 
 #[derive(Subcommand)]
@@ -121,6 +124,15 @@ pub struct RunArgs {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+pub struct CleanupArgs {
+    /// The pin directory the agent ran with.
+    #[arg(long, default_value = "/sys/fs/bpf/strait")]
+    pub bpffs_root: PathBuf,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct StatusArgs {
     /// Admin endpoint of the agent to ask.
     #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
@@ -145,6 +157,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => crate::daemon::run(args),
         Command::Status(args) => crate::status::print(&args),
+        Command::Cleanup(args) => crate::cleanup::run(&args),
         Command::Flows(args) => crate::flows::print(&args),
         Command::Policy(PolicyCommand::List(args)) => crate::policy::view::print_policy_list(&args),
         Command::Policy(PolicyCommand::Explain(args)) => crate::policy::view::print_explain(&args),

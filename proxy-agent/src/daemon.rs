@@ -228,9 +228,6 @@ pub fn run(args: RunArgs) -> Result<()> {
         flags |= common::config::config_flags::KEEP_ESTABLISHED;
     }
     datapath.set_config(common::config::DatapathConfig { flags, _pad: 0 })?;
-    if let Some(cgroup) = &args.cgroup_root {
-        datapath.attach_cgroup(cgroup)?;
-    }
     tracing::info!(node = %args.node, pin_dir = %args.bpffs_root.display(), "datapath loaded");
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
@@ -514,6 +511,14 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared) -> R
         }
     }
     errors.extend(inner.datapath.reconcile_attachments(&desired));
+    // After the maps: a first start must not send host sockets to empty service maps (a restart finds
+    // its maps filled and its pinned hooks still attached, and only swaps the programs).
+    if let Some(cgroup) = &args.cgroup_root
+        && inner.datapath.cgroup.is_none()
+        && let Err(e) = inner.datapath.attach_cgroup(cgroup)
+    {
+        errors.push(format!("{e:#}"));
+    }
     inner.endpoints = local;
     inner.errors = errors;
     inner.sync.synced = true;

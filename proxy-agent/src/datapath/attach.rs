@@ -5,19 +5,33 @@
 //! every `tc` and `bpftool` release lists them (Debian 12's bpftool 7.1 does not show TCX), and they can
 //! be replaced in place by handle. Node devices: `xdp_node`, native mode when the driver has
 //! it, generic otherwise — the mode in use is reported, never hidden.
+//!
+//! Nothing here is owned by the agent process, so a restart, a crash or an upgrade never leaves a gap:
+//! tc filters sit at a fixed priority and handle, and a new agent replaces the program in them (one
+//! netlink change the kernel applies atomically); XDP links are pinned in bpffs and updated in place
+//! (see `links`). Only `cleanup` or an interface going away removes them.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, os::fd::AsFd};
 
 use anyhow::{Context, Result};
 use aya::programs::{
     SchedClassifier, TcAttachType, Xdp, XdpMode,
-    tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact},
-    xdp::XdpLinkId,
+    links::{FdLink, Link},
+    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact},
 };
 use common::{map_names, net::Be32, prog_names};
 use serde::Serialize;
 
-use super::{Datapath, loader::program};
+use super::{
+    Datapath,
+    links::{self, Pinned},
+    loader::program,
+};
+
+/// Where our tc filters sit on every pod interface. Priority 1 runs before filters other tools add
+/// with the default priority; the handle ("ST") names ours, so a new agent replaces exactly them.
+pub const TC_PRIORITY: u16 = 1;
+pub const TC_HANDLE: u32 = 0x5354;
 
 /// A pod's host-side interface that should carry the tc programs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,14 +59,11 @@ pub struct DesiredAttachments {
 struct TcEntry {
     ifindex: u32,
     pod: String,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
 }
 
 struct XdpEntry {
     ifindex: u32,
     mode: &'static str,
-    link: XdpLinkId,
 }
 
 #[derive(Default)]
@@ -129,13 +140,8 @@ impl Datapath {
             .collect();
         for name in stale(&self.attachments.tc, &wanted, |e| e.ifindex) {
             let entry = self.attachments.tc.remove(&name).expect("listed above");
-            // The interface is usually gone with its pod, and its links with it: errors are expected.
-            if let Ok(p) = tc_program(&mut self.ebpf, prog_names::TC_FROM_POD) {
-                let _ = p.detach(entry.ingress);
-            }
-            if let Ok(p) = tc_program(&mut self.ebpf, prog_names::TC_TO_POD) {
-                let _ = p.detach(entry.egress);
-            }
+            // The interface is usually gone with its pod, and its filters with it: errors are expected.
+            let _ = detach_tc(&name);
             let _ = self.forget_iface(entry.ifindex);
             tracing::info!(interface = %name, pod = %entry.pod, "detached tc programs");
         }
@@ -168,25 +174,22 @@ impl Datapath {
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(e).context("adding the clsact qdisc"),
         }
-        let ingress = tc_program(&mut self.ebpf, prog_names::TC_FROM_POD)?
-            .attach_with_options(&want.interface, TcAttachType::Ingress, netlink())
+        let from_pod = tc_program(&mut self.ebpf, prog_names::TC_FROM_POD)?;
+        let ingress = place_tc(from_pod, &want.interface, TcAttachType::Ingress)
             .context("attaching tc_from_pod to tc ingress")?;
-        let egress = match tc_program(&mut self.ebpf, prog_names::TC_TO_POD)?
-            .attach_with_options(&want.interface, TcAttachType::Egress, netlink())
+        let to_pod = tc_program(&mut self.ebpf, prog_names::TC_TO_POD)?;
+        if let Err(e) = place_tc(to_pod, &want.interface, TcAttachType::Egress)
             .context("attaching tc_to_pod to tc egress")
         {
-            Ok(id) => id,
-            Err(e) => {
-                // Never leave half of a pod's datapath attached.
-                let _ = tc_program(&mut self.ebpf, prog_names::TC_FROM_POD)?.detach(ingress);
-                return Err(e);
+            // Never leave half of a pod's datapath attached (a replaced filter stays: it was whole).
+            if ingress == Pinned::Created {
+                let _ = detach_one(&want.interface, TcAttachType::Ingress);
             }
-        };
+            return Err(e);
+        }
         Ok(TcEntry {
             ifindex: want.ifindex,
             pod: want.pod.clone(),
-            ingress,
-            egress,
         })
     }
 
@@ -197,8 +200,8 @@ impl Datapath {
             .collect();
         for name in stale(&self.attachments.xdp, &wanted, |e| e.ifindex) {
             let entry = self.attachments.xdp.remove(&name).expect("listed above");
-            if let Ok(p) = xdp_program(&mut self.ebpf) {
-                let _ = p.detach(entry.link);
+            for mode in XDP_MODES {
+                let _ = links::remove(&self.xdp_pin(entry.ifindex, mode));
             }
             tracing::info!(interface = %name, "detached xdp program");
         }
@@ -207,36 +210,116 @@ impl Datapath {
                 continue;
             }
             match self.attach_xdp(want) {
-                Ok(entry) => {
-                    tracing::info!(interface = %want.interface, mode = entry.mode, "attached xdp program");
+                Ok((entry, how)) => {
+                    tracing::info!(interface = %want.interface, mode = entry.mode, how = ?how, "attached xdp program");
                     self.attachments.xdp.insert(want.interface.clone(), entry);
                 }
                 Err(e) => errors.push(format!("device {}: {e:#}", want.interface)),
             }
         }
-    }
-
-    fn attach_xdp(&mut self, want: &Device) -> Result<XdpEntry> {
-        let prog = xdp_program(&mut self.ebpf)?;
-        match prog.attach_to_if_index(want.ifindex, XdpMode::Driver) {
-            Ok(link) => Ok(XdpEntry {
-                ifindex: want.ifindex,
-                mode: "native",
-                link,
-            }),
-            Err(native) => {
-                tracing::warn!(interface = %want.interface, error = %native, "native XDP unavailable, using generic XDP");
-                let link = prog
-                    .attach_to_if_index(want.ifindex, XdpMode::Skb)
-                    .context("attaching xdp_node in generic mode")?;
-                Ok(XdpEntry {
-                    ifindex: want.ifindex,
-                    mode: "generic",
-                    link,
-                })
+        // Pins left by an earlier run for devices no longer wanted.
+        let keep: Vec<String> = desired
+            .iter()
+            .flat_map(|d| XDP_MODES.map(|m| xdp_pin_name(d.ifindex, m)))
+            .collect();
+        for name in links::pinned_names(&self.pin_dir) {
+            if name.starts_with("xdp_") && !keep.contains(&name) {
+                let _ = links::remove(&links::links_dir(&self.pin_dir).join(&name));
+                tracing::info!(pin = %name, "removed the xdp link of a device no longer wanted");
             }
         }
     }
+
+    fn xdp_pin(&self, ifindex: u32, mode: &str) -> std::path::PathBuf {
+        links::links_dir(&self.pin_dir).join(xdp_pin_name(ifindex, mode))
+    }
+
+    /// Native mode when the driver has it, generic otherwise; a pin left by an earlier run is updated in
+    /// the mode it was made in.
+    fn attach_xdp(&mut self, want: &Device) -> Result<(XdpEntry, Pinned)> {
+        let mut last_err = None;
+        let pinned: Vec<&'static str> = XDP_MODES
+            .into_iter()
+            .filter(|m| self.xdp_pin(want.ifindex, m).exists())
+            .collect();
+        for mode in pinned.into_iter().chain(XDP_MODES) {
+            let pin = self.xdp_pin(want.ifindex, mode);
+            let prog = xdp_program(&mut self.ebpf)?;
+            let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
+            let flags = if mode == "native" {
+                XdpMode::Driver
+            } else {
+                XdpMode::Skb
+            };
+            let attach = || -> Result<FdLink> {
+                let id = prog.attach_to_if_index(want.ifindex, flags)?;
+                Ok(FdLink::try_from(prog.take_link(id)?)?)
+            };
+            match links::update_or_create(&pin, fd.as_fd(), attach) {
+                Ok(how) => {
+                    return Ok((
+                        XdpEntry {
+                            ifindex: want.ifindex,
+                            mode,
+                        },
+                        how,
+                    ));
+                }
+                Err(e) => {
+                    if mode == "native" {
+                        tracing::warn!(interface = %want.interface, error = %format!("{e:#}"), "native XDP unavailable, using generic XDP");
+                    }
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.expect("at least one mode was tried")).context("attaching xdp_node")
+    }
+}
+
+const XDP_MODES: [&str; 2] = ["native", "generic"];
+
+fn xdp_pin_name(ifindex: u32, mode: &str) -> String {
+    format!("xdp_{ifindex}_{mode}")
+}
+
+/// Puts `prog` into our filter on `interface`: replaces the program of a filter an earlier agent left
+/// (atomic in the kernel), or creates the filter. The link is not kept: a filter belongs to the
+/// interface, and a link left with aya would be detached when the agent exits.
+fn place_tc(prog: &mut SchedClassifier, interface: &str, hook: TcAttachType) -> Result<Pinned> {
+    let existing =
+        SchedClassifierLink::attached(interface, hook, TC_PRIORITY, TcHandle::from(TC_HANDLE), None)
+            .with_context(|| format!("interface {interface}"))?;
+    let (id, how) = match prog.attach_to_link(existing) {
+        Ok(id) => (id, Pinned::Updated),
+        Err(_) => {
+            let options = TcAttachOptions::Netlink(NlOptions {
+                priority: TC_PRIORITY,
+                handle: TcHandle::from(TC_HANDLE),
+                classid: None,
+            });
+            (
+                prog.attach_with_options(interface, hook, options)?,
+                Pinned::Created,
+            )
+        }
+    };
+    // An NlLink holds no descriptor: forgetting it leaks nothing and keeps its Drop from detaching.
+    std::mem::forget(prog.take_link(id)?);
+    Ok(how)
+}
+
+fn detach_one(interface: &str, hook: TcAttachType) -> Result<()> {
+    SchedClassifierLink::attached(interface, hook, TC_PRIORITY, TcHandle::from(TC_HANDLE), None)?.detach()?;
+    Ok(())
+}
+
+/// Removes our filters from an interface; returns how many were there (0 to 2).
+pub fn detach_tc(interface: &str) -> usize {
+    [TcAttachType::Ingress, TcAttachType::Egress]
+        .into_iter()
+        .filter(|&hook| detach_one(interface, hook).is_ok())
+        .count()
 }
 
 impl Datapath {
@@ -277,10 +360,6 @@ fn stale<E>(
         .filter(|(name, e)| !wanted.iter().any(|(w, i)| w == name && *i == ifindex(e)))
         .map(|(name, _)| name.clone())
         .collect()
-}
-
-fn netlink() -> TcAttachOptions {
-    TcAttachOptions::Netlink(NlOptions::default())
 }
 
 fn tc_program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod conntrack;
 pub mod events;
 pub mod lb_maps;
+pub mod links;
 pub mod loader;
 pub mod policy_maps;
 pub mod stats;
