@@ -343,4 +343,49 @@ fn external_service_traffic_goes_through_the_chosen_node() {
     let stop = lab.json(&["flow", "stop", "vian2", "--json"]);
     assert_eq!(stop["stopped"], true, "{stop:#}");
     assert_eq!(lab.json(&["flow", "list", "--json"])["flows"], json!([]));
+
+    // Background clients left running are `lab down`'s to stop: nothing of them stays.
+    let conn = lab.json(&[
+        "conn",
+        "open",
+        "--from",
+        "external:203.0.113.2",
+        "--via",
+        "n2",
+        "--to",
+        "198.51.100.10:80",
+        "--label",
+        "left",
+        "--json",
+    ]);
+    let c = lab.json(&["conn", "check", "left", "--json"]);
+    assert_eq!(c["answered_by"], "shop/web-2", "{c:#}");
+    let flow = lab.json(&[
+        "flow",
+        "start",
+        "--from",
+        "node/n1",
+        "--to",
+        "shop/web-3:5353",
+        "--label",
+        "left",
+        "--json",
+    ]);
+    let pids: Vec<u64> = [&conn, &flow]
+        .iter()
+        .map(|v| v["pid"].as_u64().expect("pid"))
+        .collect();
+    lab.down();
+    for pid in pids {
+        // A daemon that just died may stay a zombie until its new parent (init) reaps it.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next());
+        assert!(
+            matches!(state, None | Some("Z")),
+            "daemon {pid} outlived lab down: {stat}"
+        );
+    }
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
 }
