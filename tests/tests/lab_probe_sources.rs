@@ -127,6 +127,23 @@ fn clients_of_every_kind_send_from_the_address_they_chose() {
         }
     }
 
+    // SCTP (raw packets) from a client address with a fixed port too.
+    let p = lab.json(&[
+        "probe",
+        "--from",
+        "external:203.0.113.130",
+        "--to",
+        "shop/web-1:8080/sctp",
+        "--count",
+        "2",
+        "--source-port",
+        "40004",
+        "--json",
+    ]);
+    for a in attempts(&p) {
+        assert_eq!(a["client_seen"], "203.0.113.130:40004", "{p:#}");
+    }
+
     // HTTP to a responder: status, headers and body, who answered and the client it saw.
     let h = lab.json(&[
         "http",
@@ -173,6 +190,39 @@ fn clients_of_every_kind_send_from_the_address_they_chose() {
     assert_eq!(h["outcome"], "refused", "nobody listens on 9999: {h:#}");
     assert!(h.get("status").is_none(), "{h:#}");
 
+    // Client addresses change with `lab apply`: a new one answers at once, a dropped one is refused.
+    lab.apply_text(
+        "apiVersion: lab.strait.dev/v1\nkind: ExternalClient\nmetadata: {name: external}\n\
+         spec: {addresses: [203.0.113.2, 198.18.0.7]}\n",
+    );
+    assert_all(
+        &lab.probe("external:198.18.0.7", "shop/web-3:8080/tcp", 2),
+        "shop/web-3",
+        "198.18.0.7:",
+    );
+    assert_all(
+        &lab.probe("external:203.0.113.2", "shop/web-3:8080/tcp", 2),
+        "shop/web-3",
+        "203.0.113.2:",
+    );
+    let e = refused(
+        &lab,
+        &[
+            "probe",
+            "--from",
+            "external:203.0.113.130",
+            "--to",
+            "shop/web-1:8080",
+        ],
+    );
+    assert!(e.contains("10.0.0.254, 203.0.113.2, 198.18.0.7"), "{e}");
+    let routes = lab.run(&["exec", "node/n2", "--", "ip", "route"]);
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(
+        routes.contains("198.18.0.7 via 10.0.0.254") && !routes.contains("203.0.113.130"),
+        "{routes}"
+    );
+
     // Wrong sources say what is accepted.
     let e = refused(
         &lab,
@@ -185,7 +235,7 @@ fn clients_of_every_kind_send_from_the_address_they_chose() {
         ],
     );
     assert!(
-        e.contains("no address 203.0.113.3") && e.contains("10.0.0.254, 203.0.113.2, 203.0.113.130"),
+        e.contains("no address 203.0.113.3") && e.contains("10.0.0.254, 203.0.113.2, 198.18.0.7"),
         "{e}"
     );
     let e = refused(

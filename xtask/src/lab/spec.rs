@@ -780,6 +780,30 @@ status: {{podIP: {ip}}}
     }
 
     #[test]
+    fn node_secondary_addresses() {
+        let text = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [\
+                    {type: InternalIP, address: 10.0.0.10}, {type: Hostname, address: n1}, \
+                    {type: InternalIP, address: 'fd00::1'}, {type: ExternalIP, address: 10.0.0.20}]}\n";
+        let c = check(text).unwrap();
+        assert_eq!(
+            c.nodes[0].addresses,
+            vec!["10.0.0.20".parse::<Ipv4Addr>().unwrap()]
+        );
+        let e = refused(&text.replace("10.0.0.20", "192.168.7.1"));
+        assert!(
+            e.contains("Node n1: status.addresses 192.168.7.1 is not a host address of the node subnet"),
+            "{e}"
+        );
+        let e = refused(&format!("{text}{}", pod("x", "a", "n1", "10.0.0.20")));
+        assert!(e.contains("status.podIP 10.0.0.20"), "{e}");
+        let e = refused(&text.replace("address: n1}", "address: n1}, {type: InternalIP, address: nope}"));
+        assert!(
+            e.contains("Node n1: status.addresses[2] (InternalIP) \"nope\" is not an IP address"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn node_without_internal_ip() {
         let e = refused("apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n");
         assert!(e.contains("Node n1: status.addresses has no InternalIP"), "{e}");

@@ -157,3 +157,37 @@ pub fn human(state: &State) -> String {
     ));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_addresses_join_the_file_or_make_an_external_client() {
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+                    status: {addresses: [{type: InternalIP, address: 10.0.0.10}]}\n";
+        let mut objects = spec::parse(node).unwrap();
+        add_external_addresses(&mut objects, &["203.0.113.9".into()]);
+        let c = spec::validate(objects).unwrap();
+        assert_eq!(
+            c.external_addresses,
+            vec!["203.0.113.9".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+
+        let with = format!(
+            "{node}---\napiVersion: lab.strait.dev/v1\nkind: ExternalClient\nmetadata: {{name: external}}\n\
+             spec: {{addresses: [203.0.113.2]}}\n"
+        );
+        let mut objects = spec::parse(&with).unwrap();
+        add_external_addresses(&mut objects, &["203.0.113.2".into(), "10.0.0.99".into()]);
+        let e = format!("{:#}", spec::validate(objects).unwrap_err());
+        assert!(
+            e.contains("spec.addresses[1]: 203.0.113.2 is listed twice"),
+            "{e}"
+        );
+        assert!(
+            e.contains("spec.addresses[2]: 10.0.0.99 lies in the node subnet"),
+            "{e}"
+        );
+    }
+}
