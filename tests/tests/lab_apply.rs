@@ -12,7 +12,7 @@ use tests::lab::{Lab, require_privileges};
 const SIX_PODS: &str = "testdata/lab/two-nodes-six-pods.yaml";
 
 /// x/a relabelled (same ports: no rebuild), x/d new on n2, y/b moved to n2 with a new address, a
-/// policy, and a LoadBalancer service whose address the external client routes to the nodes.
+/// policy, and a LoadBalancer service whose address the external client routes to a node.
 const CHANGES: &str = "
 apiVersion: v1
 kind: Pod
@@ -115,11 +115,22 @@ fn apply_and_delete_follow_through_to_wiring_and_manifests() {
     );
     assert_eq!(lab.netns().len(), 11, "{:?}", lab.netns());
 
+    // The external client's router sends the LB address to the first node, and to each node in
+    // that node's table (`--via`).
     let lb_route = stdout(lab.run(&["exec", "external", "--", "ip", "route", "show", "192.168.100.10"]));
-    assert!(
-        lb_route.contains("nexthop via 10.0.0.10") && lb_route.contains("nexthop via 10.0.0.11"),
-        "{lb_route}"
-    );
+    assert!(lb_route.contains("via 10.0.0.10"), "{lb_route}");
+    let via_n2 = stdout(lab.run(&[
+        "exec",
+        "external",
+        "--",
+        "ip",
+        "route",
+        "show",
+        "192.168.100.10",
+        "table",
+        "101",
+    ]));
+    assert!(via_n2.contains("via 10.0.0.11"), "{via_n2}");
     let objects =
         std::fs::read_to_string(format!("/run/strait/labs/{}/manifests/objects.yaml", lab.name)).unwrap();
     assert!(

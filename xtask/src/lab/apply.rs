@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{
-    layout, manifests, netns, pods,
+    external, layout, manifests, netns, pods,
     spec::{self, Object},
     state::{Paths, PodState, State},
     topology,
@@ -110,8 +110,13 @@ pub fn command(paths: &Paths, args: FileArgs, mode: Mode) -> Result<()> {
     pods::start_all(paths, &mut new, &fresh)?;
     netns::ip_batch(
         &new.external.netns,
-        &topology::service_routes(&new, &old.external.service_ips),
+        &external::service_routes(&new, &external::routed(&old)),
     )?;
+    let (ext, node) = external::address_changes(&new, &old.external.addresses);
+    netns::ip_batch(&new.external.netns, &ext)?;
+    for n in &new.nodes {
+        netns::ip_batch(&n.netns, &node)?;
+    }
     manifests::write_user_objects(paths, &cluster.objects)?;
     manifests::write(paths, &cluster.objects)?;
     new.save(paths)?;

@@ -28,6 +28,7 @@ pub fn layout(paths: &Paths, cluster: &Cluster, previous: Option<&State>) -> Res
                 ip: n.ip,
                 netns: plan::node_netns(lab, &n.name),
                 pod_cidr: n.pod_cidr.map(|c| c.to_string()),
+                addresses: n.addresses.clone(),
                 cgroup: paths.node_cgroup(&node_dir(&n.name)),
                 bpffs_root: paths.bpffs_root(&node_dir(&n.name)),
                 agent_pid: old.and_then(|o| o.agent_pid),
@@ -83,7 +84,8 @@ pub fn layout(paths: &Paths, cluster: &Cluster, previous: Option<&State>) -> Res
         });
     }
 
-    let used = |ip| nodes.iter().any(|n| n.ip == ip) || pods.iter().any(|p| p.ip == ip);
+    let used =
+        |ip| nodes.iter().any(|n| n.ip == ip || n.addresses.contains(&ip)) || pods.iter().any(|p| p.ip == ip);
     let external_ip = match previous
         .map(|p| p.external.ip)
         .filter(|ip| cluster.subnet.contains(*ip) && !used(*ip))
@@ -97,6 +99,7 @@ pub fn layout(paths: &Paths, cluster: &Cluster, previous: Option<&State>) -> Res
             ),
         },
     };
+    let default_via = nodes.first().map(|n| n.name.clone());
     Ok(State {
         name: lab.to_string(),
         state_dir: paths.dir.clone(),
@@ -108,6 +111,9 @@ pub fn layout(paths: &Paths, cluster: &Cluster, previous: Option<&State>) -> Res
             netns: plan::external_netns(lab),
             ip: external_ip,
             service_ips: external_service_ips(&cluster.objects),
+            cluster_ips: cluster_ips(&cluster.objects),
+            addresses: cluster.external_addresses.clone(),
+            default_via,
         },
         agent_bin: previous.and_then(|p| p.agent_bin.clone()),
     })
@@ -132,6 +138,28 @@ pub fn external_service_ips(objects: &[Object]) -> Vec<Ipv4Addr> {
             .chain(lb.into_iter().flatten().filter_map(|i| i.ip.clone()));
         ips.extend(candidates.filter_map(|s| s.parse::<Ipv4Addr>().ok()));
     }
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// ClusterIPs of every Service (headless ones have none), sorted and without duplicates.
+pub fn cluster_ips(objects: &[Object]) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Service(svc) => svc.spec.as_ref(),
+            _ => None,
+        })
+        .flat_map(|spec| {
+            spec.cluster_ips
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .chain(spec.cluster_ip.clone())
+        })
+        .filter_map(|s| s.parse::<Ipv4Addr>().ok())
+        .collect();
     ips.sort();
     ips.dedup();
     ips

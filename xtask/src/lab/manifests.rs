@@ -17,9 +17,13 @@ use super::{
 
 pub const FILE: &str = "objects.yaml";
 
-/// The objects as the agents get them.
+/// The objects as the agents get them: the lab's own kinds (ExternalClient) are not theirs.
 pub fn complete(objects: &[Object]) -> Vec<Object> {
-    let mut out: Vec<Object> = objects.to_vec();
+    let mut out: Vec<Object> = objects
+        .iter()
+        .filter(|o| !matches!(o, Object::ExternalClient(_)))
+        .cloned()
+        .collect();
     let declared: BTreeSet<String> = objects
         .iter()
         .filter_map(|o| match o {

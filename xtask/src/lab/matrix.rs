@@ -9,7 +9,9 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{
-    probe::{self, Job, Outcome, Source},
+    probe::{self, Job, Outcome},
+    sockets::SocketOpts,
+    source::Source,
     spec::Proto,
     state::{Paths, PodState, State},
 };
@@ -83,6 +85,7 @@ pub fn command(paths: &Paths, args: MatrixArgs) -> Result<()> {
             proto: args.proto,
             count: args.attempts,
             timeout_ms: args.timeout_ms,
+            socket: SocketOpts::default(),
         })
         .collect();
 
@@ -104,6 +107,8 @@ pub fn command(paths: &Paths, args: MatrixArgs) -> Result<()> {
                         label: row.name.clone(),
                         netns: row.netns.clone(),
                         cgroup: Some(row.cgroup.clone()),
+                        socket: SocketOpts::default(),
+                        via: None,
                     };
                     let jobs = &jobs;
                     scope.spawn(move || probe::run_worker(paths, &source, jobs, PROBES_PER_ROW))

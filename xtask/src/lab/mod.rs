@@ -5,12 +5,21 @@
 //! Module map: `spec` parses and validates the file, `plan` names and addresses things (pure),
 //! `layout` turns a cluster into the `state` to build, `topology` wires netns/veths/routes, `pods`
 //! adds and removes pods with their responders, `agents` starts the node agents, `manifests` writes
-//! what the agents read, `probe`/`matrix` send traffic, `down` removes everything.
+//! what the agents read, `external` is the client outside the cluster and the router in front of it,
+//! `source` resolves `--from` and runs client workers there, `probe`/`matrix`/`http_probe` send
+//! traffic, `conn`/`flow` keep TCP connections and UDP flows going in background daemons
+//! (`control`), `down` removes everything.
 
 mod agents;
 mod apply;
 mod cgroup;
+mod conn;
+mod control;
 mod down;
+mod external;
+mod flow;
+mod http;
+mod http_probe;
 mod layout;
 mod manifests;
 mod matrix;
@@ -21,6 +30,8 @@ mod probe;
 mod process;
 pub mod responder;
 mod sctp;
+mod sockets;
+mod source;
 mod spec;
 mod state;
 mod status;
@@ -55,6 +66,14 @@ pub enum LabCommand {
     Probe(probe::ProbeArgs),
     /// Every pod to every pod on one port: `.` allowed, `X` denied.
     Matrix(matrix::MatrixArgs),
+    /// One HTTP GET from a pod, node or the external client: status, headers, body, who answered.
+    Http(http_probe::HttpArgs),
+    /// Long-lived TCP connections held in the background: open, check, close, list.
+    #[command(subcommand)]
+    Conn(conn::ConnCommand),
+    /// UDP flows sending in the background: start, check, stop, list.
+    #[command(subcommand)]
+    Flow(flow::FlowCommand),
     /// Remove everything the lab created (also after a crash). Idempotent.
     Down(JsonArgs),
     /// What exists: netns, nodes, pods, and whether their processes run.
@@ -68,6 +87,15 @@ pub enum LabCommand {
     /// Internal: run probe jobs (JSON on stdin) inside a netns.
     #[command(hide = true)]
     ProbeWorker(probe::WorkerArgs),
+    /// Internal: run one HTTP request (JSON on stdin) inside a netns.
+    #[command(hide = true)]
+    HttpWorker(http_probe::WorkerArgs),
+    /// Internal: the daemon holding one long-lived connection (its spec as JSON).
+    #[command(hide = true)]
+    ConnDaemon { spec: String },
+    /// Internal: the daemon sending one UDP flow (its spec as JSON).
+    #[command(hide = true)]
+    FlowDaemon { spec: String },
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +136,12 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCommand::Exec(a) => status::exec(&paths, &a.target, &a.command),
         LabCommand::SpawnIn(a) => process::enter_and_exec(&a.netns, a.cgroup.as_deref(), true, &a.command),
         LabCommand::ProbeWorker(a) => probe::worker(a),
+        LabCommand::Http(a) => http_probe::command(&paths, a),
+        LabCommand::Conn(c) => conn::command(&paths, c),
+        LabCommand::Flow(c) => flow::command(&paths, c),
+        LabCommand::HttpWorker(a) => http_probe::worker(a),
+        LabCommand::ConnDaemon { spec } => conn::daemon(&spec),
+        LabCommand::FlowDaemon { spec } => flow::daemon(&spec),
     }
 }
 

@@ -1,20 +1,17 @@
-//! Real traffic from inside the lab. Probes run in a worker process (`xtask lab probe-worker`) that
-//! enters the source's netns and joins its cgroup before opening any socket: the netns alone would do
-//! for pods, but a probe from a node must be a host process of that node (in its `host` cgroup), or the
-//! agent's socket hooks would never see it. The worker runs its jobs on a bounded number of threads,
-//! which inherit the netns, and prints the results as JSON.
+//! Real traffic from inside the lab. Probes run in a worker process (`xtask lab probe-worker`, see
+//! `source.rs`) in the source's netns and cgroup. The worker runs its jobs on a bounded number of
+//! threads, which inherit the netns, and prints the results as JSON.
 
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, ErrorKind, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -22,16 +19,20 @@ use super::{
     cgroup, netns,
     responder::Answer,
     sctp,
+    sockets::{self, SocketOpts},
+    source::{self, Source},
     spec::Proto,
     state::{Paths, State},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Answered,
     Refused,
     Timeout,
+    /// Something in the lab failed: the default of results that never got further.
+    #[default]
     Error,
 }
 
@@ -73,46 +74,14 @@ pub struct Job {
     pub proto: Proto,
     pub count: u32,
     pub timeout_ms: u64,
+    #[serde(default)]
+    pub socket: SocketOpts,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobResult {
     pub id: usize,
     pub attempts: Vec<Attempt>,
-}
-
-/// Where a probe starts: a netns, the cgroup its processes belong to, and a name for the output.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub label: String,
-    pub netns: String,
-    pub cgroup: Option<PathBuf>,
-}
-
-pub fn resolve_source(state: &State, src: &str) -> Result<Source> {
-    if src == "external" {
-        return Ok(Source {
-            label: src.into(),
-            netns: state.external.netns.clone(),
-            cgroup: None,
-        });
-    }
-    if let Some(node) = src.strip_prefix("node/") {
-        let n = state
-            .node(node)
-            .with_context(|| format!("no node {node} in the lab"))?;
-        return Ok(Source {
-            label: src.into(),
-            netns: n.netns.clone(),
-            cgroup: Some(n.cgroup.clone()),
-        });
-    }
-    let p = state.pod(src)?;
-    Ok(Source {
-        label: p.name.clone(),
-        netns: p.netns.clone(),
-        cgroup: Some(p.cgroup.clone()),
-    })
 }
 
 /// `DST:PORT[/PROTO]`: DST is `ns/pod`, a unique pod name, `node/NAME` or an IPv4 address; PORT a number
@@ -154,17 +123,27 @@ pub fn resolve_target(state: &State, to: &str) -> Result<(Ipv4Addr, u16, Proto)>
 }
 
 /// One attempt from the current thread's netns.
-pub fn attempt(ip: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> Attempt {
-    let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
+pub fn attempt(ip: Ipv4Addr, port: u16, proto: Proto, timeout: Duration, opts: &SocketOpts) -> Attempt {
+    let addr = SocketAddrV4::new(ip, port);
     let start = Instant::now();
     let result = match proto {
-        Proto::Tcp => tcp(addr, timeout, start),
-        Proto::Udp => udp(addr, timeout),
-        Proto::Sctp => sctp::exchange(SocketAddrV4::new(ip, port), timeout),
+        Proto::Tcp => tcp(addr, timeout, start, opts),
+        Proto::Udp => udp(addr, timeout, opts),
+        Proto::Sctp => sctp::exchange(addr, timeout, opts),
     };
+    answer(result, start)
+}
+
+/// Milliseconds since `start`, two decimals.
+pub fn ms_since(start: Instant) -> f64 {
+    (start.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+}
+
+/// The attempt a responder's line (or the error instead of one) makes.
+pub fn answer(result: std::io::Result<String>, start: Instant) -> Attempt {
     match result {
         Ok(line) => {
-            let ms = (start.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+            let ms = ms_since(start);
             match serde_json::from_str::<Answer>(line.trim()) {
                 Ok(a) => Attempt {
                     outcome: Outcome::Answered,
@@ -183,7 +162,7 @@ pub fn attempt(ip: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> Atte
     }
 }
 
-fn classify(e: &std::io::Error) -> Attempt {
+pub fn classify(e: &std::io::Error) -> Attempt {
     let how = |s: &str| Some(s.to_string());
     match (e.kind(), e.raw_os_error()) {
         (ErrorKind::ConnectionRefused, _) => Attempt::plain(Outcome::Refused, how("connection refused")),
@@ -204,8 +183,8 @@ fn classify(e: &std::io::Error) -> Attempt {
     }
 }
 
-fn tcp(addr: SocketAddr, timeout: Duration, start: Instant) -> std::io::Result<String> {
-    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+fn tcp(addr: SocketAddrV4, timeout: Duration, start: Instant, opts: &SocketOpts) -> std::io::Result<String> {
+    let stream = sockets::tcp_connect(addr, opts, timeout)?;
     let left = timeout
         .saturating_sub(start.elapsed())
         .max(Duration::from_millis(1));
@@ -220,11 +199,8 @@ fn tcp(addr: SocketAddr, timeout: Duration, start: Instant) -> std::io::Result<S
     Ok(line)
 }
 
-fn udp(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let socket = UdpSocket::bind(("0.0.0.0", 0))?;
-    // Connected, so an ICMP port unreachable comes back as ECONNREFUSED and only the address we
-    // sent to can answer (a reply with an un-rewritten source is dropped, as for a real client).
-    socket.connect(addr)?;
+fn udp(addr: SocketAddrV4, timeout: Duration, opts: &SocketOpts) -> std::io::Result<String> {
+    let socket = sockets::udp_connect(addr, opts)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send(b"probe\n")?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -246,7 +222,7 @@ pub fn run_jobs(jobs: Vec<Job>, parallel: usize) -> Vec<JobResult> {
                     };
                     let timeout = Duration::from_millis(job.timeout_ms.max(1));
                     let attempts = (0..job.count)
-                        .map(|_| attempt(job.ip, job.port, job.proto, timeout))
+                        .map(|_| attempt(job.ip, job.port, job.proto, timeout, &job.socket))
                         .collect();
                     results
                         .lock()
@@ -291,47 +267,28 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
 
 /// Starts a worker for `source` and returns its results (one per job, by id).
 pub fn run_worker(paths: &Paths, source: &Source, jobs: &[Job], parallel: usize) -> Result<Vec<JobResult>> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "lab",
-        "--name",
-        &paths.lab,
+    let out = source::run_worker(
+        paths,
+        source,
         "probe-worker",
-        "--netns",
-        &source.netns,
-    ])
-    .args(["--parallel", &parallel.to_string()]);
-    if let Some(cg) = &source.cgroup {
-        cmd.arg("--cgroup").arg(cg);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting a probe worker")?;
-    child
-        .stdin
-        .take()
-        .context("worker stdin")?
-        .write_all(&serde_json::to_vec(jobs)?)?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "probe worker in {} failed: {}",
-            source.netns,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("reading probe worker results")
+        &["--parallel".to_string(), parallel.to_string()],
+        &serde_json::to_vec(jobs)?,
+    )?;
+    serde_json::from_slice(&out).context("reading probe worker results")
 }
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// `ns/pod`, a unique pod name, `node/NAME` or `external`.
+    /// `ns/pod`, a unique pod name, `node/NAME[:IP]` (a node's host network, bound to one of its
+    /// addresses or 127.0.0.1) or `external[:IP]` (the external client, from one of its addresses).
     #[arg(long)]
     pub from: String,
+    /// For `--from external`: the node service addresses are routed to (default: the first node).
+    #[arg(long, value_name = "NODE")]
+    pub via: Option<String>,
+    /// Fixed source port for every attempt (TCP, UDP, SCTP), to follow one 5-tuple over time.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub source_port: Option<u16>,
     /// `DST:PORT[/PROTO]`: DST is `ns/pod`, a pod name, `node/NAME` or any IPv4 (ClusterIP, node IP,
     /// LB IP); PROTO tcp (default), udp or sctp.
     #[arg(long)]
@@ -349,6 +306,11 @@ pub struct ProbeArgs {
 struct ProbeReport {
     from: String,
     to: String,
+    /// The node service addresses went to (external client only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_port: Option<u16>,
     attempts: Vec<Attempt>,
     summary: BTreeMap<String, u32>,
 }
@@ -369,7 +331,8 @@ pub fn summary(attempts: &[Attempt]) -> BTreeMap<String, u32> {
 
 pub fn command(paths: &Paths, args: ProbeArgs) -> Result<()> {
     let state = State::load(paths)?;
-    let source = resolve_source(&state, &args.from)?;
+    let mut source = source::resolve(&state, &args.from, args.via.as_deref())?;
+    source.socket.source_port = args.source_port;
     let (ip, port, proto) = resolve_target(&state, &args.to)?;
     let job = Job {
         id: 0,
@@ -378,6 +341,7 @@ pub fn command(paths: &Paths, args: ProbeArgs) -> Result<()> {
         proto,
         count: args.count,
         timeout_ms: args.timeout_ms,
+        socket: source.socket,
     };
     let result = run_worker(paths, &source, &[job], 1)?
         .pop()
@@ -385,6 +349,8 @@ pub fn command(paths: &Paths, args: ProbeArgs) -> Result<()> {
     let report = ProbeReport {
         from: source.label,
         to: format!("{ip}:{port}/{proto}"),
+        via: source.via,
+        source_port: args.source_port,
         summary: summary(&result.attempts),
         attempts: result.attempts,
     };
@@ -399,7 +365,8 @@ pub fn command(paths: &Paths, args: ProbeArgs) -> Result<()> {
 }
 
 fn render(r: &ProbeReport) -> String {
-    let mut s = format!("{} -> {}\n", r.from, r.to);
+    let via = r.via.as_ref().map(|v| format!(" via {v}")).unwrap_or_default();
+    let mut s = format!("{} -> {}{via}\n", r.from, r.to);
     for (i, a) in r.attempts.iter().enumerate() {
         let line = match a.outcome {
             Outcome::Answered => format!(

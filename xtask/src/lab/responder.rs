@@ -4,7 +4,10 @@
 //! `{"pod":"ns/name","client":"10.244.1.5:40312","port":8080,"proto":"tcp"}`
 //!
 //! TCP: one answer per line received, the connection stays open until the client closes it (so
-//! long-lived connections can be tested across endpoint changes). UDP: one answer per datagram.
+//! long-lived connections can be tested across endpoint changes); a connection whose first line is an
+//! HTTP request line gets one HTTP response instead (see `http.rs`). UDP: one answer per datagram.
+//! A pod without ports (a client only) runs a responder too, which just waits: every pod has one
+//! process, so `lab status` tells a dead pod from an idle one.
 //! SCTP (this kernel has no SCTP stack): one raw socket of protocol 132 for the pod, answering every
 //! packet to a served port with one packet carrying the line in a DATA chunk (see `sctp.rs`).
 
@@ -19,7 +22,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::sctp;
+use super::{http, sctp};
 
 #[derive(Debug, Args)]
 pub struct ResponderArgs {
@@ -47,6 +50,9 @@ pub struct Answer {
     pub port: u16,
     #[serde(default)]
     pub proto: String,
+    /// The request path, for HTTP requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 fn answer_line(pod: &str, client: SocketAddr, port: u16, proto: &str) -> Vec<u8> {
@@ -55,6 +61,7 @@ fn answer_line(pod: &str, client: SocketAddr, port: u16, proto: &str) -> Vec<u8>
         client: client.to_string(),
         port,
         proto: proto.to_string(),
+        path: None,
     };
     let mut line = serde_json::to_vec(&a).expect("answer serializes");
     line.push(b'\n');
@@ -96,6 +103,12 @@ pub fn run(args: ResponderArgs) -> Result<()> {
         }
         std::fs::write(ready, std::process::id().to_string()).context("writing the ready file")?;
     }
+    if handles.is_empty() {
+        eprintln!("responder {pod}: no ports declared, a client only");
+        loop {
+            std::thread::park();
+        }
+    }
     for h in handles {
         let _ = h.join();
     }
@@ -123,14 +136,66 @@ fn answer_tcp(pod: &str, port: u16, stream: TcpStream) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
+    let mut first = true;
     loop {
         line.clear();
         let n = reader.by_ref().take(MAX_LINE).read_until(b'\n', &mut line)?;
         if n == 0 {
             return Ok(()); // the client closed
         }
+        if first {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            if let Some((method, path)) = http::request_line(&text) {
+                return answer_http(
+                    pod,
+                    port,
+                    client,
+                    &mut reader,
+                    &mut writer,
+                    method == "HEAD",
+                    path,
+                );
+            }
+            first = false;
+        }
         writer.write_all(&answer_line(pod, client, port, "tcp"))?;
     }
+}
+
+/// One HTTP response (after the request's headers), then the connection is closed.
+fn answer_http(
+    pod: &str,
+    port: u16,
+    client: SocketAddr,
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+    head: bool,
+    path: &str,
+) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    for _ in 0..http::MAX_HEADER_LINES {
+        line.clear();
+        let n = reader.by_ref().take(MAX_LINE).read_until(b'\n', &mut line)?;
+        if n == 0 || line == b"\r\n" || line == b"\n" {
+            break;
+        }
+    }
+    let answer = Answer {
+        pod: pod.to_string(),
+        client: client.to_string(),
+        port,
+        proto: "tcp".into(),
+        path: Some(path.to_string()),
+    };
+    let mut body = serde_json::to_vec(&answer).expect("answer serializes");
+    body.push(b'\n');
+    let client = client.to_string();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("X-Strait-Pod", pod),
+        ("X-Strait-Client", client.as_str()),
+    ];
+    writer.write_all(&http::response(http::status_for(path), &headers, &body, head))
 }
 
 fn serve_udp(pod: &str, port: u16, socket: UdpSocket) {

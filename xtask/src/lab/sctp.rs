@@ -14,6 +14,8 @@ use std::{
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::sockets::{self, SocketOpts};
+
 pub const IPPROTO_SCTP: i32 = 132;
 const COMMON_HEADER: usize = 12;
 const DATA_HEADER: usize = 16;
@@ -155,13 +157,16 @@ fn random_u64() -> std::io::Result<u64> {
 /// line). The socket is connected, so only packets from `dst` itself are read (an answer from a VIP
 /// must come back from the VIP: reverse NAT), and an ICMP port or protocol unreachable about the probe
 /// comes back as ECONNREFUSED / ENOPROTOOPT. Nothing matching within `timeout`: `TimedOut`.
-pub fn exchange(dst: SocketAddrV4, timeout: Duration) -> std::io::Result<String> {
+pub fn exchange(dst: SocketAddrV4, timeout: Duration, opts: &SocketOpts) -> std::io::Result<String> {
     let start = Instant::now();
     let r = random_u64()?;
-    // Source port in the kernel's ephemeral range, 32768..=60999; a non-zero tag.
-    let sport = 32768 + u16::try_from(r % 28232).expect("fits");
+    // Source port in the kernel's ephemeral range, 32768..=60999 (unless fixed); a non-zero tag.
+    let sport = opts
+        .source_port
+        .unwrap_or(32768 + u16::try_from(r % 28232).expect("fits"));
     let vtag = u32::try_from(r >> 32).expect("fits").max(1);
     let socket = raw_socket()?;
+    sockets::prepare_raw(&socket, opts)?;
     socket.connect(&SockAddr::from(SocketAddrV4::new(*dst.ip(), 0)))?;
     socket.send(&packet(sport, dst.port(), vtag, 1, b"probe\n"))?;
     let mut buf = vec![0u8; 65536];

@@ -19,9 +19,13 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::plan::{self, Subnet};
+use super::{
+    external::{self, ExternalClient},
+    plan::{self, Subnet},
+};
 
-pub const KINDS: &str = "Node, Namespace, Pod, Service, EndpointSlice, NetworkPolicy";
+pub const KINDS: &str =
+    "Node, Namespace, Pod, Service, EndpointSlice, NetworkPolicy, and the lab's own ExternalClient";
 
 #[derive(Debug, Clone)]
 pub enum Object {
@@ -31,6 +35,8 @@ pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     NetworkPolicy(Box<NetworkPolicy>),
+    /// Not a Kubernetes object: the external client's addresses (see `external.rs`).
+    ExternalClient(Box<ExternalClient>),
 }
 
 /// Identity of an object: two objects with one key are the same object (`apply` replaces it).
@@ -59,6 +65,7 @@ impl Object {
             Object::Service(_) => "Service",
             Object::EndpointSlice(_) => "EndpointSlice",
             Object::NetworkPolicy(_) => "NetworkPolicy",
+            Object::ExternalClient(_) => external::KIND,
         }
     }
 
@@ -70,6 +77,7 @@ impl Object {
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::NetworkPolicy(o) => &o.metadata,
+            Object::ExternalClient(o) => &o.metadata,
         }
     }
 
@@ -81,11 +89,15 @@ impl Object {
             Object::Service(o) => &mut o.metadata,
             Object::EndpointSlice(o) => &mut o.metadata,
             Object::NetworkPolicy(o) => &mut o.metadata,
+            Object::ExternalClient(o) => &mut o.metadata,
         }
     }
 
     fn namespaced(&self) -> bool {
-        !matches!(self, Object::Node(_) | Object::Namespace(_))
+        !matches!(
+            self,
+            Object::Node(_) | Object::Namespace(_) | Object::ExternalClient(_)
+        )
     }
 
     pub fn key(&self) -> Key {
@@ -110,6 +122,7 @@ impl Object {
             Object::Service(o) => serde_yaml::to_value(o),
             Object::EndpointSlice(o) => serde_yaml::to_value(o),
             Object::NetworkPolicy(o) => serde_yaml::to_value(o),
+            Object::ExternalClient(o) => serde_yaml::to_value(o),
         };
         v.expect("k8s-openapi objects serialize")
     }
@@ -163,6 +176,7 @@ pub fn parse(text: &str) -> Result<Vec<Object>> {
             "Service" => typed(value).map(Object::Service),
             "EndpointSlice" => typed(value).map(Object::EndpointSlice),
             "NetworkPolicy" => typed(value).map(Object::NetworkPolicy),
+            external::KIND => typed(value).map(Object::ExternalClient),
             "" => bail!("{what}: kind is missing (the lab accepts {KINDS})"),
             other => bail!("{what}: unknown kind {other:?} (the lab accepts {KINDS})"),
         };
@@ -236,6 +250,8 @@ pub struct PortInfo {
 pub struct NodeInfo {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Further IPv4 InternalIP/ExternalIP addresses (secondary addresses of the node).
+    pub addresses: Vec<Ipv4Addr>,
     pub pod_cidr: Option<Subnet>,
 }
 
@@ -261,6 +277,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeInfo>,
     pub pods: Vec<PodInfo>,
     pub subnet: Subnet,
+    /// The external client's extra addresses (ExternalClient spec.addresses).
+    pub external_addresses: Vec<Ipv4Addr>,
 }
 
 /// Checks everything the lab relies on; refuses with every problem found, one line each.
@@ -310,6 +328,17 @@ pub fn validate(objects: Vec<Object>) -> Result<Cluster> {
                 "Node {}: status.addresses[InternalIP] {} is also {prev}",
                 n.name, n.ip
             ));
+        }
+        for a in &n.addresses {
+            let field = format!("Node {}: status.addresses {a}", n.name);
+            if !subnet.contains(*a) || *a == subnet.net || *a == subnet.broadcast() {
+                errors.push(format!(
+                    "{field} is not a host address of the node subnet {subnet} (further node addresses \
+                     are secondary addresses on the segment)"
+                ));
+            } else if let Some(prev) = ip_owner.insert(*a, format!("an address of Node {}", n.name)) {
+                errors.push(format!("{field} is also {prev}"));
+            }
         }
     }
 
@@ -365,6 +394,35 @@ pub fn validate(objects: Vec<Object>) -> Result<Cluster> {
         }
     }
 
+    let clients: Vec<&ExternalClient> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::ExternalClient(e) => Some(&**e),
+            _ => None,
+        })
+        .collect();
+    let mut external_addresses = Vec::new();
+    if let [first, more @ ..] = clients.as_slice() {
+        for other in more {
+            errors.push(format!(
+                "{} {}: only one ExternalClient per lab (the first is {})",
+                external::KIND,
+                other.metadata.name.as_deref().unwrap_or_default(),
+                first.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
+        external_addresses = external::check_addresses(first, subnet, &mut errors);
+        for a in &external_addresses {
+            if let Some(prev) = ip_owner.get(a) {
+                errors.push(format!(
+                    "{} {}: spec.addresses {a} is also {prev}",
+                    external::KIND,
+                    first.metadata.name.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+    }
+
     if !errors.is_empty() {
         bail!(
             "the lab file is refused, nothing was built:\n  {}",
@@ -376,6 +434,7 @@ pub fn validate(objects: Vec<Object>) -> Result<Cluster> {
         nodes,
         pods,
         subnet,
+        external_addresses,
     })
 }
 
@@ -411,7 +470,30 @@ fn node_info(n: &Node) -> Result<NodeInfo, String> {
         None => None,
         Some(c) => Some(Subnet::parse(c).ok_or(format!("spec.podCIDR {c:?} is not an IPv4 CIDR"))?),
     };
-    Ok(NodeInfo { name, ip, pod_cidr })
+    // Every other InternalIP/ExternalIP is a secondary address; IPv6 ones are left out (the lab is
+    // IPv4), anything else that is not an address is refused.
+    let mut more = Vec::new();
+    for (i, a) in addresses.into_iter().flatten().enumerate() {
+        if !matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") || std::ptr::eq(a, internal) {
+            continue;
+        }
+        match a.address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(v4)) if v4 != ip && !more.contains(&v4) => more.push(v4),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(format!(
+                    "status.addresses[{i}] ({}) {:?} is not an IP address",
+                    a.type_, a.address
+                ));
+            }
+        }
+    }
+    Ok(NodeInfo {
+        name,
+        ip,
+        pod_cidr,
+        addresses: more,
+    })
 }
 
 fn pod_info(p: &Pod) -> Result<PodInfo, Vec<String>> {
@@ -693,6 +775,30 @@ status: {{podIP: {ip}}}
         let e = refused(&text);
         assert!(
             e.contains("Node n3: status.addresses[InternalIP] 192.168.1.1 is not in one subnet"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn node_secondary_addresses() {
+        let text = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [\
+                    {type: InternalIP, address: 10.0.0.10}, {type: Hostname, address: n1}, \
+                    {type: InternalIP, address: 'fd00::1'}, {type: ExternalIP, address: 10.0.0.20}]}\n";
+        let c = check(text).unwrap();
+        assert_eq!(
+            c.nodes[0].addresses,
+            vec!["10.0.0.20".parse::<Ipv4Addr>().unwrap()]
+        );
+        let e = refused(&text.replace("10.0.0.20", "192.168.7.1"));
+        assert!(
+            e.contains("Node n1: status.addresses 192.168.7.1 is not a host address of the node subnet"),
+            "{e}"
+        );
+        let e = refused(&format!("{text}{}", pod("x", "a", "n1", "10.0.0.20")));
+        assert!(e.contains("status.podIP 10.0.0.20"), "{e}");
+        let e = refused(&text.replace("address: n1}", "address: n1}, {type: InternalIP, address: nope}"));
+        assert!(
+            e.contains("Node n1: status.addresses[2] (InternalIP) \"nope\" is not an IP address"),
             "{e}"
         );
     }

@@ -11,6 +11,8 @@
 //!   logs/<what>.log        one per responder (`pod-<key>`) and agent (`agent-<node>`)
 //!   pids/<what>.pid        the same names
 //!   ready/<key>            a responder writes it once all its sockets are bound
+//!   clients/conn-<label>.{json,sock}  a long-lived connection: its state and control socket
+//!   clients/flow-<label>.{json,sock}  a UDP flow: the same
 //! ```
 
 use std::{
@@ -65,6 +67,15 @@ impl Paths {
     pub fn pod_cgroup(&self, node: &str, key: &str) -> PathBuf {
         self.cgroup_root().join(node).join("pods").join(key)
     }
+    /// Processes of the external client (connections, flows). `_` keeps it apart from node
+    /// directories, which never start with one (see `layout::node_dir`).
+    pub fn external_cgroup(&self) -> PathBuf {
+        self.cgroup_root().join("_external")
+    }
+    /// State and control sockets of long-lived connections and flows.
+    pub fn clients(&self) -> PathBuf {
+        self.dir.join("clients")
+    }
     pub fn bpffs_root(&self, node: &str) -> PathBuf {
         Path::new(BPFFS)
             .join("strait")
@@ -92,6 +103,9 @@ pub struct NodeState {
     pub ip: Ipv4Addr,
     pub netns: String,
     pub pod_cidr: Option<String>,
+    /// Further addresses of the node (its other InternalIP/ExternalIP entries), on eth0 next to `ip`.
+    #[serde(default)]
+    pub addresses: Vec<Ipv4Addr>,
     pub cgroup: PathBuf,
     pub bpffs_root: PathBuf,
     pub agent_pid: Option<i32>,
@@ -123,6 +137,16 @@ pub struct ExternalState {
     /// load balancer in front of the cluster would.
     #[serde(default)]
     pub service_ips: Vec<Ipv4Addr>,
+    /// ClusterIPs, routed from outside like `service_ips` (kube-proxy serves them to any source).
+    #[serde(default)]
+    pub cluster_ips: Vec<Ipv4Addr>,
+    /// More client addresses (the lab file's ExternalClient, `lab up --external-address`), /32 each
+    /// on eth0 next to `ip`; every node routes them back via `ip`.
+    #[serde(default)]
+    pub addresses: Vec<Ipv4Addr>,
+    /// The node that service addresses are routed to unless a client picks another (`--via`).
+    #[serde(default)]
+    pub default_via: Option<String>,
 }
 
 impl State {

@@ -9,16 +9,15 @@
 //! - node: `podIP/32 dev lxc…` + permanent neighbour podIP → pod MAC for local pods; remote pods via
 //!   their node's IP (`podCIDR via node` when the Node gives spec.podCIDR, else one /32 per pod);
 //!   ip_forward on, rp_filter off;
-//! - external: routes to every pod via its node (a flat, routed pod network), nothing else.
+//! - external: routes to every pod via its node (a flat, routed pod network); service addresses and
+//!   client addresses: see `external.rs`.
 //!
 //! The `*_lines` functions only produce `ip -batch` lines (pure, unit-tested); `build_*` run them.
-
-use std::net::Ipv4Addr;
 
 use anyhow::Result;
 
 use super::{
-    netns,
+    external, netns,
     plan::{self, POD_GATEWAY},
     state::{NodeState, PodState, State},
 };
@@ -70,6 +69,12 @@ pub fn node_lines(state: &State, node: &NodeState) -> Vec<String> {
         "link set eth0 up".to_string(),
         format!("addr add {}/{} dev eth0", node.ip, prefix_len(state)),
     ];
+    l.extend(
+        node.addresses
+            .iter()
+            .map(|a| format!("addr add {a}/{} dev eth0", prefix_len(state))),
+    );
+    l.extend(external::node_return_routes(state, &state.external.addresses));
     for p in state.pods.iter().filter(|p| p.node == node.name) {
         l.extend(pod_host_lines(p));
     }
@@ -148,30 +153,8 @@ pub fn external_lines(state: &State) -> Vec<String> {
         format!("addr add {}/{} dev eth0", state.external.ip, prefix_len(state)),
     ];
     l.extend(remote_pod_routes(state, None));
-    l.extend(service_routes(state, &[]));
-    l
-}
-
-/// External client routes to service addresses: to every node at once (ECMP), like an L3 load
-/// balancer or BGP-announced VIP in front of the cluster. Routes for addresses in `old` that are gone
-/// are deleted.
-pub fn service_routes(state: &State, old: &[Ipv4Addr]) -> Vec<String> {
-    let mut l: Vec<String> = old
-        .iter()
-        .filter(|ip| !state.external.service_ips.contains(ip))
-        .map(|ip| format!("route del {ip}/32"))
-        .collect();
-    let hops: Vec<String> = state
-        .nodes
-        .iter()
-        .map(|n| format!("nexthop via {} dev eth0", n.ip))
-        .collect();
-    if hops.is_empty() {
-        return l;
-    }
-    for ip in &state.external.service_ips {
-        l.push(format!("route replace {ip}/32 {}", hops.join(" ")));
-    }
+    l.extend(external::setup_lines(state));
+    l.extend(external::service_routes(state, &[]));
     l
 }
 
@@ -317,20 +300,5 @@ status: {{podIP: 10.244.2.2}}
         assert!(lines.contains(&"addr add 10.0.0.254/24 dev eth0".to_string()));
         assert!(lines.contains(&"route replace 10.244.1.2/32 via 10.0.0.10 dev eth0".to_string()));
         assert!(lines.contains(&"route replace 10.244.2.2/32 via 10.0.0.11 dev eth0".to_string()));
-    }
-
-    #[test]
-    fn service_addresses_go_to_every_node() {
-        let mut s = state(false);
-        s.external.service_ips = vec!["192.168.50.1".parse().unwrap()];
-        let lines = service_routes(&s, &["192.168.50.9".parse().unwrap()]);
-        assert_eq!(
-            lines,
-            vec![
-                "route del 192.168.50.9/32".to_string(),
-                "route replace 192.168.50.1/32 nexthop via 10.0.0.10 dev eth0 nexthop via 10.0.0.11 dev eth0"
-                    .to_string(),
-            ]
-        );
     }
 }

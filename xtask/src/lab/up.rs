@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::{
-    agents, cgroup, down, layout, manifests, netns, plan, pods, spec,
+    agents, cgroup, down, external, layout, manifests, netns, plan, pods, spec,
     state::{Paths, State},
     topology,
 };
@@ -21,6 +21,10 @@ pub struct UpArgs {
     /// Build the lab without agents (plain routing between pods).
     #[arg(long)]
     pub no_agent: bool,
+    /// A client address for the external client, besides those of the file's ExternalClient
+    /// (repeat for more): `--from external:IP` sends from it.
+    #[arg(long = "external-address", value_name = "IP")]
+    pub external_addresses: Vec<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -36,8 +40,9 @@ pub fn command(paths: &Paths, args: UpArgs) -> Result<()> {
     }
     let text =
         std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let cluster =
-        spec::validate(spec::parse(&text).with_context(|| format!("{} is refused", args.file.display()))?)?;
+    let mut objects = spec::parse(&text).with_context(|| format!("{} is refused", args.file.display()))?;
+    add_external_addresses(&mut objects, &args.external_addresses);
+    let cluster = spec::validate(objects)?;
     let mut state = layout::layout(paths, &cluster, None)?;
     let agent_bin = if args.no_agent {
         None
@@ -60,6 +65,26 @@ pub fn command(paths: &Paths, args: UpArgs) -> Result<()> {
         return Err(e.context(format!("lab {} was not built", paths.lab)));
     }
     super::output(args.json, &human(&state), &state)
+}
+
+/// `--external-address` joins the file's ExternalClient (one is made when the file has none), so the
+/// addresses are validated with the rest and kept by later `apply`s.
+fn add_external_addresses(objects: &mut Vec<spec::Object>, addresses: &[String]) {
+    if addresses.is_empty() {
+        return;
+    }
+    let found = objects.iter_mut().find_map(|o| match o {
+        spec::Object::ExternalClient(e) => Some(e),
+        _ => None,
+    });
+    match found {
+        Some(e) => e.spec.addresses.extend(addresses.iter().cloned()),
+        None => {
+            let mut e = external::ExternalClient::with_addresses(&[]);
+            e.spec.addresses = addresses.to_vec();
+            objects.push(spec::Object::ExternalClient(Box::new(e)));
+        }
+    }
 }
 
 fn build(
@@ -112,8 +137,57 @@ pub fn human(state: &State) -> String {
         ));
     }
     s.push_str(&format!(
-        "  external {} {}\n",
-        state.external.ip, state.external.netns
+        "  external {} {}{}\n",
+        state.external.ip,
+        state.external.netns,
+        if state.external.addresses.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (client addresses {})",
+                state
+                    .external
+                    .addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_addresses_join_the_file_or_make_an_external_client() {
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+                    status: {addresses: [{type: InternalIP, address: 10.0.0.10}]}\n";
+        let mut objects = spec::parse(node).unwrap();
+        add_external_addresses(&mut objects, &["203.0.113.9".into()]);
+        let c = spec::validate(objects).unwrap();
+        assert_eq!(
+            c.external_addresses,
+            vec!["203.0.113.9".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+
+        let with = format!(
+            "{node}---\napiVersion: lab.strait.dev/v1\nkind: ExternalClient\nmetadata: {{name: external}}\n\
+             spec: {{addresses: [203.0.113.2]}}\n"
+        );
+        let mut objects = spec::parse(&with).unwrap();
+        add_external_addresses(&mut objects, &["203.0.113.2".into(), "10.0.0.99".into()]);
+        let e = format!("{:#}", spec::validate(objects).unwrap_err());
+        assert!(
+            e.contains("spec.addresses[1]: 203.0.113.2 is listed twice"),
+            "{e}"
+        );
+        assert!(
+            e.contains("spec.addresses[2]: 10.0.0.99 lies in the node subnet"),
+            "{e}"
+        );
+    }
 }
