@@ -15,7 +15,7 @@ use nix::mount::{MsFlags, mount};
 
 use super::{
     process,
-    state::{BPFFS, Paths, State},
+    state::{BPFFS, NodeState, Paths, State},
 };
 
 pub const ADMIN_ADDR: &str = "127.0.0.1:9970";
@@ -65,6 +65,138 @@ pub fn resolve_bin(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(bin)
 }
 
+fn argv(paths: &Paths, n: &NodeState, bin: &Path) -> Vec<OsString> {
+    vec![
+        bin.into(),
+        "run".into(),
+        "--node".into(),
+        n.name.clone().into(),
+        "--manifests".into(),
+        paths.manifests().into(),
+        "--bpffs-root".into(),
+        n.bpffs_root.clone().into(),
+        "--cgroup-root".into(),
+        n.cgroup.clone().into(),
+        "--admin-addr".into(),
+        ADMIN_ADDR.into(),
+    ]
+}
+
+/// How `lab agent restart` stops the running agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stop {
+    /// SIGKILL: a crash; nothing of the agent runs after it.
+    Kill,
+    /// SIGTERM: an orderly stop, as a rolling update does.
+    Term,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RestartArgs {
+    /// The node whose agent is restarted.
+    pub node: String,
+    #[arg(long, value_enum, default_value_t = Stop::Kill)]
+    pub signal: Stop,
+    /// Start this binary instead of the one running (an upgrade); default: the lab's agent binary.
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct RestartReport {
+    pub node: String,
+    pub signal: Stop,
+    pub old_pid: Option<i32>,
+    pub new_pid: i32,
+    pub agent_bin: PathBuf,
+    /// Milliseconds from the signal until the new agent process was running.
+    pub gap_ms: f64,
+}
+
+/// Stops a node's agent (SIGKILL or SIGTERM), waits until it is gone, and starts the agent again —
+/// the same binary, or another one (`--agent-bin`) to show an upgrade.
+pub fn restart(paths: &Paths, args: RestartArgs) -> Result<()> {
+    let mut state = State::load(paths)?;
+    let bin = match &args.agent_bin {
+        Some(b) => {
+            std::fs::canonicalize(b).with_context(|| format!("--agent-bin {}: not found", b.display()))?
+        }
+        None => state
+            .agent_bin
+            .clone()
+            .context("this lab runs no agents (it was started with --no-agent)")?,
+    };
+    let idx = state
+        .nodes
+        .iter()
+        .position(|n| n.name == args.node)
+        .with_context(|| format!("no node {} in the lab", args.node))?;
+    let old_pid = state.nodes[idx].agent_pid;
+    let start = Instant::now();
+    if let Some(pid) = old_pid.filter(|&p| process::alive(p)) {
+        let signal = match args.signal {
+            Stop::Kill => nix::sys::signal::Signal::SIGKILL,
+            Stop::Term => nix::sys::signal::Signal::SIGTERM,
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .with_context(|| format!("signalling the agent of node {} (pid {pid})", args.node))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process::alive(pid) {
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent of node {} (pid {pid}) is still running 10 s after {:?}",
+                    args.node,
+                    args.signal
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let n = &state.nodes[idx];
+    let dir = super::layout::node_dir(&n.name);
+    let mut child =
+        process::spawn_detached(paths, &log_name(&dir), &n.netns, &n.cgroup, &argv(paths, n, &bin))?;
+    let gap_ms = start.elapsed().as_secs_f64() * 1000.0;
+    std::thread::sleep(SETTLE);
+    if let Some(status) = child.try_wait()? {
+        let log = paths.log(&log_name(&dir));
+        bail!(
+            "the restarted agent of node {} exited ({status}); its log {} ends:\n    {}",
+            args.node,
+            log.display(),
+            process::log_tail(&log, 10)
+        );
+    }
+    let new_pid = child.id() as i32;
+    state.nodes[idx].agent_pid = Some(new_pid);
+    state.save(paths)?;
+    let report = RestartReport {
+        node: args.node.clone(),
+        signal: args.signal,
+        old_pid,
+        new_pid,
+        agent_bin: bin,
+        gap_ms,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "agent of node {} restarted ({:?}): pid {} -> {} ({}), new process running {:.1} ms after the signal",
+            report.node,
+            report.signal,
+            old_pid.map_or("none".into(), |p| p.to_string()),
+            new_pid,
+            report.agent_bin.display(),
+            gap_ms
+        );
+    }
+    Ok(())
+}
+
 /// bpffs at /sys/fs/bpf (agents pin their maps under it).
 pub fn ensure_bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -86,21 +218,8 @@ pub fn start_all(paths: &Paths, state: &mut State, bin: &Path) -> Result<()> {
     let mut started = Vec::new();
     for n in &state.nodes {
         let dir = super::layout::node_dir(&n.name);
-        let argv: Vec<OsString> = vec![
-            bin.into(),
-            "run".into(),
-            "--node".into(),
-            n.name.clone().into(),
-            "--manifests".into(),
-            paths.manifests().into(),
-            "--bpffs-root".into(),
-            n.bpffs_root.clone().into(),
-            "--cgroup-root".into(),
-            n.cgroup.clone().into(),
-            "--admin-addr".into(),
-            ADMIN_ADDR.into(),
-        ];
-        let child = process::spawn_detached(paths, &log_name(&dir), &n.netns, &n.cgroup, &argv)?;
+        let child =
+            process::spawn_detached(paths, &log_name(&dir), &n.netns, &n.cgroup, &argv(paths, n, bin))?;
         started.push((n.name.clone(), dir, child));
     }
     let deadline = Instant::now() + SETTLE;

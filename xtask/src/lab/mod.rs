@@ -21,6 +21,7 @@ mod flow;
 mod http;
 mod http_probe;
 mod layout;
+mod load;
 mod manifests;
 mod matrix;
 mod netns;
@@ -54,6 +55,12 @@ pub struct LabArgs {
     pub command: LabCommand,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Stop a node's agent (SIGKILL by default) and start it again, or start another binary.
+    Restart(agents::RestartArgs),
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Validate FILE, then build the lab: segment, nodes, pods, external client, responders, agents.
@@ -74,6 +81,11 @@ pub enum LabCommand {
     /// UDP flows sending in the background: start, check, stop, list.
     #[command(subcommand)]
     Flow(flow::FlowCommand),
+    /// New TCP connections at a steady rate for a while, counted by outcome and by who answered.
+    Load(load::LoadArgs),
+    /// Node agents: `restart NODE [--signal kill|term] [--agent-bin PATH]`.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Remove everything the lab created (also after a crash). Idempotent.
     Down(JsonArgs),
     /// What exists: netns, nodes, pods, and whether their processes run.
@@ -90,6 +102,9 @@ pub enum LabCommand {
     /// Internal: run one HTTP request (JSON on stdin) inside a netns.
     #[command(hide = true)]
     HttpWorker(http_probe::WorkerArgs),
+    /// Internal: run a load (JSON on stdin) inside a netns.
+    #[command(hide = true)]
+    LoadWorker(load::WorkerArgs),
     /// Internal: the daemon holding one long-lived connection (its spec as JSON).
     #[command(hide = true)]
     ConnDaemon { spec: String },
@@ -140,6 +155,9 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCommand::Conn(c) => conn::command(&paths, c),
         LabCommand::Flow(c) => flow::command(&paths, c),
         LabCommand::HttpWorker(a) => http_probe::worker(a),
+        LabCommand::LoadWorker(a) => load::worker(a),
+        LabCommand::Load(a) => load::command(&paths, a),
+        LabCommand::Agent(AgentCommand::Restart(a)) => agents::restart(&paths, a),
         LabCommand::ConnDaemon { spec } => conn::daemon(&spec),
         LabCommand::FlowDaemon { spec } => flow::daemon(&spec),
     }
