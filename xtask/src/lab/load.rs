@@ -125,7 +125,7 @@ pub fn command(paths: &Paths, args: LoadArgs) -> Result<()> {
         rate: args.rate,
         workers: args.workers,
         timeout_ms: args.timeout_ms,
-        socket: src.socket.clone(),
+        socket: src.socket,
     };
     let out = source::run_worker(paths, &src, "load-worker", &[], &serde_json::to_vec(&job)?)?;
     let mut report: LoadReport = serde_json::from_slice(&out).context("reading the load worker's report")?;
