@@ -121,6 +121,9 @@ pub struct RunArgs {
     /// Address of the admin endpoint (/status, /healthz).
     #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
     pub admin_addr: SocketAddr,
+    /// kube-proxy's health endpoint (/healthz, /livez, /readyz), where load balancers already probe.
+    #[arg(long, default_value = crate::healthz::DEFAULT_ADDR)]
+    pub healthz_addr: SocketAddr,
 }
 
 #[derive(clap::Args, Debug, Clone)]

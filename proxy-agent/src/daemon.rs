@@ -261,6 +261,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 async fn serve(args: RunArgs, manifests_path: PathBuf, shared: Arc<Shared>) -> Result<()> {
     let admin = tokio::spawn(crate::admin::serve(args.admin_addr, shared.clone()));
+    let health = tokio::spawn(crate::healthz::serve(args.healthz_addr, shared.clone()));
     crate::datapath::conntrack::spawn_sweeper(args.bpffs_root.clone());
     let events = shared.lock().datapath.take_events();
     match events {
@@ -290,6 +291,12 @@ async fn serve(args: RunArgs, manifests_path: PathBuf, shared: Arc<Shared>) -> R
                 .await
                 .context("admin endpoint task")?
                 .context("admin endpoint stopped");
+        }
+        if health.is_finished() {
+            return health
+                .await
+                .context("health endpoint task")?
+                .context("health endpoint stopped");
         }
         if let Err(e) = reconcile_pass(&args, &mut watch, &shared) {
             tracing::warn!(error = %format!("{e:#}"), "reconcile pass failed; retrying next tick");
@@ -522,5 +529,10 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared) -> R
     inner.endpoints = local;
     inner.errors = errors;
     inner.sync.synced = true;
+    inner.sync.node_eligible = endpoints::node_eligible(&watch.snapshot, &args.node);
+    inner.sync.last_pass_ok_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     Ok(())
 }

@@ -57,6 +57,24 @@ pub fn node_addresses(snapshot: &Snapshot, node: &str) -> Vec<Ipv4Addr> {
         .unwrap_or_default()
 }
 
+/// Taint the cluster autoscaler puts on a node it is about to remove.
+const AUTOSCALER_DELETE_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// Whether load balancers should still send to this node, as kube-proxy judges it: not while its Node
+/// is being deleted or the autoscaler is draining it. A Node not (yet) in the snapshot is eligible.
+pub fn node_eligible(snapshot: &Snapshot, node: &str) -> bool {
+    let Some(n) = snapshot.node(node) else {
+        return true;
+    };
+    let deleting = n.metadata.deletion_timestamp.is_some();
+    let draining = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == AUTOSCALER_DELETE_TAINT));
+    !deleting && !draining
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -132,5 +150,20 @@ spec: {nodeName: a, containers: []}
             node_addresses(&snapshot(PODS), "a"),
             vec![Ipv4Addr::new(192, 168, 50, 10)]
         );
+    }
+
+    #[test]
+    fn a_node_being_removed_is_not_eligible() {
+        let (mut snap, mut rejected) = (Snapshot::default(), Vec::new());
+        manifests::parse_into(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: b}\nspec: {taints: [{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}]}\n",
+            Path::new("nodes.yaml"),
+            &mut snap,
+            &mut rejected,
+        );
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert!(node_eligible(&snap, "a"));
+        assert!(!node_eligible(&snap, "b"));
+        assert!(node_eligible(&snap, "not-there"));
     }
 }

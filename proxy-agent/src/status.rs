@@ -57,6 +57,13 @@ pub struct SyncView {
     pub reloads: u64,
     /// Objects that were reported and skipped.
     pub rejected: Vec<String>,
+    /// When a reconcile pass last completed without error (the health endpoint's `lastUpdated`).
+    #[serde(default)]
+    pub last_pass_ok_unix_ms: u64,
+    /// False while this node's Node object is being deleted or drained by the cluster autoscaler:
+    /// `/healthz` then fails, so load balancers stop sending to the node, as with kube-proxy.
+    #[serde(default)]
+    pub node_eligible: bool,
 }
 
 /// Service load balancing as last reconciled.
