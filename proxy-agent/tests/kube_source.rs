@@ -246,7 +246,8 @@ async fn poll_gives_a_snapshot_on_change_or_resync_only() {
     let server = FakeApiServer::start().await;
     seed(&server);
     let mut source = start(&server);
-    until(&mut source, WAIT, "the first snapshot", |_| true).await;
+    // Not `until`: waiting on `changed` marks the change as seen.
+    until_true(WAIT, "the first sync", || source.synced()).await;
     assert!(source.poll(false).is_some(), "the first sync is a change");
     assert!(source.poll(false).is_none(), "nothing changed since");
     assert!(source.poll(true).is_some(), "a resync reads the stores anyway");
@@ -432,7 +433,44 @@ async fn paged_lists_are_followed_to_the_end() {
         server.pages("pods")
     );
     assert_eq!(server.lists("pods"), 1);
-    assert_eq!(s.pods[1].metadata.name.as_deref(), Some("p-0000"));
+    assert_eq!(s.pods[0].metadata.name.as_deref(), Some("p-0000"));
+    assert_eq!(s.pods[1200].metadata.name.as_deref(), Some("web-1"));
+}
+
+#[tokio::test]
+async fn a_relist_in_progress_never_shows_a_partial_store() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    for i in 0..1200 {
+        server.apply(pod(
+            &format!("p-{i:04}"),
+            &format!("10.245.{}.{}", i / 250, i % 250 + 1),
+        ));
+    }
+    let mut source = start(&server);
+    until(&mut source, WAIT, "1201 pods", |s| s.pods.len() == 1201).await;
+    // Each further page of the relist takes 300 ms, so a store filled page by page would be seen
+    // with 500 or 1000 pods for a while.
+    server.delay_pages(Duration::from_millis(300));
+    server.while_away(|s| s.delete("Pod", "shop", "p-0000"));
+    let deadline = Instant::now() + WAIT;
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let n = source.snapshot().expect("still synced").pods.len();
+        seen.insert(n);
+        assert!(n == 1201 || n == 1200, "a partial store: {n} pods");
+        if n == 1200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relist did not complete");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(server.lists("pods"), 2);
+    assert!(server.pages("pods") >= 4, "both lists were paged");
+    assert!(
+        seen.contains(&1201),
+        "the old store was seen while the relist ran"
+    );
 }
 
 #[tokio::test]

@@ -77,6 +77,8 @@ struct Inner {
     /// Watches hold their events back (a batch of changes is being made).
     paused: bool,
     fail_lists: BTreeSet<&'static str>,
+    /// Continuation pages are answered this late (a slow relist).
+    page_delay: Duration,
     /// First pages served (a relist each), by resource.
     lists: BTreeMap<&'static str, u64>,
     /// Continuation pages served, by resource.
@@ -266,6 +268,10 @@ impl FakeApiServer {
         }
     }
 
+    pub fn delay_pages(&self, delay: Duration) {
+        self.shared.lock().page_delay = delay;
+    }
+
     pub fn resource_version(&self) -> u64 {
         self.shared.lock().rv
     }
@@ -337,6 +343,10 @@ async fn handle(
         let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
         let from = query.get("resourceVersion").and_then(|rv| rv.parse::<u64>().ok());
         return watch(shared, resource, api_version, kind, from, timeout, bookmarks);
+    }
+    if query.contains_key("continue") {
+        let delay = shared.lock().page_delay;
+        tokio::time::sleep(delay).await;
     }
     list(&shared, resource, api_version, kind, &query)
 }

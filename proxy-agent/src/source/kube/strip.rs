@@ -483,6 +483,12 @@ spec:
         let (before, after) = (parsed(), stripped());
         let plan = |s: &Snapshot| format!("{:?}", crate::lb::plan(s, "n1"));
         assert_eq!(plan(&before), plan(&after));
+        let lb = crate::lb::plan(&after, "n1");
+        assert!(!lb.frontends.is_empty() && lb.rejected.is_empty(), "{lb:?}");
+        assert!(
+            plan(&after).contains("10.244.1.2"),
+            "the slice's endpoint is a backend"
+        );
         let derived = |s: &Snapshot| format!("{:?}", crate::lb::derive_endpoint_slices(s));
         assert_eq!(derived(&before), derived(&after));
         let compile = |s: &Snapshot| {
@@ -490,6 +496,10 @@ spec:
             format!("{:?}", policy::compile(&input, "n1", &Default::default()))
         };
         assert_eq!(compile(&before), compile(&after));
+        assert!(
+            compile(&after).contains("10.244.1.2"),
+            "the pod is a policy endpoint"
+        );
         let addrs = |s: &Snapshot| crate::endpoints::node_addresses(s, "n1");
         assert_eq!(addrs(&before), addrs(&after));
         assert_eq!(
