@@ -101,7 +101,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub manifests: Option<PathBuf>,
     /// Kubeconfig of the API server to watch; default: the in-cluster service account, else
-    /// `KUBECONFIG` or `~/.kube/config`. Ignored with `--manifests`.
+    /// `KUBECONFIG` or `~/.kube/config`. Not together with `--manifests`.
     #[arg(long, conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
     /// Directory on the BPF filesystem where maps are pinned.
