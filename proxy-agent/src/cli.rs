@@ -103,6 +103,10 @@ pub struct RunArgs {
     /// Standalone mode: read Kubernetes objects from this YAML file or directory instead of an API server.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// Kubeconfig of the API server to watch; default: the in-cluster service account, else
+    /// `KUBECONFIG` or `~/.kube/config`. Not together with `--manifests`.
+    #[arg(long, conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
     /// Directory on the BPF filesystem where maps are pinned.
     #[arg(long, default_value = "/sys/fs/bpf/strait")]
     pub bpffs_root: PathBuf,

@@ -4,12 +4,11 @@
 
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -26,7 +25,7 @@ use crate::{
     policy::{PolicyReconciler, view::PolicyState},
     reconcile::Reconciler,
     snapshot::Snapshot,
-    source::manifests,
+    source::Source,
     status::{AttachmentRow, CounterView, EndpointView, LbView, PolicyStatusView, StatusView, SyncView},
 };
 
@@ -217,9 +216,6 @@ impl Shared {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let Some(manifests_path) = args.manifests.clone() else {
-        bail!("no source of objects: the API-server source is not built yet; pass --manifests FILE|DIR");
-    };
     let mut datapath = Datapath::load(&args.bpffs_root)?;
     // Ids come back from the pinned maps, so a restarted agent rewrites nothing that is still right.
     let reconciler = Reconciler::restore(&datapath.lb_maps())?;
@@ -235,10 +231,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             reconciler,
             lb: LbView::default(),
             node: args.node.clone(),
-            sync: SyncView {
-                source: format!("manifests {}", manifests_path.display()),
-                ..Default::default()
-            },
+            sync: SyncView::default(),
             endpoints: Vec::new(),
             errors: Vec::new(),
             policy: PolicyReconciler::new(),
@@ -256,10 +249,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, manifests_path, shared))
+    runtime.block_on(serve(args, shared))
 }
 
-async fn serve(args: RunArgs, manifests_path: PathBuf, shared: Arc<Shared>) -> Result<()> {
+async fn serve(args: RunArgs, shared: Arc<Shared>) -> Result<()> {
+    let source = Source::start(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
+    shared.lock().sync.source = source.describe();
     let admin = tokio::spawn(crate::admin::serve(args.admin_addr, shared.clone()));
     let health = tokio::spawn(crate::healthz::serve(args.healthz_addr, shared.clone()));
     crate::datapath::conntrack::spawn_sweeper(args.bpffs_root.clone());
@@ -279,7 +274,7 @@ async fn serve(args: RunArgs, manifests_path: PathBuf, shared: Arc<Shared>) -> R
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut ticker = tokio::time::interval(TICK);
-    let mut watch = SourceWatch::new(manifests_path);
+    let mut watch = SourceWatch::new(source);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -311,8 +306,10 @@ async fn serve(args: RunArgs, manifests_path: PathBuf, shared: Arc<Shared>) -> R
 fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner) -> Result<()> {
     let mut snapshot = watch.snapshot.clone();
     // Standalone mode plays the EndpointSlice controller for Services that come without slices.
-    let derived = lb::derive_endpoint_slices(&snapshot);
-    snapshot.endpoint_slices.extend(derived);
+    if watch.source.derives_endpoint_slices() {
+        let derived = lb::derive_endpoint_slices(&snapshot);
+        snapshot.endpoint_slices.extend(derived);
+    }
     let plan = lb::plan(&snapshot, &args.node);
     for r in &plan.rejected {
         if watch.reported.insert(r.to_string()) {
@@ -414,20 +411,19 @@ fn reconcile_policy(args: &RunArgs, watch: &SourceWatch, shared: &Shared, inner:
     Ok(())
 }
 
-/// Re-reads the manifests when they change (or on the resync period) and remembers what was reported.
+/// Takes new snapshots from the source (on change, or on the resync period) and remembers what was
+/// reported.
 struct SourceWatch {
-    path: PathBuf,
-    fingerprint: Option<Vec<(PathBuf, u64, Option<SystemTime>)>>,
+    source: Source,
     last_load: Option<Instant>,
     snapshot: Snapshot,
     reported: BTreeSet<String>,
 }
 
 impl SourceWatch {
-    fn new(path: PathBuf) -> Self {
+    fn new(source: Source) -> Self {
         Self {
-            path,
-            fingerprint: None,
+            source,
             last_load: None,
             snapshot: Snapshot::default(),
             reported: BTreeSet::new(),
@@ -436,29 +432,26 @@ impl SourceWatch {
 
     /// Returns true when the snapshot was re-read.
     fn refresh(&mut self, sync: &mut SyncView, counters: &mut AgentCounters) -> Result<bool> {
-        let fingerprint = manifests::fingerprint(&self.path)?;
+        self.source.export(counters);
         let due = self.last_load.is_none_or(|t| t.elapsed() >= RESYNC);
-        if !due && self.fingerprint.as_ref() == Some(&fingerprint) {
+        let Some(update) = self.source.poll(due)? else {
             return Ok(false);
-        }
-        let (snapshot, rejected) = manifests::load(&self.path)?;
-        for r in &rejected {
+        };
+        for r in &update.rejected {
             // Reported once per distinct problem, not on every resync.
             if self.reported.insert(r.to_string()) {
-                tracing::warn!(object = %r.object, file = %r.file.display(), reason = %r.reason, "object skipped");
-                let kind = r.object.split_whitespace().next().unwrap_or("unknown");
-                *counters.rejected.entry(kind.to_owned()).or_default() += 1;
+                tracing::warn!(object = %r.object, origin = %r.origin, reason = %r.reason, "object skipped");
+                *counters.rejected.entry(r.kind().to_owned()).or_default() += 1;
             }
         }
-        sync.rejected = rejected.iter().map(ToString::to_string).collect();
-        sync.objects = snapshot.object_count();
+        sync.rejected = update.rejected.iter().map(ToString::to_string).collect();
+        sync.objects = update.snapshot.object_count();
         sync.reloads += 1;
         sync.last_sync_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        self.snapshot = snapshot;
-        self.fingerprint = Some(fingerprint);
+        self.snapshot = update.snapshot;
         self.last_load = Some(Instant::now());
         Ok(true)
     }
@@ -473,6 +466,11 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared) -> R
         let policy = reconcile_policy(args, watch, shared, inner);
         services?;
         policy?;
+    }
+    // Until the source has given a first full snapshot there is nothing to compare attachments
+    // with; an empty one would detach every pod of a restarted agent.
+    if watch.last_load.is_none() {
+        return Ok(());
     }
     let table = routes::read_routes()?;
     let links = links::read_links()?;

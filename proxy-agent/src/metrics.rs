@@ -20,6 +20,12 @@ pub struct AgentCounters {
     pub reconcile_ops: BTreeMap<&'static str, u64>,
     /// Objects reported and skipped, by kind (counted once per distinct problem).
     pub rejected: BTreeMap<String, u64>,
+    /// API-server source: failed lists and watches (each retried), by kind.
+    pub source_watch_errors: BTreeMap<&'static str, u64>,
+    /// API-server source: objects in each kind's store.
+    pub source_objects: BTreeMap<&'static str, u64>,
+    /// Every object has been read once (the API-server source: every kind listed).
+    pub source_synced: bool,
 }
 
 /// Everything one scrape shows.
@@ -105,6 +111,36 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "kind",
         &rejected,
     );
+    let watch_errors: Vec<(String, u64)> = s
+        .counters
+        .source_watch_errors
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect();
+    family(
+        &mut r,
+        "strait_source_watch_errors",
+        "Failed lists and watches of the API-server source, by kind (each is retried with backoff)",
+        "kind",
+        &watch_errors,
+    );
+    let objects = Family::<Labels, Gauge>::default();
+    for (kind, n) in &s.counters.source_objects {
+        objects
+            .get_or_create(&vec![("kind".to_owned(), (*kind).to_owned())])
+            .set(i64::try_from(*n).unwrap_or(i64::MAX));
+    }
+    r.register(
+        "strait_source_objects",
+        "Objects held by the API-server source, by kind",
+        objects,
+    );
+    gauge(
+        &mut r,
+        "strait_source_synced",
+        "1 once every object has been read (the API-server source: every kind listed)",
+        u64::from(s.counters.source_synced),
+    );
     gauge(
         &mut r,
         "strait_services_frontends",
@@ -148,6 +184,9 @@ mod tests {
         };
         s.counters.reconcile_ops.insert("STRAIT_POLICY_V1", 9);
         s.counters.rejected.insert("NetworkPolicy".into(), 1);
+        s.counters.source_watch_errors.insert("Pod", 2);
+        s.counters.source_objects.insert("Pod", 10);
+        s.counters.source_synced = true;
         let text = render(&s);
         for line in [
             "strait_datapath_drops_total{reason=\"policy-ingress\"} 7",
@@ -156,6 +195,9 @@ mod tests {
             "strait_datapath_packets_total{program=\"tc_to_pod\"} 42",
             "strait_reconcile_operations_total{map=\"STRAIT_POLICY_V1\"} 9",
             "strait_objects_rejected_total{kind=\"NetworkPolicy\"} 1",
+            "strait_source_watch_errors_total{kind=\"Pod\"} 2",
+            "strait_source_objects{kind=\"Pod\"} 10",
+            "strait_source_synced 1",
             "strait_services_frontends 2",
             "strait_policy_endpoints 3",
             "strait_identities 4",

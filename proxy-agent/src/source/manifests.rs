@@ -11,17 +11,39 @@ use anyhow::{Context, Result};
 
 use crate::snapshot::Snapshot;
 
-/// A problem with one object or document; reported, then skipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    pub file: PathBuf,
-    pub object: String,
-    pub reason: String,
+pub use super::Rejected;
+use super::Update;
+
+/// Re-reads the files when they change, or when a resync asks for it.
+pub struct ManifestsSource {
+    path: PathBuf,
+    fingerprint: Option<Vec<(PathBuf, u64, Option<SystemTime>)>>,
 }
 
-impl std::fmt::Display for Rejected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.file.display(), self.object, self.reason)
+impl ManifestsSource {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            fingerprint: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn loaded(&self) -> bool {
+        self.fingerprint.is_some()
+    }
+
+    pub fn poll(&mut self, resync: bool) -> Result<Option<Update>> {
+        let fingerprint = fingerprint(&self.path)?;
+        if !resync && self.fingerprint.as_ref() == Some(&fingerprint) {
+            return Ok(None);
+        }
+        let (snapshot, rejected) = load(&self.path)?;
+        self.fingerprint = Some(fingerprint);
+        Ok(Some(Update { snapshot, rejected }))
     }
 }
 
@@ -93,7 +115,7 @@ pub fn parse_into(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &m
             Ok(v) => v,
             Err(e) => {
                 rejected.push(Rejected {
-                    file: file.to_path_buf(),
+                    origin: file.display().to_string(),
                     object: format!("document {}", index + 1),
                     reason: format!("not valid YAML: {e}"),
                 });
@@ -128,7 +150,7 @@ pub fn parse_into(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &m
         };
         if let Err(reason) = result {
             rejected.push(Rejected {
-                file: file.to_path_buf(),
+                origin: file.display().to_string(),
                 object: name,
                 reason,
             });

@@ -1,0 +1,176 @@
+//! The API-server source: one reflector per kind (Services, EndpointSlices, Pods, Namespaces, Nodes,
+//! NetworkPolicies), each storing cut-down objects ([`strip`]); a [`Snapshot`] is read from the
+//! stores.
+//!
+//! No snapshot is given out before every kind has been listed once, so the datapath is never
+//! programmed from a partial view of the cluster. After that, a relist (after 410 Gone, or when the
+//! API server comes back after an outage) fills a side buffer that replaces a store only once it is
+//! complete, so a snapshot taken at any time holds every object of every kind as last seen, and the
+//! datapath keeps its state while the API server is away.
+
+pub mod config;
+pub mod reflect;
+pub mod strip;
+
+use std::sync::Arc;
+
+use ::kube::{Client, Resource, ResourceExt, runtime::reflector::Store};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
+};
+use tokio::{sync::watch, task::JoinHandle};
+
+use self::reflect::KindState;
+use super::Rejected;
+use crate::snapshot::Snapshot;
+
+/// Where a rejected object came from, in reports.
+pub const ORIGIN: &str = "API server";
+
+pub struct KubeSource {
+    url: String,
+    nodes: Store<Node>,
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
+    network_policies: Store<NetworkPolicy>,
+    kinds: Vec<Arc<KindState>>,
+    /// Bumped on every store change.
+    changed: Arc<watch::Sender<u64>>,
+    seen: watch::Receiver<u64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl KubeSource {
+    /// Starts the reflectors; they list, then watch, until the source is dropped. Needs a Tokio
+    /// runtime.
+    pub fn start(client: Client, url: String) -> Self {
+        let (changed, seen) = watch::channel(0);
+        let changed = Arc::new(changed);
+        let mut kinds = Vec::new();
+        let mut tasks = Vec::new();
+        let mut start = |kind: &'static str| {
+            let state = Arc::new(KindState::new(kind));
+            kinds.push(state.clone());
+            state
+        };
+        let (nodes, t1) = reflect::spawn::<Node>(client.clone(), start("Node"), changed.clone());
+        let (namespaces, t2) =
+            reflect::spawn::<Namespace>(client.clone(), start("Namespace"), changed.clone());
+        let (pods, t3) = reflect::spawn::<Pod>(client.clone(), start("Pod"), changed.clone());
+        let (services, t4) = reflect::spawn::<Service>(client.clone(), start("Service"), changed.clone());
+        let (endpoint_slices, t5) =
+            reflect::spawn::<EndpointSlice>(client.clone(), start("EndpointSlice"), changed.clone());
+        let (network_policies, t6) =
+            reflect::spawn::<NetworkPolicy>(client, start("NetworkPolicy"), changed.clone());
+        tasks.extend([t1, t2, t3, t4, t5, t6]);
+        Self {
+            url,
+            nodes,
+            namespaces,
+            pods,
+            services,
+            endpoint_slices,
+            network_policies,
+            kinds,
+            changed,
+            seen,
+            tasks,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Every kind has been listed once (readiness).
+    pub fn synced(&self) -> bool {
+        self.kinds.iter().all(|k| k.ready())
+    }
+
+    /// The stores as a snapshot, each kind sorted by namespace/name so that nothing downstream depends
+    /// on hash order; `None` until [`Self::synced`].
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        if !self.synced() {
+            return None;
+        }
+        Some(Snapshot {
+            nodes: sorted(&self.nodes),
+            namespaces: sorted(&self.namespaces),
+            pods: sorted(&self.pods),
+            services: sorted(&self.services),
+            endpoint_slices: sorted(&self.endpoint_slices),
+            network_policies: sorted(&self.network_policies),
+        })
+    }
+
+    /// A new snapshot when a store changed since the last call (or `resync` asks for one anyway),
+    /// once synced. Changes in between are coalesced: the caller's pace sets the reconcile rate.
+    pub fn poll(&mut self, resync: bool) -> Option<Snapshot> {
+        if !self.synced() {
+            return None;
+        }
+        let changed = self.seen.has_changed().unwrap_or(false);
+        if !changed && !resync {
+            return None;
+        }
+        // Marked seen before reading: a change that lands while the snapshot is read is seen again.
+        self.seen.borrow_and_update();
+        self.snapshot()
+    }
+
+    /// Waits until a store changes after the last [`Self::poll`] or [`Self::changed`].
+    pub async fn changed(&mut self) {
+        // The sender lives in `self`, so this never returns early for a dropped sender.
+        let _ = self.seen.changed().await;
+    }
+
+    /// The objects that are set aside now, by kind, namespace/name and field.
+    pub fn rejected(&self) -> Vec<Rejected> {
+        let mut out = Vec::new();
+        for kind in &self.kinds {
+            for (namespace, name, reason) in kind.rejected() {
+                let object = if namespace.is_empty() {
+                    format!("{} {name}", kind.kind)
+                } else {
+                    format!("{} {namespace}/{name}", kind.kind)
+                };
+                out.push(Rejected {
+                    origin: ORIGIN.into(),
+                    object,
+                    reason,
+                });
+            }
+        }
+        out
+    }
+
+    /// Per kind: objects stored, watch errors so far, listed once.
+    pub fn kinds(&self) -> impl Iterator<Item = (&'static str, u64, u64, bool)> + '_ {
+        self.kinds
+            .iter()
+            .map(|k| (k.kind, k.objects(), k.errors(), k.ready()))
+    }
+
+    /// The change counter; tests and callers that want to know a change happened without reading.
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
+    let mut objects: Vec<K> = store.state().iter().map(|o| K::clone(o)).collect();
+    objects.sort_by_cached_key(|o| (o.namespace(), o.name_any()));
+    objects
+}
