@@ -35,6 +35,12 @@ pub enum Command {
     /// Service frontends programmed in the datapath, with their backends.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Backends in the datapath (id, address, flags), read from the pinned map.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Conntrack entries (tuple, direction, backend, flags, idle time), read from the pinned map.
+    #[command(subcommand)]
+    Ct(CtCommand),
     /// Remove every attachment and pin the agent leaves in the kernel (tc filters, XDP and socket-hook
     /// links, maps), as `kube-proxy --cleanup` does. Stop the agent first.
     Cleanup(CleanupArgs),
@@ -130,6 +136,32 @@ pub struct RunArgs {
     pub healthz_addr: SocketAddr,
 }
 
+#[derive(Subcommand)]
+pub enum BackendCommand {
+    List(PinnedArgs),
+}
+
+#[derive(Subcommand)]
+pub enum CtCommand {
+    List {
+        #[command(flatten)]
+        args: PinnedArgs,
+        /// Only the number of entries.
+        #[arg(long)]
+        count: bool,
+    },
+}
+
+/// Commands that read the pinned maps directly (they work while the agent is down).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PinnedArgs {
+    /// The pin directory the agent runs with.
+    #[arg(long, default_value = "/sys/fs/bpf/strait")]
+    pub bpffs_root: PathBuf,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct CleanupArgs {
     /// The pin directory the agent ran with.
@@ -165,6 +197,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => crate::daemon::run(args),
         Command::Status(args) => crate::status::print(&args),
         Command::Cleanup(args) => crate::cleanup::run(&args),
+        Command::Backend(BackendCommand::List(args)) => crate::pinned_view::print_backends(&args),
+        Command::Ct(CtCommand::List { args, count }) => crate::pinned_view::print_ct(&args, count),
         Command::Flows(args) => crate::flows::print(&args),
         Command::Policy(PolicyCommand::List(args)) => crate::policy::view::print_policy_list(&args),
         Command::Policy(PolicyCommand::Explain(args)) => crate::policy::view::print_explain(&args),

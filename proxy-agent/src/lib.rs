@@ -15,6 +15,7 @@ pub mod healthz;
 pub mod host;
 pub mod lb;
 pub mod metrics;
+pub mod pinned_view;
 pub mod policy;
 pub mod reconcile;
 pub mod snapshot;

@@ -4,7 +4,7 @@
 //! flow on another source port — the datapath's answer to the reply-tuple clash.
 
 use serde_json::Value;
-use tests::lab::{Lab, require_privileges};
+use tests::lab::{Lab, agent_bin, require_privileges};
 
 const FILE: &str = "testdata/lab/clusterip.yaml";
 const PORT: &str = "40099";
@@ -103,5 +103,60 @@ fn one_client_port_through_two_vips_to_one_backend_is_answered_on_both() {
     assert!(
         b.iter().chain(&b_again).all(|p| p != PORT && p == &b[0]),
         "one-b leaves on one other port: {b:?} {b_again:?}"
+    );
+
+    // `ct list` and `backend list` read the pinned maps and show the same story.
+    let pins = format!("/sys/fs/bpf/strait/{}-n1", lab.name);
+    let list = |what: &[&str]| -> Value {
+        let agent = agent_bin();
+        let mut args = vec!["exec", "node/n1", "--", agent.to_str().expect("utf-8")];
+        args.extend(what);
+        args.extend(["--bpffs-root", &pins, "-o", "json"]);
+        let out = lab.run(&args);
+        assert!(
+            out.status.success(),
+            "{what:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let ct = list(&["ct", "list"]);
+    let moved = ct
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| {
+            r["direction"] == "forward"
+                && r["source"] == format!("10.244.1.21:{PORT}")
+                && r["destination"] == "10.96.0.41:53"
+        })
+        .unwrap_or_else(|| panic!("no forward entry for the one-b flow: {ct:#}"));
+    assert!(
+        moved["flags"]
+            .as_array()
+            .expect("flags")
+            .iter()
+            .any(|f| f == "port-snat"),
+        "the reallocated flow is marked: {moved:#}"
+    );
+    assert_eq!(moved["ports"][0], 40099, "{moved:#}");
+    assert_eq!(
+        moved["ports"][1].as_u64().map(|p| p.to_string()),
+        Some(b[0].clone()),
+        "{moved:#}"
+    );
+    let count = list(&["ct", "list", "--count"]);
+    assert_eq!(
+        count["entries"].as_u64(),
+        Some(ct.as_array().expect("rows").len() as u64)
+    );
+    let backends = list(&["backend", "list"]);
+    assert!(
+        backends
+            .as_array()
+            .expect("rows")
+            .iter()
+            .any(|r| r["address"] == "10.244.1.11:5353" && r["proto"] == "UDP"),
+        "web-1's DNS port is a backend: {backends:#}"
     );
 }

@@ -78,7 +78,7 @@ pub struct CtStats {
     pub expired_backend_gone: u64,
 }
 
-fn open<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &str) -> Result<HashMap<MapData, K, V>> {
+pub fn open<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &str) -> Result<HashMap<MapData, K, V>> {
     let path = pin_dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
     let map = Map::from_map_data(data)?;

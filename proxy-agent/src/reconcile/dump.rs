@@ -18,7 +18,7 @@ use common::lb::{Backend4, Lb4Key, Lb4Service, RevNat4, SCOPE_EXTERNAL, SCOPE_IN
 use super::DesiredMaps;
 use crate::lb::{Proto, render::svc_flag_names};
 
-fn proto_name(proto: u8) -> String {
+pub fn proto_name(proto: u8) -> String {
     Proto::from_number(proto).map_or_else(|| format!("proto{proto}"), |p| p.as_str().to_string())
 }
 
