@@ -25,6 +25,7 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<()> {
         .route("/policy", get(policy))
         .route("/policy/explain", get(explain))
         .route("/services", get(services))
+        .route("/loglevel", get(log_level).put(set_log_level))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -37,6 +38,17 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not synced\n")
+    }
+}
+
+async fn log_level() -> String {
+    crate::logging::current() + "\n"
+}
+
+async fn set_log_level(body: String) -> (StatusCode, String) {
+    match crate::logging::set(&body) {
+        Ok(()) => (StatusCode::OK, crate::logging::current() + "\n"),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e:#}\n")),
     }
 }
 

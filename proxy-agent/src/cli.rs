@@ -14,6 +14,10 @@ pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9970";
     about = "strait: eBPF service proxy and NetworkPolicy agent"
 )]
 pub struct Cli {
+    /// Log filter at start (`info`, `debug`, `info,proxy_agent::datapath=trace`; `RUST_LOG` wins when
+    /// set). A running agent's filter is changed with `proxy-agent log-level`.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -41,6 +45,8 @@ pub enum Command {
     /// Conntrack entries (tuple, direction, backend, flags, idle time), read from the pinned map.
     #[command(subcommand)]
     Ct(CtCommand),
+    /// Show the running agent's log filter, or set it (`debug`, `info,proxy_agent::datapath=trace`).
+    LogLevel(LogLevelArgs),
     /// Remove every attachment and pin the agent leaves in the kernel (tc filters, XDP and socket-hook
     /// links, maps), as `kube-proxy --cleanup` does. Stop the agent first.
     Cleanup(CleanupArgs),
@@ -163,6 +169,15 @@ pub struct PinnedArgs {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+pub struct LogLevelArgs {
+    /// The new filter; without it, the current one is printed.
+    pub level: Option<String>,
+    /// Admin endpoint of the agent to ask.
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct CleanupArgs {
     /// The pin directory the agent ran with.
     #[arg(long, default_value = "/sys/fs/bpf/strait")]
@@ -197,6 +212,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => crate::daemon::run(args),
         Command::Status(args) => crate::status::print(&args),
         Command::Cleanup(args) => crate::cleanup::run(&args),
+        Command::LogLevel(args) => log_level(&args),
         Command::Backend(BackendCommand::List(args)) => crate::pinned_view::print_backends(&args),
         Command::Ct(CtCommand::List { args, count }) => crate::pinned_view::print_ct(&args, count),
         Command::Flows(args) => crate::flows::print(&args),
@@ -211,6 +227,26 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             })
         }
     }
+}
+
+fn log_level(args: &LogLevelArgs) -> Result<()> {
+    let Some(level) = &args.level else {
+        return write_stdout(&crate::status::get_text(args.admin_addr, "/loglevel")?);
+    };
+    // Checked here too, so a typo is answered before anything is sent.
+    crate::logging::parse(level)?;
+    let url = format!("http://{}/loglevel", args.admin_addr);
+    let mut resp = ureq::put(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(level.as_bytes())
+        .map_err(|e| anyhow::anyhow!("asking the agent at {url} (is `proxy-agent run` running?): {e}"))?;
+    let body = resp.body_mut().read_to_string()?;
+    if !resp.status().is_success() {
+        anyhow::bail!("{url}: {}: {}", resp.status(), body.trim());
+    }
+    write_stdout(&body)
 }
 
 /// Writes command output; a closed pipe (`status | head`) ends the command quietly instead of panicking.

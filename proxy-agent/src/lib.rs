@@ -14,6 +14,7 @@ pub mod flows;
 pub mod healthz;
 pub mod host;
 pub mod lb;
+pub mod logging;
 pub mod metrics;
 pub mod pinned_view;
 pub mod policy;

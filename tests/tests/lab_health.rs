@@ -5,7 +5,7 @@
 //! endpoint is Prometheus text that a parser accepts.
 
 use serde_json::Value;
-use tests::lab::{Lab, require_privileges};
+use tests::lab::{Lab, agent_bin, require_privileges};
 
 const FILE: &str = "testdata/lab/clusterip.yaml";
 
@@ -64,6 +64,26 @@ fn healthz_answers_like_kube_proxy_and_follows_the_node() {
         text.ends_with("# EOF\n") || text.contains("# TYPE"),
         "no metric families:\n{text}"
     );
+
+    // The log filter changes at run time, and a bad one is refused with the reason.
+    let agent = agent_bin();
+    let agent = agent.to_str().expect("utf-8");
+    let run = |args: &[&str]| {
+        let mut all = vec!["exec", "node/n1", "--", agent, "log-level"];
+        all.extend(args);
+        lab.run(&all)
+    };
+    let out = run(&[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "info");
+    let out = run(&["info,proxy_agent=debug"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&run(&[]).stdout).trim(),
+        "info,proxy_agent=debug"
+    );
+    let out = run(&["proxy_agent=loud"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("proxy_agent=loud"));
 
     lab.apply_text(N1_DRAINING);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
