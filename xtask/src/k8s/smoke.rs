@@ -1,0 +1,308 @@
+//! `cargo xtask k8s smoke`: the built binaries answer `--version`, then etcd + kube-apiserver run in
+//! a fresh netns and kubectl talks to them. Everything started is removed again, also on error; the
+//! state directory (logs, keys, kubeconfig) is kept for reading afterwards.
+
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::{
+    apiserver::{Config, ControlPlane},
+    build::{self, Built},
+};
+use crate::lab::{netns, process};
+
+pub const NETNS: &str = "strait-k8ssmoke";
+/// The apiserver's advertised address, on a dummy interface inside the netns. From TEST-NET-1
+/// (RFC 5737): it cannot clash with a real network, and nothing outside the netns sees it.
+const ADVERTISE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+#[derive(Debug, Args)]
+pub struct SmokeArgs {
+    /// The kubectl to use; by default the first of kubectl.1.<minor>, kubectl.1.<minor±1> and
+    /// kubectl (on PATH or beside it) within one minor version of the server.
+    #[arg(long, env = "STRAIT_KUBECTL")]
+    pub kubectl: Option<PathBuf>,
+}
+
+pub fn command(root: &Path, version: &str, args: &SmokeArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("k8s smoke creates a network namespace: run it as root");
+    }
+    let started = Instant::now();
+    let built = build::ensure(root, version, false)?;
+    check_versions(&built, version)?;
+    let kubectl = match &args.kubectl {
+        Some(k) => k.clone(),
+        None => find_kubectl(version)?,
+    };
+    let state = std::env::temp_dir().join(NETNS);
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+
+    // Declared before the control plane so it is dropped after it: processes first, then the netns.
+    let ns = Netns::create(NETNS)?;
+    let config = Config::loopback(NETNS, state.clone(), ADVERTISE, kubectl);
+    let result = ControlPlane::start(&built, config).and_then(|mut cp| {
+        let checked = checks(&cp, version);
+        let stopped = cp.stop();
+        checked.and(stopped)
+    });
+    let removed = ns.remove();
+    match (&result, &removed) {
+        (Err(_), _) => eprintln!("k8s smoke: logs and keys kept in {}", state.display()),
+        (Ok(()), _) => eprintln!("k8s smoke: state (logs, kubeconfig) in {}", state.display()),
+    }
+    result?;
+    removed?;
+    eprintln!("k8s smoke: passed in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Each binary runs and reports the version it was built as.
+fn check_versions(built: &Built, version: &str) -> Result<()> {
+    for name in build::BINARIES {
+        let bin = built.bin(name);
+        let out = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("running {} --version", bin.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!("{name} --version failed ({}): {}", out.status, text.trim());
+        }
+        let first = text.lines().next().unwrap_or("").trim();
+        if *name != "etcd" && !first.contains(version) {
+            bail!("{name} --version says {first:?}, expected {version}");
+        }
+        eprintln!("k8s smoke: {name} --version: {first}");
+    }
+    Ok(())
+}
+
+fn checks(cp: &ControlPlane, version: &str) -> Result<()> {
+    let v: serde_json::Value = serde_json::from_str(&cp.kubectl(&["version", "-o", "json"])?)
+        .context("kubectl version -o json: not JSON")?;
+    let server = v["serverVersion"]["gitVersion"].as_str().unwrap_or("");
+    let client = v["clientVersion"]["gitVersion"].as_str().unwrap_or("");
+    if server != version {
+        bail!("kubectl version: the server says {server:?}, expected {version}");
+    }
+    eprintln!("k8s smoke: kubectl version: client {client}, server {server}");
+
+    let ns = cp.kubectl(&["get", "ns", "-o", "name"])?;
+    for want in ["namespace/default", "namespace/kube-system"] {
+        if !ns.lines().any(|l| l == want) {
+            bail!("kubectl get ns: no {want} in {:?}", ns.trim());
+        }
+    }
+    eprintln!(
+        "k8s smoke: kubectl get ns: {}",
+        ns.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+
+    let ip = cp.kubectl(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"])?;
+    if ip != "10.96.0.1" {
+        bail!("the kubernetes Service has ClusterIP {ip:?}, expected 10.96.0.1 (first of 10.96.0.0/16)");
+    }
+    let eps = wait_endpoint(cp)?;
+    eprintln!("k8s smoke: service kubernetes: ClusterIP {ip}, endpoint {eps}");
+
+    // RBAC is on and the static token maps to an admin: a namespaced write and a NodePort allocation
+    // from the configured range both go through.
+    cp.kubectl(&["create", "namespace", "strait-smoke"])?;
+    cp.kubectl(&[
+        "-n",
+        "strait-smoke",
+        "create",
+        "service",
+        "nodeport",
+        "probe",
+        "--tcp=80:8080",
+    ])?;
+    let port = cp.kubectl(&[
+        "-n",
+        "strait-smoke",
+        "get",
+        "svc",
+        "probe",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ])?;
+    let n: u16 = port
+        .trim()
+        .parse()
+        .with_context(|| format!("nodePort {port:?}"))?;
+    if !(30000..=32767).contains(&n) {
+        bail!("NodePort {n} outside --service-node-port-range 30000-32767");
+    }
+    let who = cp.kubectl(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])?;
+    eprintln!("k8s smoke: as {who}: created namespace strait-smoke and NodePort service probe (port {n})");
+    Ok(())
+}
+
+/// The apiserver publishes its own endpoint shortly after it is ready; bounded wait for it.
+fn wait_endpoint(cp: &ControlPlane) -> Result<String> {
+    let want = format!("{ADVERTISE}:6443");
+    let mut last = String::new();
+    for _ in 0..30 {
+        last = cp.kubectl(&[
+            "get",
+            "endpoints",
+            "kubernetes",
+            "-o",
+            "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+        ])?;
+        if last == want {
+            return Ok(last);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    bail!("the kubernetes Service's endpoint is {last:?} after 30 s, expected {want}")
+}
+
+/// kubectl within one minor version of `version`'s (what kubectl supports).
+fn find_kubectl(version: &str) -> Result<PathBuf> {
+    let minor = minor_of(version).with_context(|| format!("{version:?} is not v1.X.Y"))?;
+    let names = [
+        format!("kubectl.1.{minor}"),
+        format!("kubectl.1.{}", minor - 1),
+        format!("kubectl.1.{}", minor + 1),
+        "kubectl".to_string(),
+    ];
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    // Some installs (the Google Cloud SDK's) keep the versioned kubectls beside the real `kubectl`,
+    // which PATH reaches only through a symlink.
+    let beside: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| {
+            std::fs::canonicalize(d.join("kubectl"))
+                .ok()?
+                .parent()
+                .map(Path::to_path_buf)
+        })
+        .collect();
+    dirs.extend(beside);
+    let mut tried = Vec::new();
+    let mut seen = HashSet::new();
+    for name in &names {
+        for dir in &dirs {
+            let path = dir.join(name);
+            if !path.is_file() || !seen.insert(std::fs::canonicalize(&path).unwrap_or(path.clone())) {
+                continue;
+            }
+            match client_minor(&path) {
+                Some(m) if m.abs_diff(minor) <= 1 => return Ok(path),
+                m => tried.push(format!("{} (client minor {m:?})", path.display())),
+            }
+        }
+    }
+    bail!(
+        "no kubectl within one minor version of {version} (tried: {}); pass --kubectl",
+        if tried.is_empty() {
+            "none found".to_string()
+        } else {
+            tried.join(", ")
+        }
+    )
+}
+
+fn minor_of(version: &str) -> Option<u32> {
+    version.strip_prefix("v1.")?.split('.').next()?.parse().ok()
+}
+
+fn client_minor(kubectl: &Path) -> Option<u32> {
+    let out = Command::new(kubectl)
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["clientVersion"]["minor"]
+        .as_str()?
+        .trim_end_matches('+')
+        .parse()
+        .ok()
+}
+
+/// The smoke test's netns: lo up and a dummy interface holding the advertised address. Anything left
+/// from an interrupted run is removed first; removing it stops every process still inside.
+struct Netns {
+    name: String,
+    removed: bool,
+}
+
+impl Netns {
+    fn create(name: &str) -> Result<Netns> {
+        if netns::exists(name) {
+            eprintln!("k8s smoke: removing netns {name} left from an earlier run");
+            remove_netns(name)?;
+        }
+        netns::add(name)?;
+        let ns = Netns {
+            name: name.to_string(),
+            removed: false,
+        };
+        netns::ip_batch(
+            name,
+            &[
+                "link set lo up".into(),
+                "link add k8s0 type dummy".into(),
+                "link set k8s0 up".into(),
+                format!("addr add {ADVERTISE}/32 dev k8s0"),
+            ],
+        )?;
+        Ok(ns)
+    }
+
+    fn remove(mut self) -> Result<()> {
+        self.removed = true;
+        remove_netns(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = remove_netns(&self.name);
+        }
+    }
+}
+
+fn remove_netns(name: &str) -> Result<()> {
+    let Some(inode) = netns::inode(name) else {
+        return Ok(());
+    };
+    let pids = process::pids_in_netns(&HashSet::from([inode]));
+    if !pids.is_empty() {
+        eprintln!(
+            "k8s smoke: stopping {} process(es) still in netns {name}: {pids:?}",
+            pids.len()
+        );
+        process::terminate(&pids, Duration::from_secs(10));
+    }
+    netns::delete(name)?;
+    let left = process::pids_in_netns(&HashSet::from([inode]));
+    if !left.is_empty() {
+        bail!("processes {left:?} are still in the removed netns {name}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minor_versions() {
+        assert_eq!(minor_of("v1.34.4"), Some(34));
+        assert_eq!(minor_of("1.34.4"), None);
+    }
+}
