@@ -20,8 +20,9 @@ use super::{
 use crate::lab::{netns, process};
 
 pub const NETNS: &str = "strait-k8ssmoke";
-/// The apiserver's advertised address, on a dummy interface inside the netns. From TEST-NET-1
-/// (RFC 5737): it cannot clash with a real network, and nothing outside the netns sees it.
+/// The apiserver's advertised address, added to the netns' lo: Endpoints refuse 127.0.0.0/8, and not
+/// every kernel has dummy links. From TEST-NET-1 (RFC 5737): it cannot clash with a real network, and
+/// nothing outside the netns sees it.
 const ADVERTISE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 #[derive(Debug, Args)]
@@ -43,6 +44,9 @@ pub fn command(root: &Path, version: &str, args: &SmokeArgs) -> Result<()> {
         Some(k) => k.clone(),
         None => find_kubectl(version)?,
     };
+    if !kubectl.is_file() {
+        bail!("kubectl {} does not exist", kubectl.display());
+    }
     let state = std::env::temp_dir().join(NETNS);
     let _ = std::fs::remove_dir_all(&state);
     std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
@@ -153,19 +157,22 @@ fn wait_endpoint(cp: &ControlPlane) -> Result<String> {
     let want = format!("{ADVERTISE}:6443");
     let mut last = String::new();
     for _ in 0..30 {
+        // The EndpointSlice, not the Endpoints object: it is what kube-proxy and the agent read, and
+        // kubectl warns that v1 Endpoints is deprecated.
         last = cp.kubectl(&[
             "get",
-            "endpoints",
-            "kubernetes",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=kubernetes",
             "-o",
-            "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+            "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}",
         ])?;
         if last == want {
             return Ok(last);
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    bail!("the kubernetes Service's endpoint is {last:?} after 30 s, expected {want}")
+    bail!("the kubernetes Service's EndpointSlice says {last:?} after 30 s, expected {want}")
 }
 
 /// kubectl within one minor version of `version`'s (what kubectl supports).
@@ -232,7 +239,7 @@ fn client_minor(kubectl: &Path) -> Option<u32> {
         .ok()
 }
 
-/// The smoke test's netns: lo up and a dummy interface holding the advertised address. Anything left
+/// The smoke test's netns: lo up, holding the advertised address too. Anything left
 /// from an interrupted run is removed first; removing it stops every process still inside.
 struct Netns {
     name: String,
@@ -252,12 +259,7 @@ impl Netns {
         };
         netns::ip_batch(
             name,
-            &[
-                "link set lo up".into(),
-                "link add k8s0 type dummy".into(),
-                "link set k8s0 up".into(),
-                format!("addr add {ADVERTISE}/32 dev k8s0"),
-            ],
+            &["link set lo up".into(), format!("addr add {ADVERTISE}/32 dev lo")],
         )?;
         Ok(ns)
     }
