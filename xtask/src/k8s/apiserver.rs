@@ -1,6 +1,7 @@
-//! A real control plane for tests and the lab: etcd and kube-apiserver started inside a named netns,
-//! with a static admin token, RBAC, a service-account signing key and a self-signed serving
-//! certificate, plus a kubeconfig to reach it. Logs and data stay in the state directory.
+//! A real control plane for tests and the lab: etcd, kube-apiserver and (optionally)
+//! kube-controller-manager started inside a named netns, with a static admin token, RBAC, a
+//! service-account signing key and a self-signed serving certificate, plus a kubeconfig to reach
+//! it. Logs and data stay in the state directory.
 
 use std::{
     io::{Read, Write},
@@ -32,6 +33,9 @@ pub struct Config {
     pub service_cidr: String,
     pub node_port_range: String,
     pub kubectl: PathBuf,
+    /// Also run kube-controller-manager (EndpointSlices for selector Services, ServiceAccounts,
+    /// the kube-root-ca.crt ConfigMap, garbage collection).
+    pub controller_manager: bool,
 }
 
 impl Config {
@@ -47,6 +51,7 @@ impl Config {
             service_cidr: "10.96.0.0/16".into(),
             node_port_range: "30000-32767".into(),
             kubectl,
+            controller_manager: true,
         }
     }
 
@@ -74,19 +79,20 @@ impl Config {
 /// bootstrap policy among them) take tens of seconds.
 const ETCD_READY: Duration = Duration::from_secs(60);
 const APISERVER_READY: Duration = Duration::from_secs(180);
+const CONTROLLER_MANAGER_READY: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(500);
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
 pub struct ControlPlane {
     pub config: Config,
     pub kubeconfig: PathBuf,
-    // Dropped in this order: the apiserver before the etcd it writes to.
-    apiserver: Option<Supervised>,
-    etcd: Option<Supervised>,
+    /// In start order; stopped in reverse (each before what it depends on), also when dropped.
+    procs: Vec<Supervised>,
 }
 
 impl ControlPlane {
-    /// Starts etcd, waits for it to be healthy, starts the apiserver and waits for `/readyz`.
+    /// Starts etcd and waits for it to be healthy, the apiserver and waits for `/readyz`, then (if
+    /// configured) kube-controller-manager and waits until its service-account controller has acted.
     /// On any error, whatever was started is stopped again (by drop).
     pub fn start(built: &Built, config: Config) -> Result<ControlPlane> {
         let dir = &config.state_dir;
@@ -101,21 +107,55 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             config,
             kubeconfig,
-            apiserver: None,
-            etcd: None,
+            procs: Vec::new(),
         };
 
-        let etcd = cp.start_one("etcd", &built.bin("etcd"), etcd_args(&cp.config))?;
-        cp.etcd = Some(etcd);
-        cp.wait_etcd()?;
-        let args = apiserver_args(&cp.config, &pki);
-        let apiserver = cp.start_one("kube-apiserver", &built.bin("kube-apiserver"), args)?;
-        cp.apiserver = Some(apiserver);
-        cp.wait_apiserver()?;
+        cp.start_one("etcd", &built.bin("etcd"), etcd_args(&cp.config))?;
+        let etcd = SocketAddr::from((cp.config.bind, cp.config.etcd_client_port));
+        cp.wait_until(
+            &format!("etcd healthy at {}", cp.config.etcd_url()),
+            ETCD_READY,
+            |cp| {
+                let body = netns::in_netns(&cp.config.netns, move || http_get(etcd, "/health"))?;
+                Ok(body.contains("\"health\":\"true\"").then_some(()).ok_or(body))
+            },
+        )?;
+
+        cp.start_one(
+            "kube-apiserver",
+            &built.bin("kube-apiserver"),
+            apiserver_args(&cp.config, &pki),
+        )?;
+        let what = format!("kube-apiserver ready at {}", cp.config.server_url());
+        cp.wait_until(&what, APISERVER_READY, |cp| {
+            let body = cp.kubectl(&["get", "--raw", "/readyz"])?;
+            Ok((body.trim() == "ok").then_some(()).ok_or(body))
+        })?;
+
+        if cp.config.controller_manager {
+            let args = controller_manager_args(&cp.config, &pki, &cp.kubeconfig);
+            cp.start_one(
+                "kube-controller-manager",
+                &built.bin("kube-controller-manager"),
+                args,
+            )?;
+            // Its own /healthz says only that it serves; a ServiceAccount it created says that its
+            // controllers run against this apiserver.
+            let what =
+                "kube-controller-manager's service-account controller (ServiceAccount default/default)";
+            cp.wait_until(what, CONTROLLER_MANAGER_READY, |cp| {
+                let names = cp.kubectl(&["-n", "default", "get", "serviceaccounts", "-o", "name"])?;
+                Ok(names
+                    .lines()
+                    .any(|l| l == "serviceaccount/default")
+                    .then_some(())
+                    .ok_or(names))
+            })?;
+        }
         Ok(cp)
     }
 
-    fn start_one(&self, name: &str, program: &Path, args: Vec<String>) -> Result<Supervised> {
+    fn start_one(&mut self, name: &str, program: &Path, args: Vec<String>) -> Result<()> {
         let log = self.config.state_dir.join("logs").join(format!("{name}.log"));
         let p = Supervised::start(name, &self.config.netns, program, &args, log)?;
         eprintln!(
@@ -123,56 +163,44 @@ impl ControlPlane {
             p.pid().unwrap_or(0),
             self.config.netns
         );
-        Ok(p)
+        self.procs.push(p);
+        Ok(())
     }
 
-    fn wait_etcd(&mut self) -> Result<()> {
-        let addr = SocketAddr::from((self.config.bind, self.config.etcd_client_port));
-        let netns = self.config.netns.clone();
-        let deadline = Instant::now() + ETCD_READY;
+    /// Polls `check` every POLL until it returns `Ok(Ok(()))`, for at most `limit`. `Ok(Err(text))`
+    /// is a "not yet" with the last answer, an `Err` one that failed outright; both are retried, but
+    /// a process that exited ends the wait at once, with its log.
+    fn wait_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut(&ControlPlane) -> Result<std::result::Result<(), String>>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + limit;
         let mut last = String::new();
         while Instant::now() < deadline {
-            check_running(self.etcd.as_mut())?;
-            let ns = netns.clone();
-            match netns::in_netns(&netns, move || http_get(addr, "/health").map(|b| (ns, b))) {
-                Ok((_, body)) if body.contains("\"health\":\"true\"") => return Ok(()),
-                Ok((_, body)) => last = body,
+            for p in &mut self.procs {
+                if let Some(status) = p.exited() {
+                    bail!(
+                        "waiting for {what}: {} exited ({status}); last lines of {}:\n    {}",
+                        p.name,
+                        p.log.display(),
+                        p.log_tail(20)
+                    );
+                }
+            }
+            match check(self) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(answer)) => last = answer,
                 Err(e) => last = format!("{e:#}"),
             }
             std::thread::sleep(POLL);
         }
+        let logs = self.config.state_dir.join("logs");
         bail!(
-            "etcd at {} not healthy after {:?} (last answer: {last}); log {}",
-            self.config.etcd_url(),
-            ETCD_READY,
-            self.etcd
-                .as_ref()
-                .map(|p| p.log.display().to_string())
-                .unwrap_or_default()
-        )
-    }
-
-    fn wait_apiserver(&mut self) -> Result<()> {
-        let deadline = Instant::now() + APISERVER_READY;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            check_running(self.apiserver.as_mut())?;
-            match self.kubectl(&["get", "--raw", "/readyz"]) {
-                Ok(body) if body.trim() == "ok" => return Ok(()),
-                Ok(body) => last = body,
-                Err(e) => last = format!("{e:#}"),
-            }
-            std::thread::sleep(POLL);
-        }
-        bail!(
-            "kube-apiserver at {} not ready after {:?} (last answer: {}); log {}",
-            self.config.server_url(),
-            APISERVER_READY,
+            "no {what} after {limit:?} (last answer: {}); logs in {}",
             last.trim(),
-            self.apiserver
-                .as_ref()
-                .map(|p| p.log.display().to_string())
-                .unwrap_or_default()
+            logs.display()
         )
     }
 
@@ -199,11 +227,10 @@ impl ControlPlane {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Stops the apiserver, then etcd. Names any that had to be killed.
+    /// Stops every process, last started first. Names any that had to be killed.
     pub fn stop(&mut self) -> Result<()> {
         let mut killed = Vec::new();
-        for p in [self.apiserver.take(), self.etcd.take()].into_iter().flatten() {
-            let mut p = p;
+        while let Some(mut p) = self.procs.pop() {
             if !p.stop(STOP_GRACE) {
                 killed.push(p.name.clone());
             }
@@ -218,18 +245,10 @@ impl ControlPlane {
     }
 }
 
-fn check_running(p: Option<&mut Supervised>) -> Result<()> {
-    if let Some(p) = p
-        && let Some(status) = p.exited()
-    {
-        bail!(
-            "{} exited ({status}); last lines of {}:\n    {}",
-            p.name,
-            p.log.display(),
-            p.log_tail(20)
-        );
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.stop();
     }
-    Ok(())
 }
 
 fn etcd_args(c: &Config) -> Vec<String> {
@@ -272,6 +291,27 @@ fn apiserver_args(c: &Config, p: &pki::Pki) -> Vec<String> {
 
 /// A plain-HTTP GET (etcd's client port), returning the body. Runs in whatever netns the calling
 /// thread is in.
+fn controller_manager_args(c: &Config, p: &pki::Pki, kubeconfig: &Path) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    let kubeconfig = path(kubeconfig);
+    vec![
+        format!("--kubeconfig={kubeconfig}"),
+        // No --authentication/authorization-kubeconfig: they look up a client CA the apiserver here
+        // does not have (no --client-ca-file), and nothing calls the controller-manager's own
+        // endpoint beyond /healthz, which stays open without them.
+        format!("--bind-address={}", c.bind),
+        format!("--cert-dir={}", path(&c.state_dir.join("pki/controller-manager"))),
+        // One instance: a leader election would only delay the start.
+        "--leader-elect=false".into(),
+        format!("--service-account-private-key-file={}", path(&p.sa_key)),
+        // Published to every namespace as the kube-root-ca.crt ConfigMap, which pods use to trust
+        // the apiserver.
+        format!("--root-ca-file={}", path(&p.serving_cert)),
+        format!("--service-cluster-ip-range={}", c.service_cidr),
+        "--profiling=false".into(),
+    ]
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("connecting to {addr}"))?;

@@ -1,10 +1,10 @@
 //! `cargo xtask k8s`: upstream Kubernetes control-plane binaries built from Go modules, and a real
-//! etcd + kube-apiserver started in a network namespace.
+//! control plane (etcd, kube-apiserver, kube-controller-manager) started in a network namespace.
 //!
 //! Module map: `gomod` reads upstream `go.mod` files and writes the wrapper modules, `build` runs the
 //! Go toolchain into the cache, `pki` makes keys, certificates, the token file and the kubeconfig,
-//! `proc` supervises one child process, `apiserver` starts and stops etcd + kube-apiserver, `smoke`
-//! is the end-to-end check in a throwaway netns.
+//! `proc` supervises one child process, `apiserver` starts and stops etcd, kube-apiserver and
+//! kube-controller-manager, `smoke` is the end-to-end check in a throwaway netns.
 
 mod apiserver;
 mod build;
@@ -39,8 +39,8 @@ pub enum K8sCommand {
     /// Build kube-apiserver, kube-controller-manager, kube-proxy and etcd into the cache (reused when
     /// already built with the same versions and Go).
     Build(build::BuildArgs),
-    /// Build if needed, then start etcd + kube-apiserver in a fresh netns, check them with kubectl,
-    /// and remove everything again.
+    /// Build if needed, then start etcd, kube-apiserver and kube-controller-manager in a fresh netns,
+    /// check them with kubectl, and remove everything again.
     Smoke(smoke::SmokeArgs),
 }
 

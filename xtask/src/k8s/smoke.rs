@@ -1,5 +1,5 @@
-//! `cargo xtask k8s smoke`: the built binaries answer `--version`, then etcd + kube-apiserver run in
-//! a fresh netns and kubectl talks to them. Everything started is removed again, also on error; the
+//! `cargo xtask k8s smoke`: the built binaries answer `--version`, then etcd, kube-apiserver and
+//! kube-controller-manager run in a fresh netns and kubectl checks what each of them does. Everything started is removed again, also on error; the
 //! state directory (logs, keys, kubeconfig) is kept for reading afterwards.
 
 use std::{
@@ -116,8 +116,25 @@ fn checks(cp: &ControlPlane, version: &str) -> Result<()> {
     if ip != "10.96.0.1" {
         bail!("the kubernetes Service has ClusterIP {ip:?}, expected 10.96.0.1 (first of 10.96.0.0/16)");
     }
-    let eps = wait_endpoint(cp)?;
-    eprintln!("k8s smoke: service kubernetes: ClusterIP {ip}, endpoint {eps}");
+    let want = format!("{ADVERTISE}:6443");
+    // The EndpointSlice, not the Endpoints object: it is what kube-proxy and the agent read, and
+    // kubectl warns that v1 Endpoints is deprecated.
+    let slice = "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}";
+    eventually(
+        &format!("the kubernetes Service's EndpointSlice at {want}"),
+        || {
+            let got = cp.kubectl(&[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=kubernetes",
+                "-o",
+                slice,
+            ])?;
+            Ok((got == want).then_some(()).ok_or(got))
+        },
+    )?;
+    eprintln!("k8s smoke: service kubernetes: ClusterIP {ip}, endpoint {want}");
 
     // RBAC is on and the static token maps to an admin: a namespaced write and a NodePort allocation
     // from the configured range both go through.
@@ -149,30 +166,59 @@ fn checks(cp: &ControlPlane, version: &str) -> Result<()> {
     }
     let who = cp.kubectl(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])?;
     eprintln!("k8s smoke: as {who}: created namespace strait-smoke and NodePort service probe (port {n})");
+
+    if cp.config.controller_manager {
+        // Three controllers of kube-controller-manager, each seen by what it writes.
+        let checks: [(&str, &[&str], &str); 3] = [
+            (
+                "ServiceAccount strait-smoke/default (serviceaccount controller)",
+                &["-n", "strait-smoke", "get", "serviceaccounts", "-o", "name"],
+                "serviceaccount/default",
+            ),
+            (
+                "ConfigMap strait-smoke/kube-root-ca.crt (root-ca-cert-publisher)",
+                &["-n", "strait-smoke", "get", "configmaps", "-o", "name"],
+                "configmap/kube-root-ca.crt",
+            ),
+            (
+                "an EndpointSlice for service probe (endpointslice controller)",
+                &[
+                    "-n",
+                    "strait-smoke",
+                    "get",
+                    "endpointslices",
+                    "-l",
+                    "kubernetes.io/service-name=probe,endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io",
+                    "-o",
+                    "jsonpath={.items[*].metadata.labels.kubernetes\\.io/service-name}",
+                ],
+                "probe",
+            ),
+        ];
+        for (what, args, want) in checks {
+            eventually(what, || {
+                let got = cp.kubectl(args)?;
+                Ok(got.lines().any(|l| l.trim() == want).then_some(()).ok_or(got))
+            })?;
+            eprintln!("k8s smoke: kube-controller-manager made {what}");
+        }
+    }
     Ok(())
 }
 
-/// The apiserver publishes its own endpoint shortly after it is ready; bounded wait for it.
-fn wait_endpoint(cp: &ControlPlane) -> Result<String> {
-    let want = format!("{ADVERTISE}:6443");
+/// Retries `check` once a second for up to 30 s: controllers act shortly after the objects they
+/// watch appear. `Ok(Err(answer))` means not yet.
+fn eventually(what: &str, mut check: impl FnMut() -> Result<std::result::Result<(), String>>) -> Result<()> {
     let mut last = String::new();
     for _ in 0..30 {
-        // The EndpointSlice, not the Endpoints object: it is what kube-proxy and the agent read, and
-        // kubectl warns that v1 Endpoints is deprecated.
-        last = cp.kubectl(&[
-            "get",
-            "endpointslices",
-            "-l",
-            "kubernetes.io/service-name=kubernetes",
-            "-o",
-            "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}",
-        ])?;
-        if last == want {
-            return Ok(last);
+        match check() {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(answer)) => last = answer,
+            Err(e) => last = format!("{e:#}"),
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    bail!("the kubernetes Service's EndpointSlice says {last:?} after 30 s, expected {want}")
+    bail!("no {what} after 30 s (last answer: {:?})", last.trim())
 }
 
 /// kubectl within one minor version of `version`'s (what kubectl supports).
