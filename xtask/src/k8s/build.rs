@@ -180,6 +180,13 @@ pub fn ensure(root: &Path, version: &str, force: bool) -> Result<Built> {
     Ok(built)
 }
 
+/// The binaries of `version` if the cache has them from this machine's Go, without building.
+pub fn lookup(root: &Path, version: &str) -> Result<Option<Built>> {
+    let built = Built::new(root, version);
+    let go_version = go_version()?;
+    Ok(cached(&built, version, &go_version).map(|_| built))
+}
+
 fn cached(built: &Built, version: &str, go_version: &str) -> Option<Stamp> {
     let stamp: Stamp = serde_json::from_slice(&std::fs::read(built.stamp()).ok()?).ok()?;
     let complete = BINARIES.iter().all(|b| built.bin(b).is_file());

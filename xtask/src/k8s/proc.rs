@@ -31,16 +31,20 @@ impl Supervised {
         args: &[String],
         log: PathBuf,
     ) -> Result<Supervised> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(program).args(args);
+        Supervised::spawn(name, cmd, log).with_context(|| format!("in netns {netns}"))
+    }
+
+    /// Starts `cmd` with stdin closed and stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Supervised> {
         let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(program)
-            .args(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
-            .with_context(|| format!("starting {name} ({}) in netns {netns}", program.display()))?;
+            .with_context(|| format!("starting {name} ({cmd:?})"))?;
         Ok(Supervised {
             name: name.to_string(),
             log,
@@ -92,5 +96,56 @@ impl Drop for Supervised {
         if self.child.is_some() {
             self.stop(Duration::from_secs(10));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(name: &str, script: &str) -> Supervised {
+        let log = std::env::temp_dir().join(format!("strait-proc-test-{}-{name}.log", std::process::id()));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        Supervised::spawn(name, cmd, log).unwrap()
+    }
+
+    #[test]
+    fn sigterm_ends_a_process_that_honours_it() {
+        let mut p = sh("honours", "exec sleep 30");
+        assert!(p.exited().is_none());
+        let t = Instant::now();
+        assert!(p.stop(Duration::from_secs(5)));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let _ = std::fs::remove_file(&p.log);
+    }
+
+    #[test]
+    fn a_process_ignoring_sigterm_is_killed_after_the_grace_time() {
+        // The trap must be in place before the signal comes: wait for the line that says so.
+        let mut p = sh("ignores", "trap '' TERM; echo ready; while :; do sleep 0.1; done");
+        let t = Instant::now();
+        while !p.log_tail(1).contains("ready") && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!p.stop(Duration::from_millis(300)));
+        assert!(p.exited().is_none(), "stopped: no child left to wait for");
+        let _ = std::fs::remove_file(&p.log);
+    }
+
+    #[test]
+    fn an_early_exit_is_seen_with_its_output() {
+        let mut p = sh("dies", "echo cannot start; exit 3");
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = p.exited() {
+                break s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "sh did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(p.log_tail(5), "cannot start");
+        let _ = std::fs::remove_file(&p.log);
     }
 }

@@ -31,6 +31,10 @@ pub struct SmokeArgs {
     /// kubectl (on PATH or beside it) within one minor version of the server.
     #[arg(long, env = "STRAIT_KUBECTL")]
     pub kubectl: Option<PathBuf>,
+    /// Skip (successfully, saying so) instead of building when the cache has no build of this
+    /// version: for CI runs that cannot afford a cold build.
+    #[arg(long)]
+    pub if_cached: bool,
 }
 
 pub fn command(root: &Path, version: &str, args: &SmokeArgs) -> Result<()> {
@@ -38,7 +42,20 @@ pub fn command(root: &Path, version: &str, args: &SmokeArgs) -> Result<()> {
         bail!("k8s smoke creates a network namespace: run it as root");
     }
     let started = Instant::now();
-    let built = build::ensure(root, version, false)?;
+    let built = if args.if_cached {
+        match build::lookup(root, version)? {
+            Some(built) => built,
+            None => {
+                eprintln!(
+                    "k8s smoke: skipped: no cached build of {version} in {} (cargo xtask k8s build makes one)",
+                    root.display()
+                );
+                return Ok(());
+            }
+        }
+    } else {
+        build::ensure(root, version, false)?
+    };
     check_versions(&built, version)?;
     let kubectl = match &args.kubectl {
         Some(k) => k.clone(),
