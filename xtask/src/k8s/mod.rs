@@ -1,14 +1,17 @@
 //! `cargo xtask k8s`: upstream Kubernetes control-plane binaries built from Go modules, and a real
 //! control plane (etcd, kube-apiserver, kube-controller-manager) started in a network namespace.
 //!
-//! Module map: `gomod` reads upstream `go.mod` files and writes the wrapper modules, `build` runs the
-//! Go toolchain into the cache, `pki` makes keys, certificates, the token file and the kubeconfig,
+//! Module map: `gomod` reads upstream `go.mod` files and writes the wrapper modules, `gocmd` runs
+//! the `go` command with the cache's settings, `build` puts the steps together into the cache,
+//! `pki` makes keys, certificates, the token file and the kubeconfig, `kubectl` picks a kubectl,
 //! `proc` supervises one child process, `apiserver` starts and stops etcd, kube-apiserver and
 //! kube-controller-manager, `smoke` is the end-to-end check in a throwaway netns.
 
 mod apiserver;
 mod build;
+mod gocmd;
 mod gomod;
+mod kubectl;
 mod pki;
 mod proc;
 mod smoke;
