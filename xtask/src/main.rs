@@ -9,6 +9,7 @@ mod demo;
     reason = "shared with proxy-agent's build script, which uses other parts"
 )]
 mod ebpf_toolchain;
+mod k8s;
 mod lab;
 mod manifests_check;
 mod setup;
@@ -42,6 +43,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// A lab cluster made of network namespaces on this machine.
     Lab(lab::LabArgs),
+    /// Upstream Kubernetes control-plane binaries built from Go modules, and a smoke test of them.
+    K8s(k8s::K8sArgs),
     /// Internal: the per-pod responder the lab runs inside each pod's namespace.
     #[command(hide = true)]
     LabResponder(lab::responder::ResponderArgs),
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Lab(args) => lab::run(args),
+        Task::K8s(args) => k8s::run(args),
         Task::LabResponder(args) => lab::responder::run(args),
     }
 }

@@ -1,0 +1,210 @@
+//! The parts of an upstream `go.mod` that the wrapper modules need, and the wrapper `go.mod` itself.
+//!
+//! Kubernetes and etcd develop several Go modules in one repository and point them at each other with
+//! path `replace` lines (`k8s.io/api => ./staging/src/k8s.io/api`). Go ignores a dependency's replace
+//! lines, and `go install pkg@version` refuses a module that has any, so the binaries can only be built
+//! from a main module of our own that restates each of those replacements as a published version.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+
+/// What the wrapper needs from an upstream `go.mod`. Only the directives used here are parsed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GoMod {
+    pub module: String,
+    /// The `go` directive: the wrapper states the same language version upstream was written for.
+    pub go: Option<String>,
+    /// `godebug` settings: they only take effect from the main module, so the wrapper repeats them to
+    /// give the binaries the runtime behaviour upstream ships with.
+    pub godebug: Vec<String>,
+    pub require: BTreeMap<String, String>,
+    /// Replaced module => target (a path or `module version`), as written.
+    pub replace: BTreeMap<String, String>,
+}
+
+impl GoMod {
+    pub fn parse(text: &str) -> Result<GoMod> {
+        let mut m = GoMod::default();
+        let mut block: Option<String> = None;
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.split("//").next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            if block.is_some() && line == ")" {
+                block = None;
+                continue;
+            }
+            let (verb, rest) = match &block {
+                Some(verb) => (verb.clone(), line),
+                None => match line.split_once(char::is_whitespace) {
+                    Some((verb, rest)) => (verb.to_string(), rest.trim()),
+                    None => bail!("go.mod line {}: cannot read {raw:?}", n + 1),
+                },
+            };
+            if block.is_none() && rest == "(" {
+                block = Some(verb);
+                continue;
+            }
+            m.directive(&verb, rest)
+                .map_err(|e| anyhow::anyhow!("go.mod line {}: {e}: {raw:?}", n + 1))?;
+        }
+        if m.module.is_empty() {
+            bail!("go.mod has no module line");
+        }
+        Ok(m)
+    }
+
+    fn directive(&mut self, verb: &str, rest: &str) -> Result<()> {
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        match (verb, words.as_slice()) {
+            ("module", [path]) => self.module = path.trim_matches('"').to_string(),
+            ("go", [v]) => self.go = Some(v.to_string()),
+            ("godebug", _) => self.godebug.push(words.join(" ")),
+            ("require", [path, version]) => {
+                self.require.insert(path.to_string(), version.to_string());
+            }
+            ("replace", _) => {
+                let Some((from, to)) = rest.split_once("=>") else {
+                    bail!("replace without =>");
+                };
+                // A replacement of one version only (`a v1 => b v2`) is keyed by the module alone:
+                // neither upstream go.mod read here writes one.
+                let from = from.split_whitespace().next().unwrap_or("").to_string();
+                self.replace.insert(from, to.trim().to_string());
+            }
+            ("module" | "go" | "require", _) => bail!("unexpected {verb} form"),
+            // toolchain, exclude, retract, tool, ignore: nothing the wrapper takes over.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Modules that upstream replaces with a directory of its own repository and also requires, each
+    /// with the published version `version_of` gives for it. Replacements of modules upstream does not
+    /// require (etcd's `FORBIDDEN_DEPENDENCY` guards) have nothing to pin and are left out.
+    pub fn local_replacements(&self, version_of: impl Fn(&str) -> String) -> Vec<(String, String)> {
+        self.replace
+            .iter()
+            .filter(|(module, to)| is_local_path(to) && self.require.contains_key(*module))
+            .map(|(module, _)| (module.clone(), version_of(module)))
+            .collect()
+    }
+}
+
+fn is_local_path(target: &str) -> bool {
+    target.starts_with("./") || target.starts_with("../") || target.starts_with('/')
+}
+
+/// The wrapper module: requires `upstream` at `version`, pins `pins` (module, version) with replace
+/// lines, and lists `tools` (the commands to build) as `tool` lines, which keeps their dependencies
+/// in the module graph so `go mod tidy` records checksums for exactly what the build needs.
+pub fn wrapper(
+    name: &str,
+    upstream: &GoMod,
+    version: &str,
+    pins: &[(String, String)],
+    tools: &[&str],
+) -> String {
+    let mut s = format!("// Generated by `cargo xtask k8s build`; do not edit.\nmodule {name}\n\n");
+    if let Some(go) = &upstream.go {
+        s += &format!("go {go}\n\n");
+    }
+    for d in &upstream.godebug {
+        s += &format!("godebug {d}\n");
+    }
+    if !upstream.godebug.is_empty() {
+        s += "\n";
+    }
+    s += &format!("require {} {version}\n\n", upstream.module);
+    s += "tool (\n";
+    for t in tools {
+        s += &format!("\t{t}\n");
+    }
+    s += ")\n";
+    if !pins.is_empty() {
+        s += "\nreplace (\n";
+        for (module, v) in pins {
+            s += &format!("\t{module} => {module} {v}\n");
+        }
+        s += ")\n";
+    }
+    s
+}
+
+/// Kubernetes publishes each staging module of release `v1.X.Y` as `v0.X.Y`.
+pub fn staging_version(kubernetes: &str) -> Result<String> {
+    match kubernetes.strip_prefix("v1.") {
+        Some(rest) if rest.split('.').count() == 2 => Ok(format!("v0.{rest}")),
+        _ => bail!("{kubernetes:?} is not a Kubernetes release version (v1.X.Y)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPSTREAM: &str = "// comment\nmodule k8s.io/kubernetes\n\ngo 1.24.0\n\ngodebug default=go1.24\n\n\
+require (\n\tgithub.com/a/b v1.2.3\n\tk8s.io/api v0.0.0\n\tk8s.io/client-go v0.0.0 // indirect\n)\n\n\
+require go.etcd.io/etcd/server/v3 v3.6.4\n\nreplace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n\
+\tk8s.io/client-go => ./staging/src/k8s.io/client-go\n\tk8s.io/unused => ./staging/src/k8s.io/unused\n)\n\
+replace github.com/x/y v1.0.0 => github.com/x/z v1.0.1\n";
+
+    #[test]
+    fn parses_the_directives_the_wrapper_uses() {
+        let m = GoMod::parse(UPSTREAM).unwrap();
+        assert_eq!(m.module, "k8s.io/kubernetes");
+        assert_eq!(m.go.as_deref(), Some("1.24.0"));
+        assert_eq!(m.godebug, ["default=go1.24"]);
+        assert_eq!(m.require["k8s.io/client-go"], "v0.0.0");
+        assert_eq!(m.require["go.etcd.io/etcd/server/v3"], "v3.6.4");
+        assert_eq!(m.replace["github.com/x/y"], "github.com/x/z v1.0.1");
+        assert_eq!(m.replace.len(), 4);
+    }
+
+    #[test]
+    fn pins_only_required_modules_replaced_by_a_path() {
+        let m = GoMod::parse(UPSTREAM).unwrap();
+        let pins = m.local_replacements(|_| "v0.34.4".into());
+        assert_eq!(
+            pins,
+            [
+                ("k8s.io/api".to_string(), "v0.34.4".to_string()),
+                ("k8s.io/client-go".to_string(), "v0.34.4".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn wrapper_round_trips_through_the_parser() {
+        let m = GoMod::parse(UPSTREAM).unwrap();
+        let pins = m.local_replacements(|_| "v0.34.4".into());
+        let text = wrapper(
+            "strait.local/k",
+            &m,
+            "v1.34.4",
+            &pins,
+            &["k8s.io/kubernetes/cmd/kube-proxy"],
+        );
+        let w = GoMod::parse(&text).unwrap();
+        assert_eq!(w.module, "strait.local/k");
+        assert_eq!(w.go, m.go);
+        assert_eq!(w.godebug, m.godebug);
+        assert_eq!(w.require["k8s.io/kubernetes"], "v1.34.4");
+        assert_eq!(w.replace["k8s.io/client-go"], "k8s.io/client-go v0.34.4");
+        assert!(text.contains("tool (\n\tk8s.io/kubernetes/cmd/kube-proxy\n)"));
+    }
+
+    #[test]
+    fn staging_versions_follow_the_release() {
+        assert_eq!(staging_version("v1.34.4").unwrap(), "v0.34.4");
+        assert!(staging_version("v0.34.4").is_err());
+        assert!(staging_version("v1.34").is_err());
+    }
+
+    #[test]
+    fn rejects_a_file_without_module() {
+        assert!(GoMod::parse("go 1.24\n").is_err());
+    }
+}
