@@ -18,6 +18,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Appends copies of `other`'s objects (the standalone source joins its files this way).
+    pub fn extend_from(&mut self, other: &Snapshot) {
+        self.nodes.extend(other.nodes.iter().cloned());
+        self.namespaces.extend(other.namespaces.iter().cloned());
+        self.pods.extend(other.pods.iter().cloned());
+        self.services.extend(other.services.iter().cloned());
+        self.endpoint_slices.extend(other.endpoint_slices.iter().cloned());
+        self.network_policies
+            .extend(other.network_policies.iter().cloned());
+    }
+
     pub fn object_count(&self) -> usize {
         self.nodes.len()
             + self.namespaces.len()

@@ -18,6 +18,9 @@ pub struct BenchArgs {
     /// Where the results folder goes (default: bench-results/ in the workspace).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// Leave out the agent at scale (first sync, memory, endpoint-change latency).
+    #[arg(long)]
+    pub skip_agent: bool,
     /// Do not measure: write the report from a results.json of an earlier run.
     #[arg(long, value_name = "RESULTS_JSON")]
     pub from_json: Option<PathBuf>,
@@ -101,7 +104,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(svg) = svg {
         std::fs::write(dir.join("clusterip.svg"), svg)?;
     }
-    let md = markdown(&report, has_plot);
+    let mut md = markdown(&report, has_plot);
+    if args.from_json.is_none() && !args.skip_agent {
+        eprintln!("xtask bench: the agent at scale (building proxy-agent)");
+        let status = cargo()
+            .args(["build", "--release", "-p", "proxy-agent"])
+            .status()
+            .context("running cargo")?;
+        if !status.success() {
+            bail!("building proxy-agent failed");
+        }
+        let agent = crate::target_dir().join("release/proxy-agent");
+        let scale = crate::bench_agent::run(&agent, args.quick)?;
+        std::fs::write(dir.join("agent.json"), serde_json::to_string_pretty(&scale)?)?;
+        let section = crate::bench_agent::markdown(&scale);
+        println!("{section}");
+        md.push_str(&section);
+    }
     std::fs::write(dir.join("report.md"), &md)?;
     println!("{}", tables(&report));
     eprintln!(

@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 mod bench;
+mod bench_agent;
 mod demo;
 #[path = "../../proxy-agent/build/ebpf_toolchain.rs"]
 #[allow(
