@@ -9,6 +9,7 @@
 
 mod derive;
 mod endpoints;
+pub mod maglev;
 mod plan;
 pub(crate) mod render;
 #[cfg(test)]
