@@ -218,23 +218,34 @@ pub struct DesiredMaglev {
     pub warnings: Vec<String>,
 }
 
+fn external_frontends(plan: &LbPlan) -> impl Iterator<Item = &super::Frontend> {
+    plan.frontends
+        .iter()
+        .filter(|f| f.kind != FrontendKind::ClusterIp && f.scope == SCOPE_EXTERNAL && !f.backends.is_empty())
+}
+
+/// The frontends whose backends are too many for `size` (cheap: no table is built).
+pub fn warnings(plan: &LbPlan, size: TableSize) -> Vec<String> {
+    external_frontends(plan)
+        .filter_map(|f| {
+            size.check_backends(f.backends.len())
+                .err()
+                .map(|w| format!("Service {} {}:{}/{}: {w}", f.service, f.addr, f.port, f.proto))
+        })
+        .collect()
+}
+
 pub fn desired(plan: &LbPlan, size: TableSize) -> DesiredMaglev {
-    let mut out = DesiredMaglev::default();
+    let mut out = DesiredMaglev {
+        warnings: warnings(plan, size),
+        ..Default::default()
+    };
     // Frontends of one Service port share their backends; build each distinct set once.
     let mut cache: BTreeMap<Vec<String>, MaglevTable> = BTreeMap::new();
-    for f in &plan.frontends {
-        if f.kind == FrontendKind::ClusterIp || f.scope != SCOPE_EXTERNAL || f.backends.is_empty() {
-            continue;
-        }
+    for f in external_frontends(plan) {
         let mut names: Vec<String> = f.backends.iter().map(|b| backend_name(b.addr, b.port)).collect();
         names.sort();
         names.dedup();
-        if let Err(w) = size.check_backends(names.len()) {
-            out.warnings.push(format!(
-                "Service {} {}:{}/{}: {w}",
-                f.service, f.addr, f.port, f.proto
-            ));
-        }
         let table = cache
             .entry(names)
             .or_insert_with_key(|names| build(size, names))
