@@ -140,6 +140,10 @@ pub struct RunArgs {
     /// kube-proxy's health endpoint (/healthz, /livez, /readyz), where load balancers already probe.
     #[arg(long, default_value = crate::healthz::DEFAULT_ADDR)]
     pub healthz_addr: SocketAddr,
+    /// Entries of each Service's Maglev table for traffic from outside the node (a prime, ≥ 100 per
+    /// backend for an even spread; the same on every node, or nodes pick different backends).
+    #[arg(long, default_value_t = crate::lb::maglev::TableSize::default())]
+    pub maglev_table_size: crate::lb::maglev::TableSize,
 }
 
 #[derive(Subcommand)]

@@ -60,6 +60,9 @@ struct Inner {
     counters: AgentCounters,
     /// Frontend (address, port, protocol number, scope) → the Service port it belongs to.
     frontend_names: std::collections::BTreeMap<(std::net::Ipv4Addr, u16, u8, u8), String>,
+    /// The health checks of the last plan, and their listeners (synced at the end of every pass).
+    health_checks: Vec<lb::HealthCheck>,
+    service_health: crate::healthcheck::ServiceHealth,
 }
 
 impl Shared {
@@ -240,6 +243,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             policy_status: PolicyStatusView::default(),
             counters: AgentCounters::default(),
             frontend_names: Default::default(),
+            health_checks: Vec::new(),
+            service_health: Default::default(),
         }),
         flows: Mutex::new(FlowStore::default()),
         flow_context: Mutex::new(Arc::default()),
@@ -326,6 +331,12 @@ fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner
         .sync
         .rejected
         .extend(plan.rejected.iter().map(ToString::to_string));
+    inner.health_checks.clone_from(&plan.health_checks);
+    for w in lb::maglev::warnings(&plan, args.maglev_table_size) {
+        if watch.reported.insert(w.clone()) {
+            tracing::warn!(problem = %w, "Maglev table too small");
+        }
+    }
     let Inner {
         datapath,
         reconciler,
@@ -543,5 +554,12 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared) -> R
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    // Last, so that the answers are those of a pass that completed; a pass that fails stops
+    // refreshing them and the checks turn 503 once the proxy counts as stale.
+    let health = inner
+        .service_health
+        .sync(&inner.health_checks, inner.sync.last_pass_ok_unix_ms);
+    inner.counters.health_check_listen_errors += health.new_failures;
+    inner.errors.extend(health.errors);
     Ok(())
 }

@@ -51,10 +51,15 @@ pub struct Healthy {
     pub healthy: bool,
 }
 
+/// The proxy is healthy: a reconcile pass succeeded within [`STALE_AFTER`] (also the
+/// `serviceProxyHealthy` of the per-Service health checks).
+pub fn fresh(last_pass_ok_unix_ms: u64, now_ms: u64) -> bool {
+    last_pass_ok_unix_ms > 0 && now_ms.saturating_sub(last_pass_ok_unix_ms) <= STALE_AFTER.as_millis() as u64
+}
+
 /// Pure: the answer to `/healthz` (`with_node`) or `/livez` at `now_ms` for the agent's sync state.
 pub fn health(sync: &SyncView, now_ms: u64, with_node: bool) -> (StatusCode, HealthBody) {
-    let fresh = sync.last_pass_ok_unix_ms > 0
-        && now_ms.saturating_sub(sync.last_pass_ok_unix_ms) <= STALE_AFTER.as_millis() as u64;
+    let fresh = fresh(sync.last_pass_ok_unix_ms, now_ms);
     let eligible = with_node.then_some(sync.node_eligible);
     let ok = fresh && eligible.unwrap_or(true);
     let body = HealthBody {

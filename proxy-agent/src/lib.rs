@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod endpoints;
 pub mod flows;
+pub mod healthcheck;
 pub mod healthz;
 pub mod host;
 pub mod lb;

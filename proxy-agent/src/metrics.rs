@@ -26,6 +26,8 @@ pub struct AgentCounters {
     pub source_objects: BTreeMap<&'static str, u64>,
     /// Every object has been read once (the API-server source: every kind listed).
     pub source_synced: bool,
+    /// Service health checks that could not listen on their port (each distinct failure once).
+    pub health_check_listen_errors: u64,
 }
 
 /// Everything one scrape shows.
@@ -123,6 +125,13 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "Failed lists and watches of the API-server source, by kind (each is retried with backoff)",
         "kind",
         &watch_errors,
+    );
+    let listen_errors = Counter::<u64>::default();
+    listen_errors.inc_by(s.counters.health_check_listen_errors);
+    r.register(
+        "strait_health_check_listen_errors",
+        "Service health checks (spec.healthCheckNodePort) that could not listen on their port",
+        listen_errors,
     );
     let objects = Family::<Labels, Gauge>::default();
     for (kind, n) in &s.counters.source_objects {

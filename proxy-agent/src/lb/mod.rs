@@ -9,8 +9,10 @@
 
 mod derive;
 mod endpoints;
+pub mod maglev;
 mod plan;
 pub(crate) mod render;
+pub mod source_ranges;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -138,6 +140,9 @@ pub struct Frontend {
     pub affinity_timeout: u32,
     /// Sorted by (addr, port); empty with `REJECT` or `DROP` set.
     pub backends: Vec<PlannedBackend>,
+    /// LoadBalancer frontends of a Service with `spec.loadBalancerSourceRanges`: the only client
+    /// prefixes let in (an empty list lets none in). `None`: open to every client.
+    pub source_ranges: Option<Vec<policy::net::Ipv4Net>>,
 }
 
 /// A backend of a frontend; its protocol is the frontend's.
@@ -178,10 +183,26 @@ impl std::fmt::Display for Rejected {
     }
 }
 
+/// A Service's `spec.healthCheckNodePort` as kube-proxy serves it on this node: LoadBalancer Services
+/// with externalTrafficPolicy Local only, answering with the number of this node's ready endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+    /// Distinct addresses of ready endpoints on this node, over all the Service's ports (kube-proxy
+    /// counts a pod serving two ports once; terminating endpoints do not count, so a node with only
+    /// terminating ones fails the check and the load balancer drains it).
+    pub local_endpoints: usize,
+}
+
 /// The desired load-balancing state of one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LbPlan {
     /// Sorted by (addr, port, proto, scope); at most one per key.
     pub frontends: Vec<Frontend>,
+    /// Sorted by port; at most one per port.
+    pub health_checks: Vec<HealthCheck>,
+    /// Objects skipped whole, and fields ignored in objects that are still planned.
     pub rejected: Vec<Rejected>,
 }

@@ -5,17 +5,20 @@
 //! iptables proxier's use of them (REJECT without endpoints, DROP without local endpoints).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
 };
 
 use common::lb::{SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags};
 use k8s_openapi::api::core::v1::{Node, Service};
 
+use policy::net::Ipv4Net;
+
 use super::{
-    DEFAULT_AFFINITY_TIMEOUT, Frontend, FrontendKind, LbPlan, PlannedBackend, Proto, Rejected,
+    DEFAULT_AFFINITY_TIMEOUT, Frontend, FrontendKind, HealthCheck, LbPlan, PlannedBackend, Proto, Rejected,
     ServicePortRef, ZONE_LABEL,
     endpoints::{Endpoint, SliceIndex, categorize},
+    source_ranges,
 };
 use crate::snapshot::Snapshot;
 
@@ -42,18 +45,27 @@ pub fn plan(snapshot: &Snapshot, node_name: &str) -> LbPlan {
         node_ips: &node_ips,
         slices: &slices,
         frontends: BTreeMap::new(),
+        health_checks: BTreeMap::new(),
         rejected: &mut rejected,
     };
     for service in services {
         match ServiceInfo::parse(service) {
-            Ok(Some(info)) => planner.service(&info),
+            Ok(Some(info)) => {
+                planner.rejected.extend(info.ignored.iter().cloned());
+                planner.service(&info);
+            }
             Ok(None) => {}
             Err(r) => planner.rejected.push(r),
         }
     }
     let frontends = planner.frontends.into_values().collect();
+    let health_checks = planner.health_checks.into_values().collect();
     rejected.sort();
-    LbPlan { frontends, rejected }
+    LbPlan {
+        frontends,
+        health_checks,
+        rejected,
+    }
 }
 
 fn namespaced(service: &Service) -> (String, String) {
@@ -111,6 +123,12 @@ struct ServiceInfo {
     affinity_timeout: u32,
     internal_local: bool,
     external_local: bool,
+    /// `spec.healthCheckNodePort` when kube-proxy serves it (`apiservice.NeedsHealthCheck`).
+    health_check_node_port: Option<u16>,
+    /// Parsed `spec.loadBalancerSourceRanges` (see `source_ranges::parse`).
+    source_ranges: Option<Vec<Ipv4Net>>,
+    /// Fields left out of an otherwise planned Service; reported like rejected objects.
+    ignored: Vec<Rejected>,
 }
 
 impl ServiceInfo {
@@ -266,6 +284,30 @@ impl ServiceInfo {
             spec.external_traffic_policy.as_deref(),
             "spec.externalTrafficPolicy",
         )? && matches!(type_, "NodePort" | "LoadBalancer");
+        let mut ignored = Vec::new();
+        // A bad health-check port must not take the Service's traffic down with it: the port is
+        // reported and not served (the load balancer then sees the node as unhealthy).
+        let health_check_node_port = if type_ == "LoadBalancer" && external_local {
+            match spec.health_check_node_port {
+                None | Some(0) => None,
+                Some(p @ 1..=65_535) => Some(p as u16),
+                Some(p) => {
+                    ignored.push(reject(
+                        "spec.healthCheckNodePort".into(),
+                        format!("{p} is not a valid port"),
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (source_ranges, bad_ranges) = source_ranges::parse(spec.load_balancer_source_ranges.as_deref());
+        ignored.extend(
+            bad_ranges
+                .into_iter()
+                .map(|(field, reason)| reject(field, reason)),
+        );
         Ok(Some(Self {
             namespace,
             name,
@@ -276,6 +318,9 @@ impl ServiceInfo {
             affinity_timeout,
             internal_local,
             external_local,
+            health_check_node_port,
+            source_ranges,
+            ignored,
         }))
     }
 }
@@ -288,6 +333,7 @@ struct Planner<'a> {
     node_ips: &'a [Ipv4Addr],
     slices: &'a SliceIndex,
     frontends: BTreeMap<FrontendKey, Frontend>,
+    health_checks: BTreeMap<u16, HealthCheck>,
     rejected: &'a mut Vec<Rejected>,
 }
 
@@ -308,12 +354,45 @@ fn backends(endpoints: &[Endpoint]) -> Vec<PlannedBackend> {
 
 impl Planner<'_> {
     fn service(&mut self, info: &ServiceInfo) {
+        let mut local_ready = BTreeSet::new();
         for port in &info.ports {
-            self.service_port(info, port);
+            self.service_port(info, port, &mut local_ready);
+        }
+        if let Some(port) = info.health_check_node_port {
+            self.health_check(info, port, local_ready.len());
         }
     }
 
-    fn service_port(&mut self, info: &ServiceInfo, port: &PortInfo) {
+    /// kube-proxy keeps one health check per port; the API server allocates them from the NodePort
+    /// range, so two Services on one port is bad input: the first in namespace/name order keeps it.
+    fn health_check(&mut self, info: &ServiceInfo, port: u16, local_endpoints: usize) {
+        if let Some(existing) = self.health_checks.get(&port) {
+            self.rejected.push(Rejected {
+                kind: "Service",
+                namespace: info.namespace.clone(),
+                name: info.name.clone(),
+                field: "spec.healthCheckNodePort".into(),
+                reason: format!(
+                    "port {port} is already the health check of {}/{}",
+                    existing.namespace, existing.name
+                ),
+            });
+            return;
+        }
+        self.health_checks.insert(
+            port,
+            HealthCheck {
+                namespace: info.namespace.clone(),
+                name: info.name.clone(),
+                port,
+                local_endpoints,
+            },
+        );
+    }
+
+    /// Plans one Service port; adds the addresses of its ready endpoints on this node to `local_ready`
+    /// (the health check's count, taken from the same endpoint set the frontends use).
+    fn service_port(&mut self, info: &ServiceInfo, port: &PortInfo, local_ready: &mut BTreeSet<Ipv4Addr>) {
         let endpoints = self.slices.endpoints(
             &info.namespace,
             &info.name,
@@ -321,6 +400,7 @@ impl Planner<'_> {
             port.proto,
             self.node_name,
         );
+        local_ready.extend(endpoints.iter().filter(|e| e.local && e.ready).map(|e| e.addr));
         // serviceport.go: ExternallyAccessible, UsesClusterEndpoints, UsesLocalEndpoints.
         let externally_accessible =
             port.node_port != 0 || !info.lb_ips.is_empty() || !info.external_ips.is_empty();
@@ -355,6 +435,12 @@ impl Planner<'_> {
             name: info.name.clone(),
             port_name: port.name.clone(),
         };
+        // kube-proxy's firewall for loadBalancerSourceRanges guards the LoadBalancer IPs only, for
+        // every client (outside, pods, the node), hence on both scopes.
+        let lb_source_ranges = info
+            .source_ranges
+            .as_ref()
+            .map(|r| source_ranges::for_frontend(r, &info.lb_ips, self.node_ips));
         let make =
             |kind: FrontendKind, addr: Ipv4Addr, number: u16, scope: u8, flags: u16, set: &[Endpoint]| {
                 let flags = flags | kind.flag() | affinity | verdict(set);
@@ -371,6 +457,11 @@ impl Planner<'_> {
                         Vec::new()
                     } else {
                         backends(set)
+                    },
+                    source_ranges: if kind == FrontendKind::LoadBalancer {
+                        lb_source_ranges.clone()
+                    } else {
+                        None
                     },
                 }
             };

@@ -42,7 +42,7 @@ pub fn svc_flag_names(flags: u16) -> String {
     out
 }
 
-/// One line per frontend and per backend, then one per rejected object.
+/// One line per frontend and per backend, then one per health check, then one per rejected object.
 pub fn render_plan(plan: &LbPlan) -> String {
     let mut out = String::new();
     for f in &plan.frontends {
@@ -69,6 +69,10 @@ pub fn render_plan(plan: &LbPlan) -> String {
         if f.affinity_timeout != 0 {
             let _ = write!(out, " affinity={}s", f.affinity_timeout);
         }
+        if let Some(ranges) = &f.source_ranges {
+            let ranges: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+            let _ = write!(out, " source-ranges=[{}]", ranges.join(","));
+        }
         let _ = writeln!(out, " backends={}", f.backends.len());
         for b in &f.backends {
             let _ = write!(out, "  -> {}:{}", b.addr, b.port);
@@ -83,6 +87,13 @@ pub fn render_plan(plan: &LbPlan) -> String {
             }
             out.push('\n');
         }
+    }
+    for h in &plan.health_checks {
+        let _ = writeln!(
+            out,
+            "HEALTHCHECK :{} {}/{} local-endpoints={}",
+            h.port, h.namespace, h.name, h.local_endpoints
+        );
     }
     for r in &plan.rejected {
         let _ = writeln!(out, "REJECTED {r}");

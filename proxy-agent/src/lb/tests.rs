@@ -188,6 +188,11 @@ fn golden_external() {
 }
 
 #[test]
+fn golden_north_south() {
+    golden("north-south");
+}
+
+#[test]
 fn golden_standalone() {
     golden("standalone");
 }
@@ -284,4 +289,30 @@ fn protocols_round_trip_through_their_numbers() {
     }
     assert_eq!(Proto::parse(None), Ok(Proto::Tcp));
     assert!(Proto::parse(Some("ICMP")).is_err());
+}
+
+#[test]
+fn health_checks_count_ready_local_endpoint_addresses_per_node() {
+    let (snapshot, _, _) = load("north-south");
+    let checks = |node: &str| -> Vec<(u16, String, usize)> {
+        plan(&snapshot, node)
+            .health_checks
+            .into_iter()
+            .map(|h| (h.port, format!("{}/{}", h.namespace, h.name), h.local_endpoints))
+            .collect()
+    };
+    // node-a: web has two ready pods (each on two ports: counted once) and a terminating one (not
+    // counted); elsewhere has none here.
+    assert_eq!(
+        checks("node-a"),
+        [(32001, "shop/web".into(), 2), (32002, "shop/elsewhere".into(), 0)]
+    );
+    assert_eq!(
+        checks("node-b"),
+        [(32001, "shop/web".into(), 1), (32002, "shop/elsewhere".into(), 1)]
+    );
+    // Only LoadBalancer + externalTrafficPolicy Local get one; a Cluster policy or a NodePort Service
+    // with the field set is not served (kube-proxy's NeedsHealthCheck).
+    let ports: Vec<u16> = checks("node-c").iter().map(|c| c.0).collect();
+    assert_eq!(ports, [32001, 32002]);
 }
