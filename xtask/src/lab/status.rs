@@ -79,6 +79,10 @@ pub fn exec(paths: &Paths, target: &str, argv: &[OsString]) -> Result<()> {
     let (ns, cg) = match target {
         "external" => (state.external.netns.clone(), None),
         "segment" | "seg" => (state.segment_netns.clone(), None),
+        "control-plane" | "cp" => match &state.control_plane {
+            Some(cp) => (cp.netns.clone(), None),
+            None => anyhow::bail!("lab {} has no control plane (lab up --control-plane real)", state.name),
+        },
         t => {
             let node = t.strip_prefix("node/").unwrap_or(t);
             match state.node(node) {
