@@ -341,7 +341,20 @@ fn write_pod_status(cp: &ControlPlaneState, state: &State, pod: &Pod) -> Result<
             arr.push(json!({"type": kind, "status": default}));
         }
     }
+    let ready = arr.iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
+    // Per container too, so `kubectl get pods` counts them as a kubelet's report would.
+    let containers: Vec<Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            json!({"name": c.name, "ready": ready, "started": true, "restartCount": 0,
+                   "image": c.image.clone().unwrap_or_else(|| PLACEHOLDER_IMAGE.into()),
+                   "imageID": "", "state": {"running": {}}})
+        })
+        .collect();
     let mut status = json!({
+        "containerStatuses": containers,
         "phase": given.phase.clone().unwrap_or_else(|| "Running".into()),
         "podIP": ip,
         "podIPs": [{"ip": ip}],

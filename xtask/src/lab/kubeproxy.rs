@@ -55,6 +55,14 @@ pub fn start_all(paths: &Paths, state: &mut State) -> Result<()> {
         let Some(mode) = n.proxy.kube_proxy_mode() else {
             continue;
         };
+        // A real node's default route lets its own sockets' packets to a ClusterIP reach
+        // kube-proxy's OUTPUT DNAT (routing comes first, and fails without a route); lab nodes
+        // have no default route, so the service range gets one. Our agent needs none: its socket
+        // hooks rewrite the address at connect.
+        netns::ip_batch(
+            &n.netns,
+            &[format!("route replace {} dev eth0", super::cplane::SERVICE_CIDR)],
+        )?;
         let dir = super::layout::node_dir(&n.name);
         let mut child =
             process::spawn_detached(paths, &log_name(&dir), &n.netns, &n.cgroup, &argv(&cp, n, mode))?;
