@@ -60,7 +60,13 @@ pub fn create(dir: &Path, ips: &[Ipv4Addr]) -> Result<Pki> {
     openssl(
         Command::new("openssl")
             .args(["req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-days", "30", "-subj", "/CN=strait-lab-ca"])
+            .args([
+                "ec_paramgen_curve:prime256v1",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=strait-lab-ca",
+            ])
             .args(["-addext", "basicConstraints=critical,CA:TRUE"])
             .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
             .arg("-keyout")

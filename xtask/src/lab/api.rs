@@ -113,11 +113,8 @@ pub fn bootstrap(cp: &ControlPlaneState) -> Result<()> {
         )
         .with_context(|| format!("a token for ServiceAccount {ns}/{sa}"))?;
         let user = format!("system:serviceaccount:{ns}:{sa}");
-        std::fs::write(
-            file,
-            pki::kubeconfig_for(&ca, &cp.server, &user, token.trim()),
-        )
-        .with_context(|| format!("writing {}", file.display()))?;
+        std::fs::write(file, pki::kubeconfig_for(&ca, &cp.server, &user, token.trim()))
+            .with_context(|| format!("writing {}", file.display()))?;
     }
     Ok(())
 }
@@ -152,7 +149,13 @@ pub fn register_nodes(cp: &ControlPlaneState, objects: &[Object]) -> Result<()> 
     Ok(())
 }
 
-fn patch_status(cp: &ControlPlaneState, kind: &str, ns: Option<&str>, name: &str, patch: &Value) -> Result<()> {
+fn patch_status(
+    cp: &ControlPlaneState,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+    patch: &Value,
+) -> Result<()> {
     let mut args = vec![];
     if let Some(ns) = ns {
         args.extend(["-n", ns]);
@@ -226,7 +229,10 @@ fn create_missing_namespaces(cp: &ControlPlaneState, objects: &[Object]) -> Resu
     }
     let have = kubectl(cp, &["get", "namespaces", "-o", "name"])?;
     for ns in wanted {
-        if !have.lines().any(|l| l.strip_prefix("namespace/") == Some(ns.as_str())) {
+        if !have
+            .lines()
+            .any(|l| l.strip_prefix("namespace/") == Some(ns.as_str()))
+        {
             kubectl(cp, &["create", "namespace", ns]).with_context(|| format!("creating Namespace {ns}"))?;
         }
     }
@@ -271,7 +277,13 @@ pub fn apply(cp: &ControlPlaneState, state: &State, objects: &[Object], recreate
             if let Some(lb) = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()) {
                 let name = s.metadata.name.clone().unwrap_or_default();
                 let ns = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-                patch_status(cp, "service", Some(&ns), &name, &json!({"status": {"loadBalancer": lb}}))?;
+                patch_status(
+                    cp,
+                    "service",
+                    Some(&ns),
+                    &name,
+                    &json!({"status": {"loadBalancer": lb}}),
+                )?;
             }
         }
     }
@@ -283,7 +295,17 @@ pub fn apply(cp: &ControlPlaneState, state: &State, objects: &[Object], recreate
 fn delete_pod(cp: &ControlPlaneState, ns: &str, pod: &str) -> Result<()> {
     kubectl(
         cp,
-        &["-n", ns, "delete", "pod", pod, "--grace-period=0", "--force", "--ignore-not-found", "--wait=false"],
+        &[
+            "-n",
+            ns,
+            "delete",
+            "pod",
+            pod,
+            "--grace-period=0",
+            "--force",
+            "--ignore-not-found",
+            "--wait=false",
+        ],
     )
     .with_context(|| format!("deleting Pod {ns}/{pod}"))?;
     Ok(())

@@ -65,7 +65,10 @@ fn log_name(component: &str) -> String {
 pub fn pick_ip(state: &State) -> Result<Ipv4Addr> {
     let subnet = plan::Subnet::parse(&state.subnet).context("the lab's node subnet")?;
     let used = |ip: Ipv4Addr| {
-        state.nodes.iter().any(|n| n.ip == ip || n.addresses.contains(&ip))
+        state
+            .nodes
+            .iter()
+            .any(|n| n.ip == ip || n.addresses.contains(&ip))
             || state.pods.iter().any(|p| p.ip == ip)
             || state.external.ip == ip
             || state.external.addresses.contains(&ip)
@@ -75,7 +78,12 @@ pub fn pick_ip(state: &State) -> Result<Ipv4Addr> {
     (first..=last)
         .map(Ipv4Addr::from)
         .find(|ip| !used(*ip))
-        .with_context(|| format!("the node subnet {} has no free address for the control plane", subnet.net))
+        .with_context(|| {
+            format!(
+                "the node subnet {} has no free address for the control plane",
+                subnet.net
+            )
+        })
 }
 
 /// What `start_all` will run, before anything runs: names, addresses, paths and command lines (the
@@ -164,7 +172,10 @@ pub fn start_all(paths: &Paths, state: &mut State, built: &Built) -> Result<()> 
 
 /// Starts one component from its kept command line and waits until it is ready.
 pub fn start(paths: &Paths, state: &mut State, name: &str) -> Result<i32> {
-    let cp = state.control_plane.as_mut().context("this lab has no control plane")?;
+    let cp = state
+        .control_plane
+        .as_mut()
+        .context("this lab has no control plane")?;
     let idx = cp
         .components
         .iter()
@@ -235,7 +246,10 @@ fn check(cp: &ControlPlaneState, name: &str) -> Result<bool> {
 /// SIGTERM, up to `STOP_GRACE` for the process to exit, then SIGKILL. Returns whether it exited on
 /// its own (`true` too when it was not running).
 pub fn stop(state: &mut State, name: &str) -> Result<bool> {
-    let cp = state.control_plane.as_mut().context("this lab has no control plane")?;
+    let cp = state
+        .control_plane
+        .as_mut()
+        .context("this lab has no control plane")?;
     let c = cp
         .components
         .iter_mut()
@@ -283,6 +297,8 @@ pub fn component_name(given: &str) -> Result<&'static str> {
         "etcd" => ETCD,
         "apiserver" | "kube-apiserver" => APISERVER,
         "controller-manager" | "kube-controller-manager" => CONTROLLER_MANAGER,
-        other => bail!("no control-plane component {other:?} (etcd, kube-apiserver, kube-controller-manager)"),
+        other => {
+            bail!("no control-plane component {other:?} (etcd, kube-apiserver, kube-controller-manager)")
+        }
     })
 }

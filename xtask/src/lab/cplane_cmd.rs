@@ -58,10 +58,12 @@ pub fn command(paths: &Paths, cmd: ControlPlaneCommand) -> Result<()> {
     };
     let name = cplane::component_name(&args.component)?;
     let mut state = State::load(paths)?;
-    let cp = state
-        .control_plane
-        .as_ref()
-        .with_context(|| format!("lab {} has no control plane (lab up --control-plane real)", paths.lab))?;
+    let cp = state.control_plane.as_ref().with_context(|| {
+        format!(
+            "lab {} has no control plane (lab up --control-plane real)",
+            paths.lab
+        )
+    })?;
     let old_pid = cp
         .components
         .iter()
@@ -99,16 +101,22 @@ pub fn command(paths: &Paths, cmd: ControlPlaneCommand) -> Result<()> {
     );
     super::output(args.json, &human, &report)?;
     if report.stopped_cleanly == Some(false) {
-        bail!("{name} did not exit within {:?} of SIGTERM and was killed", cplane::STOP_GRACE);
+        bail!(
+            "{name} did not exit within {:?} of SIGTERM and was killed",
+            cplane::STOP_GRACE
+        );
     }
     Ok(())
 }
 
 pub fn kubeconfig(paths: &Paths) -> Result<()> {
     let state = State::load(paths)?;
-    let cp = state
-        .control_plane
-        .with_context(|| format!("lab {} has no control plane (lab up --control-plane real)", paths.lab))?;
+    let cp = state.control_plane.with_context(|| {
+        format!(
+            "lab {} has no control plane (lab up --control-plane real)",
+            paths.lab
+        )
+    })?;
     println!("{}", cp.kubeconfig.display());
     Ok(())
 }
@@ -117,9 +125,12 @@ pub fn kubeconfig(paths: &Paths) -> Result<()> {
 /// is a lab segment address, which the machine's own netns does not reach.
 pub fn kubectl(paths: &Paths, args: &KubectlArgs) -> Result<()> {
     let state = State::load(paths)?;
-    let cp = state
-        .control_plane
-        .with_context(|| format!("lab {} has no control plane (lab up --control-plane real)", paths.lab))?;
+    let cp = state.control_plane.with_context(|| {
+        format!(
+            "lab {} has no control plane (lab up --control-plane real)",
+            paths.lab
+        )
+    })?;
     let mut argv: Vec<OsString> = vec![
         cp.kubectl.clone().into(),
         "--kubeconfig".into(),

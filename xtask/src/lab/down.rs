@@ -102,10 +102,17 @@ pub fn teardown(paths: &Paths) -> Result<Report> {
         .iter()
         .flat_map(|s| s.pods.iter().filter_map(|p| p.responder_pid))
         .collect();
-    agents.extend(state.iter().flat_map(|s| s.nodes.iter().filter_map(|n| n.kube_proxy_pid)));
+    agents.extend(
+        state
+            .iter()
+            .flat_map(|s| s.nodes.iter().filter_map(|n| n.kube_proxy_pid)),
+    );
     let control_plane = cplane::pid_files_in_stop_order(paths);
     for f in process::pid_files(paths) {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if control_plane.iter().any(|(_, p)| *p == f) {
             continue;
         }

@@ -70,11 +70,7 @@ pub fn start_all(paths: &Paths, state: &mut State) -> Result<()> {
         state.save(paths)?;
         let n = &state.nodes[i];
         wait_healthy(paths, n, &dir, &mut child)?;
-        eprintln!(
-            "kube-proxy ({mode}) runs on node {} (pid {})",
-            n.name,
-            child.id()
-        );
+        eprintln!("kube-proxy ({mode}) runs on node {} (pid {})", n.name, child.id());
     }
     Ok(())
 }

@@ -81,7 +81,10 @@ pub fn exec(paths: &Paths, target: &str, argv: &[OsString]) -> Result<()> {
         "segment" | "seg" => (state.segment_netns.clone(), None),
         "control-plane" | "cp" => match &state.control_plane {
             Some(cp) => (cp.netns.clone(), None),
-            None => anyhow::bail!("lab {} has no control plane (lab up --control-plane real)", state.name),
+            None => anyhow::bail!(
+                "lab {} has no control plane (lab up --control-plane real)",
+                state.name
+            ),
         },
         t => {
             let node = t.strip_prefix("node/").unwrap_or(t);
