@@ -512,3 +512,81 @@ pub fn wait_endpoint_slices(cp: &ControlPlaneState, objects: &[Object]) -> Resul
         std::thread::sleep(POLL);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::spec;
+
+    #[test]
+    fn expected_endpoints_follow_selector_namespace_and_readiness() {
+        let file = "
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {podIP: 10.244.1.3, conditions: [{type: Ready, status: 'False'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: y, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {podIP: 10.244.1.4}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: none, namespace: x}
+spec: {selector: {app: other}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: manual, namespace: x}
+spec: {ports: [{port: 80}]}
+";
+        let want = expected_endpoints(&spec::parse(file).unwrap());
+        assert_eq!(want["x/web"], BTreeSet::from(["10.244.1.2".to_string()]));
+        assert!(want["x/none"].is_empty());
+        assert!(
+            !want.contains_key("x/manual"),
+            "no selector: the controller leaves it alone"
+        );
+    }
+
+    #[test]
+    fn api_objects_put_namespaces_first_drop_nodes_and_status_and_fill_images() {
+        let file = "
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.10}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {nodeName: n1, containers: [{name: c}, {name: d, image: busybox}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+";
+        let (others, pods) = api_objects(&spec::parse(file).unwrap());
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0]["kind"], "Namespace");
+        assert_eq!(pods.len(), 1);
+        assert!(pods[0].get("status").is_none());
+        assert_eq!(pods[0]["spec"]["containers"][0]["image"], PLACEHOLDER_IMAGE);
+        assert_eq!(pods[0]["spec"]["containers"][1]["image"], "busybox");
+    }
+}

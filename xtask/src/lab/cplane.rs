@@ -302,3 +302,29 @@ pub fn component_name(given: &str) -> Result<&'static str> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::{layout::layout, spec};
+
+    #[test]
+    fn the_control_plane_takes_the_lowest_free_address_from_dot_two() {
+        let file = "
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.2}, {type: InternalIP, address: 10.0.0.3}]}
+";
+        let state = layout(
+            &Paths::new("t"),
+            &spec::validate(spec::parse(file).unwrap()).unwrap(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(pick_ip(&state).unwrap(), Ipv4Addr::new(10, 0, 0, 4));
+        assert_eq!(netns_name("t"), "strait-t-cp");
+        assert_eq!(component_name("apiserver").unwrap(), APISERVER);
+        assert!(component_name("kubelet").is_err());
+    }
+}

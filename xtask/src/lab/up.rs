@@ -75,7 +75,8 @@ pub fn command(paths: &Paths, args: UpArgs) -> Result<()> {
             Some(built)
         }
     };
-    let agent_bin = if args.no_agent {
+    // Nodes given to kube-proxy need no agent; with none left, none is built or resolved.
+    let agent_bin = if args.no_agent || state.nodes.iter().all(|n| n.proxy != Proxy::Strait) {
         None
     } else {
         Some(agents::resolve_bin(args.agent_bin)?)
@@ -264,6 +265,34 @@ pub fn human(state: &State) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxies_per_node_or_for_all_and_only_with_the_real_control_plane() {
+        let file = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+                    status: {addresses: [{type: InternalIP, address: 10.0.0.10}]}\n---\n\
+                    apiVersion: v1\nkind: Node\nmetadata: {name: n2}\n\
+                    status: {addresses: [{type: InternalIP, address: 10.0.0.11}]}\n";
+        let cluster = spec::validate(spec::parse(file).unwrap()).unwrap();
+        let mut state = layout::layout(&Paths::new("t"), &cluster, None).unwrap();
+        set_proxies(
+            &mut state,
+            &["kube-proxy-nftables".into(), "n1=kube-proxy-iptables".into()],
+            ControlPlane::Real,
+        )
+        .unwrap();
+        assert_eq!(state.nodes[0].proxy, Proxy::KubeProxyIptables);
+        assert_eq!(state.nodes[1].proxy, Proxy::KubeProxyNftables);
+        let e = set_proxies(
+            &mut state,
+            &["n1=kube-proxy-iptables".into()],
+            ControlPlane::Manifests,
+        );
+        assert!(format!("{:#}", e.unwrap_err()).contains("add --control-plane real"));
+        let e = set_proxies(&mut state, &["n9=strait".into()], ControlPlane::Real);
+        assert!(format!("{:#}", e.unwrap_err()).contains("no Node n9"));
+        let e = set_proxies(&mut state, &["ipvs".into()], ControlPlane::Real);
+        assert!(format!("{:#}", e.unwrap_err()).contains("\"ipvs\" is not"));
+    }
 
     #[test]
     fn command_line_addresses_join_the_file_or_make_an_external_client() {
