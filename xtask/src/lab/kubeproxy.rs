@@ -19,6 +19,7 @@ use super::{
 
 /// kube-proxy's health endpoint, inside the node's netns only.
 const HEALTHZ: &str = "127.0.0.1:10256";
+const METRICS: &str = "127.0.0.1:10249";
 /// Its first full sync of the rules; the apiserver is up by then.
 const READY: Duration = Duration::from_secs(60);
 
@@ -39,7 +40,7 @@ fn argv(cp: &ControlPlaneState, n: &NodeState, mode: &str) -> Vec<OsString> {
         "--conntrack-tcp-timeout-established=0".into(),
         "--conntrack-tcp-timeout-close-wait=0".into(),
         format!("--healthz-bind-address={HEALTHZ}").into(),
-        "--metrics-bind-address=127.0.0.1:10249".into(),
+        format!("--metrics-bind-address={METRICS}").into(),
     ]
 }
 
@@ -88,9 +89,23 @@ fn wait_healthy(paths: &Paths, n: &NodeState, dir: &str, child: &mut std::proces
                 process::log_tail(&log, 15)
             );
         }
-        match netns::in_netns(&n.netns, || status_line(HEALTHZ.parse()?, "/healthz")) {
-            Ok(line) if line.contains(" 200 ") => return Ok(()),
-            Ok(line) => last = line,
+        // /healthz says 200 from the start, before kube-proxy has seen a Service; its first
+        // rules sync waits for the Service and EndpointSlice informers, so a sync timestamp in
+        // its metrics means every Service of the lab is in the rules.
+        match netns::in_netns(&n.netns, || {
+            let health = get(HEALTHZ.parse()?, "/healthz")?;
+            let metrics = get(METRICS.parse()?, "/metrics")?;
+            Ok((health, metrics))
+        }) {
+            Ok((health, metrics))
+                if health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200") =>
+            {
+                if synced(&metrics) {
+                    return Ok(());
+                }
+                last = "healthy, but no rules sync in its metrics yet".into();
+            }
+            Ok((health, _)) => last = health.lines().next().unwrap_or_default().to_string(),
             Err(e) => last = format!("{e:#}"),
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -102,8 +117,17 @@ fn wait_healthy(paths: &Paths, n: &NodeState, dir: &str, child: &mut std::proces
     )
 }
 
-/// The HTTP status line of a GET (kube-proxy's /healthz says 503 until its rules are synced).
-fn status_line(addr: SocketAddr, path: &str) -> Result<String> {
+/// Whether kube-proxy's metrics show a completed rules sync (`…_last_timestamp_seconds` above 0).
+fn synced(metrics: &str) -> bool {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kubeproxy_sync_proxy_rules_last_timestamp_seconds"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .any(|t| t > 0.0)
+}
+
+/// One plain-HTTP GET: the whole response, status line first.
+fn get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -111,5 +135,19 @@ fn status_line(addr: SocketAddr, path: &str) -> Result<String> {
     let mut text = String::new();
     s.read_to_string(&mut text)
         .with_context(|| format!("reading from {addr}"))?;
-    Ok(text.lines().next().unwrap_or_default().to_string())
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_sync_timestamp_means_synced() {
+        let before = "# HELP x\nkubeproxy_sync_proxy_rules_last_timestamp_seconds 0\n";
+        let after = "kubeproxy_sync_proxy_rules_last_timestamp_seconds 1.7960944e+09\n";
+        assert!(!super::synced(before));
+        assert!(super::synced(after));
+        assert!(!super::synced(
+            "kubeproxy_sync_proxy_rules_duration_seconds_count 3\n"
+        ));
+    }
 }
