@@ -214,7 +214,7 @@ fn real_control_plane_serves_clusterip_applies_policy_and_survives_an_apiserver_
         "shop/api-1",
         "10.96.0.10:80/tcp",
         Duration::from_secs(10),
-        |p| summary(p).get("timeout").is_none(),
+        |p| !summary(p).contains_key("timeout"),
     );
     assert_served_by(&back, 12, &WEB, "api-1 after the policy's deletion");
 
