@@ -194,18 +194,27 @@ impl Lab {
     /// `lab up FILE --json` with one agent per node, then waits (bounded) until every agent reports a
     /// first full sync with at least `frontends` service frontends programmed.
     pub fn up_with_agents(&self, file: &str, frontends: u64) -> Value {
+        self.up_with_agents_and(file, &[], frontends)
+    }
+
+    /// `up_with_agents` with more `lab up` arguments (`--control-plane real`); waits only for the
+    /// nodes that run our agent (not those given to kube-proxy).
+    pub fn up_with_agents_and(&self, file: &str, extra: &[&str], frontends: u64) -> Value {
         let agent = agent_bin();
-        let up = self.json(&[
+        let mut args = vec![
             "up",
             file,
             "--agent-bin",
             agent.to_str().expect("utf-8 path"),
             "--json",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let up = self.json(&args);
         let nodes: Vec<String> = up["nodes"]
             .as_array()
             .expect("nodes")
             .iter()
+            .filter(|n| n["proxy"].as_str().is_none_or(|p| p == "strait"))
             .map(|n| text(n, &["name"]).to_string())
             .collect();
         for node in nodes {
@@ -348,6 +357,39 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The upstream Kubernetes binaries `lab up --control-plane real` runs, in the cache `cargo xtask k8s
+/// build` fills (`STRAIT_K8S_CACHE`, else `$XDG_CACHE_HOME/strait/k8s` or `~/.cache/strait/k8s`).
+/// `None` when they are not there: a cold build takes 12 minutes or more, so such tests run where a
+/// build exists (`--if-cached`, as `cargo xtask k8s smoke --if-cached`) and otherwise say why not.
+pub fn k8s_binaries() -> Option<PathBuf> {
+    // Keep in step with xtask/src/k8s/mod.rs KUBERNETES_VERSION.
+    let version = std::env::var("STRAIT_K8S_VERSION").unwrap_or_else(|_| "v1.34.4".into());
+    let root = std::env::var_os("STRAIT_K8S_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("strait/k8s")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/strait/k8s")))?;
+    let bin = root.join(version).join("bin");
+    ["etcd", "kube-apiserver", "kube-controller-manager", "kube-proxy"]
+        .iter()
+        .all(|b| bin.join(b).is_file())
+        .then_some(bin)
+}
+
+/// True when a real-control-plane test can run: privileges as `require_privileges`, and the k8s
+/// binaries cached; without them one line on stderr names `cargo xtask k8s build`.
+pub fn require_k8s(what: &str) -> bool {
+    if !require_privileges(what) {
+        return false;
+    }
+    if k8s_binaries().is_none() {
+        eprintln!(
+            "skipping {what}: no cached Kubernetes build (run `cargo xtask k8s build`, about 12 min cold)"
+        );
+        return false;
+    }
+    true
 }
 
 /// The network namespace of pod `ns/name` in a `lab up --json` answer.

@@ -22,8 +22,11 @@ pub struct Config {
     pub netns: String,
     /// Logs, etcd data, keys and the kubeconfig.
     pub state_dir: PathBuf,
-    /// Where etcd and the apiserver listen.
+    /// Where the apiserver listens, and the address in every kubeconfig.
     pub bind: Ipv4Addr,
+    /// Where etcd listens: only the apiserver talks to it, so loopback whenever the apiserver is
+    /// reachable from elsewhere.
+    pub etcd_bind: Ipv4Addr,
     /// What the apiserver publishes as the `kubernetes` Service's endpoint. Endpoints may not be
     /// loopback addresses, so this must be an address of a real interface in the netns.
     pub advertise: Ipv4Addr,
@@ -36,6 +39,8 @@ pub struct Config {
     /// Also run kube-controller-manager (EndpointSlices for selector Services, ServiceAccounts,
     /// the kube-root-ca.crt ConfigMap, garbage collection).
     pub controller_manager: bool,
+    /// kube-controller-manager's `--controllers`; `None`: its defaults (everything on by default).
+    pub controllers: Option<Vec<String>>,
 }
 
 impl Config {
@@ -44,6 +49,7 @@ impl Config {
             netns: netns.to_string(),
             state_dir,
             bind: Ipv4Addr::LOCALHOST,
+            etcd_bind: Ipv4Addr::LOCALHOST,
             advertise,
             secure_port: 6443,
             etcd_client_port: 2379,
@@ -52,6 +58,7 @@ impl Config {
             node_port_range: "30000-32767".into(),
             kubectl,
             controller_manager: true,
+            controllers: None,
         }
     }
 
@@ -59,12 +66,12 @@ impl Config {
         format!("https://{}:{}", self.bind, self.secure_port)
     }
 
-    fn etcd_url(&self) -> String {
-        format!("http://{}:{}", self.bind, self.etcd_client_port)
+    pub fn etcd_url(&self) -> String {
+        format!("http://{}:{}", self.etcd_bind, self.etcd_client_port)
     }
 
     /// The first address of the service range: the `kubernetes` Service's ClusterIP.
-    fn kubernetes_service_ip(&self) -> Result<Ipv4Addr> {
+    pub fn kubernetes_service_ip(&self) -> Result<Ipv4Addr> {
         let base: Ipv4Addr = self
             .service_cidr
             .split('/')
@@ -111,7 +118,7 @@ impl ControlPlane {
         };
 
         cp.start_one("etcd", &built.bin("etcd"), etcd_args(&cp.config))?;
-        let etcd = SocketAddr::from((cp.config.bind, cp.config.etcd_client_port));
+        let etcd = SocketAddr::from((cp.config.etcd_bind, cp.config.etcd_client_port));
         cp.wait_until(
             &format!("etcd healthy at {}", cp.config.etcd_url()),
             ETCD_READY,
@@ -251,9 +258,9 @@ impl Drop for ControlPlane {
     }
 }
 
-fn etcd_args(c: &Config) -> Vec<String> {
+pub fn etcd_args(c: &Config) -> Vec<String> {
     let client = c.etcd_url();
-    let peer = format!("http://{}:{}", c.bind, c.etcd_peer_port);
+    let peer = format!("http://{}:{}", c.etcd_bind, c.etcd_peer_port);
     vec![
         "--name=strait".into(),
         format!("--data-dir={}", c.state_dir.join("etcd").display()),
@@ -267,7 +274,7 @@ fn etcd_args(c: &Config) -> Vec<String> {
     ]
 }
 
-fn apiserver_args(c: &Config, p: &pki::Pki) -> Vec<String> {
+pub fn apiserver_args(c: &Config, p: &pki::Pki) -> Vec<String> {
     let path = |p: &Path| p.display().to_string();
     vec![
         format!("--etcd-servers={}", c.etcd_url()),
@@ -285,16 +292,23 @@ fn apiserver_args(c: &Config, p: &pki::Pki) -> Vec<String> {
         format!("--service-account-signing-key-file={}", path(&p.sa_key)),
         format!("--service-cluster-ip-range={}", c.service_cidr),
         format!("--service-node-port-range={}", c.node_port_range),
+        // With the default (0) an apiserver asked to stop waits for open watches to end by
+        // themselves, which a client's watch (the agents', the controller-manager's) does only at
+        // its timeout, minutes later; SIGTERM then took more than 15 s. Set, the apiserver ends
+        // the watches and waits for them at most this long (measured: it exits within a second).
+        "--shutdown-watch-termination-grace-period=5s".into(),
         "--profiling=false".into(),
     ]
 }
 
-/// A plain-HTTP GET (etcd's client port), returning the body. Runs in whatever netns the calling
-/// thread is in.
-fn controller_manager_args(c: &Config, p: &pki::Pki, kubeconfig: &Path) -> Vec<String> {
+pub fn controller_manager_args(c: &Config, p: &pki::Pki, kubeconfig: &Path) -> Vec<String> {
     let path = |p: &Path| p.display().to_string();
     let kubeconfig = path(kubeconfig);
-    vec![
+    let controllers = c
+        .controllers
+        .as_ref()
+        .map(|list| format!("--controllers={}", list.join(",")));
+    let mut args = vec![
         format!("--kubeconfig={kubeconfig}"),
         // No --authentication/authorization-kubeconfig: they look up a client CA the apiserver here
         // does not have (no --client-ca-file), and nothing calls the controller-manager's own
@@ -306,13 +320,17 @@ fn controller_manager_args(c: &Config, p: &pki::Pki, kubeconfig: &Path) -> Vec<S
         format!("--service-account-private-key-file={}", path(&p.sa_key)),
         // Published to every namespace as the kube-root-ca.crt ConfigMap, which pods use to trust
         // the apiserver.
-        format!("--root-ca-file={}", path(&p.serving_cert)),
+        format!("--root-ca-file={}", path(&p.ca_cert)),
         format!("--service-cluster-ip-range={}", c.service_cidr),
         "--profiling=false".into(),
-    ]
+    ];
+    args.extend(controllers);
+    args
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+/// A plain-HTTP GET (etcd's client port), returning the body. Runs in whatever netns the calling
+/// thread is in.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;

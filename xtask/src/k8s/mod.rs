@@ -7,12 +7,12 @@
 //! `proc` supervises one child process, `apiserver` starts and stops etcd, kube-apiserver and
 //! kube-controller-manager, `smoke` is the end-to-end check in a throwaway netns.
 
-mod apiserver;
-mod build;
+pub(crate) mod apiserver;
+pub(crate) mod build;
 mod gocmd;
 mod gomod;
-mod kubectl;
-mod pki;
+pub(crate) mod kubectl;
+pub(crate) mod pki;
 mod proc;
 mod smoke;
 
@@ -59,7 +59,7 @@ pub fn run(args: K8sArgs) -> Result<()> {
 }
 
 /// `$XDG_CACHE_HOME/strait/k8s`, else `~/.cache/strait/k8s`.
-fn default_cache_root() -> Result<PathBuf> {
+pub(crate) fn default_cache_root() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?)

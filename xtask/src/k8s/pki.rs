@@ -1,6 +1,10 @@
-//! Credentials for a throwaway control plane, made with the `openssl` command: the apiserver's
-//! self-signed serving certificate, the service-account signing key, a static bearer token for an
-//! admin user, and the kubeconfig that uses them.
+//! Credentials for a throwaway control plane, made with the `openssl` command: a CA and the
+//! apiserver's serving certificate signed by it, the service-account signing key, a static bearer
+//! token for an admin user, and the kubeconfig that uses them.
+//!
+//! A CA and a separate leaf rather than one self-signed certificate: `openssl req -x509` marks its
+//! certificate `CA:TRUE`, and rustls (the agent's kube client) refuses a CA certificate as a
+//! server's own (`CaUsedAsEndEntity`); Go's TLS would accept it, so kubectl alone never showed it.
 
 use std::{
     io::Read,
@@ -15,6 +19,8 @@ pub const ADMIN_USER: &str = "strait-admin";
 
 /// Files in a control plane's state directory.
 pub struct Pki {
+    /// What clients trust (kubeconfig `certificate-authority`, the kube-root-ca.crt ConfigMap).
+    pub ca_cert: PathBuf,
     pub serving_cert: PathBuf,
     pub serving_key: PathBuf,
     pub sa_key: PathBuf,
@@ -28,7 +34,9 @@ pub struct Pki {
 pub fn create(dir: &Path, ips: &[Ipv4Addr]) -> Result<Pki> {
     let dir = dir.join("pki");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_key = dir.join("ca.key");
     let p = Pki {
+        ca_cert: dir.join("ca.crt"),
         serving_cert: dir.join("apiserver.crt"),
         serving_key: dir.join("apiserver.key"),
         sa_key: dir.join("sa.key"),
@@ -51,22 +59,57 @@ pub fn create(dir: &Path, ips: &[Ipv4Addr]) -> Result<Pki> {
     // (ES256) accept it.
     openssl(
         Command::new("openssl")
+            .args(["req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt"])
             .args([
-                "req",
-                "-x509",
-                "-nodes",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
                 "ec_paramgen_curve:prime256v1",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=strait-lab-ca",
             ])
-            .args(["-days", "30", "-subj", "/CN=kube-apiserver", "-addext"])
-            .arg(format!("subjectAltName={}", san.join(",")))
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&p.ca_cert),
+        "making the control plane's CA",
+    )?;
+    let csr = dir.join("apiserver.csr");
+    openssl(
+        Command::new("openssl")
+            .args(["req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-subj", "/CN=kube-apiserver"])
             .arg("-keyout")
             .arg(&p.serving_key)
             .arg("-out")
+            .arg(&csr),
+        "making the apiserver's key and signing request",
+    )?;
+    // The leaf's extensions come from a file: `openssl x509 -req` does not copy a request's.
+    let ext = dir.join("apiserver.ext");
+    std::fs::write(
+        &ext,
+        format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName={}\n",
+            san.join(",")
+        ),
+    )
+    .with_context(|| format!("writing {}", ext.display()))?;
+    openssl(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "30", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&p.ca_cert)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .args(["-CAcreateserial", "-extfile"])
+            .arg(&ext)
+            .arg("-out")
             .arg(&p.serving_cert),
-        "making the apiserver serving certificate",
+        "signing the apiserver serving certificate",
     )?;
     openssl(
         Command::new("openssl")
@@ -98,14 +141,18 @@ pub fn create(dir: &Path, ips: &[Ipv4Addr]) -> Result<Pki> {
     Ok(p)
 }
 
-/// A kubeconfig for `server` that trusts the self-signed certificate and sends the admin token.
+/// A kubeconfig for `server` that trusts the CA and sends the admin token.
 pub fn kubeconfig(pki: &Pki, server: &str) -> String {
+    kubeconfig_for(&pki.ca_cert, server, ADMIN_USER, &pki.token)
+}
+
+/// A kubeconfig for `server` that trusts the CA certificate `ca` and sends `token` as `user`.
+pub fn kubeconfig_for(ca: &Path, server: &str, user: &str, token: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: strait\n  cluster:\n    server: {server}\n    \
-certificate-authority: {ca}\nusers:\n- name: {ADMIN_USER}\n  user:\n    token: {token}\ncontexts:\n\
-- name: strait\n  context:\n    cluster: strait\n    user: {ADMIN_USER}\ncurrent-context: strait\n",
-        ca = pki.serving_cert.display(),
-        token = pki.token
+certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n\
+- name: strait\n  context:\n    cluster: strait\n    user: {user}\ncurrent-context: strait\n",
+        ca = ca.display(),
     )
 }
 

@@ -1,7 +1,10 @@
 //! One agent per node, started inside the node's netns and its `host` cgroup, in standalone mode on
 //! the lab's manifests:
 //! `<agent-bin> run --node N --manifests <state>/manifests --bpffs-root /sys/fs/bpf/strait/<lab>-<N>
-//!  --cgroup-root /sys/fs/cgroup/unified/strait-<lab>/<N>/host --admin-addr 127.0.0.1:9970`
+//!  --cgroup-root /sys/fs/cgroup/unified/strait-<lab>/<N>/host --admin-addr 127.0.0.1:9970`,
+//! or, with the real control plane, `--kubeconfig <state>/control-plane/kubeconfig-agent` (the
+//! ServiceAccount of manifests/rbac.yaml) instead of `--manifests`. Nodes running kube-proxy get
+//! no agent.
 
 use std::{
     ffi::OsString,
@@ -15,7 +18,7 @@ use nix::mount::{MsFlags, mount};
 
 use super::{
     process,
-    state::{BPFFS, NodeState, Paths, State},
+    state::{BPFFS, NodeState, Paths, Proxy, State},
 };
 
 pub const ADMIN_ADDR: &str = "127.0.0.1:9970";
@@ -65,21 +68,22 @@ pub fn resolve_bin(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn argv(paths: &Paths, n: &NodeState, bin: &Path) -> Vec<OsString> {
-    vec![
-        bin.into(),
-        "run".into(),
-        "--node".into(),
-        n.name.clone().into(),
-        "--manifests".into(),
-        paths.manifests().into(),
+fn argv(paths: &Paths, state: &State, n: &NodeState, bin: &Path) -> Vec<OsString> {
+    let source: [OsString; 2] = match &state.control_plane {
+        Some(cp) => ["--kubeconfig".into(), cp.agent_kubeconfig.clone().into()],
+        None => ["--manifests".into(), paths.manifests().into()],
+    };
+    let mut v: Vec<OsString> = vec![bin.into(), "run".into(), "--node".into(), n.name.clone().into()];
+    v.extend(source);
+    v.extend([
         "--bpffs-root".into(),
         n.bpffs_root.clone().into(),
         "--cgroup-root".into(),
         n.cgroup.clone().into(),
         "--admin-addr".into(),
         ADMIN_ADDR.into(),
-    ]
+    ]);
+    v
 }
 
 /// How `lab agent restart` stops the running agent.
@@ -134,6 +138,13 @@ pub fn restart(paths: &Paths, args: RestartArgs) -> Result<()> {
         .iter()
         .position(|n| n.name == args.node)
         .with_context(|| format!("no node {} in the lab", args.node))?;
+    if state.nodes[idx].proxy != Proxy::Strait {
+        bail!(
+            "node {} runs kube-proxy ({:?}), not our agent",
+            args.node,
+            state.nodes[idx].proxy
+        );
+    }
     let old_pid = state.nodes[idx].agent_pid;
     let start = Instant::now();
     if let Some(pid) = old_pid.filter(|&p| process::alive(p)) {
@@ -157,8 +168,13 @@ pub fn restart(paths: &Paths, args: RestartArgs) -> Result<()> {
     }
     let n = &state.nodes[idx];
     let dir = super::layout::node_dir(&n.name);
-    let mut child =
-        process::spawn_detached(paths, &log_name(&dir), &n.netns, &n.cgroup, &argv(paths, n, &bin))?;
+    let mut child = process::spawn_detached(
+        paths,
+        &log_name(&dir),
+        &n.netns,
+        &n.cgroup,
+        &argv(paths, &state, n, &bin),
+    )?;
     let gap_ms = start.elapsed().as_secs_f64() * 1000.0;
     std::thread::sleep(SETTLE);
     if let Some(status) = child.try_wait()? {
@@ -216,10 +232,15 @@ pub fn ensure_bpffs() -> Result<()> {
 /// within the first second.
 pub fn start_all(paths: &Paths, state: &mut State, bin: &Path) -> Result<()> {
     let mut started = Vec::new();
-    for n in &state.nodes {
+    for n in state.nodes.iter().filter(|n| n.proxy == Proxy::Strait) {
         let dir = super::layout::node_dir(&n.name);
-        let child =
-            process::spawn_detached(paths, &log_name(&dir), &n.netns, &n.cgroup, &argv(paths, n, bin))?;
+        let child = process::spawn_detached(
+            paths,
+            &log_name(&dir),
+            &n.netns,
+            &n.cgroup,
+            &argv(paths, state, n, bin),
+        )?;
         started.push((n.name.clone(), dir, child));
     }
     let deadline = Instant::now() + SETTLE;

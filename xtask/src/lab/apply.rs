@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{
-    external, layout, manifests, netns, pods,
+    api, external, layout, manifests, netns, pods,
     spec::{self, Object},
     state::{Paths, PodState, State},
     topology,
@@ -49,6 +49,7 @@ pub fn command(paths: &Paths, args: FileArgs, mode: Mode) -> Result<()> {
         std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let incoming = spec::parse(&text).with_context(|| format!("{} is refused", args.file.display()))?;
     let objects: Vec<String> = incoming.iter().map(|o| o.key().to_string()).collect();
+    let given = incoming.clone();
     let (merged, not_found) = match mode {
         Mode::Apply => (spec::merge(&base, incoming), Vec::new()),
         Mode::Delete => {
@@ -118,7 +119,18 @@ pub fn command(paths: &Paths, args: FileArgs, mode: Mode) -> Result<()> {
         netns::ip_batch(&n.netns, &node)?;
     }
     manifests::write_user_objects(paths, &cluster.objects)?;
-    manifests::write(paths, &cluster.objects)?;
+    match &new.control_plane {
+        None => manifests::write(paths, &cluster.objects)?,
+        // Through the API; the EndpointSlice controller follows, and `apply` returns once it has,
+        // as a manifests write is read by the agents within their next tick.
+        Some(cp) => {
+            match mode {
+                Mode::Apply => api::apply(cp, &new, &given, &report.pods_rebuilt)?,
+                Mode::Delete => api::delete(cp, &given)?,
+            }
+            api::wait_endpoint_slices(cp, &cluster.objects)?;
+        }
+    }
     new.save(paths)?;
 
     report.objects.sort();

@@ -1,8 +1,10 @@
 //! `lab down`: removes everything a lab created, found by name prefix as well as from the state file,
 //! so it also cleans up after a crashed run whose state is gone or stale. Idempotent.
 //!
-//! Order: agents first (SIGTERM, time to detach their programs), then every other process in a lab
-//! netns or the lab cgroup, then the cgroups, netns, bpffs pins and the state dir. Every step runs even
+//! Order: agents and kube-proxies first (SIGTERM, time to detach their programs), then the control
+//! plane one process at a time, last started first (kube-controller-manager, kube-apiserver, etcd:
+//! each stops while what it talks to still runs), then every other process in a lab netns or the
+//! lab cgroup, then the cgroups, netns, bpffs pins and the state dir. Every step runs even
 //! if an earlier one failed; the failures are reported together.
 
 use std::{collections::HashSet, path::PathBuf, time::Duration};
@@ -11,7 +13,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::{
-    cgroup, netns, plan, process,
+    cgroup, cplane, netns, plan, process,
     state::{BPFFS, Paths, State},
 };
 
@@ -20,6 +22,9 @@ pub struct Report {
     pub name: String,
     pub existed: bool,
     pub processes_stopped: usize,
+    /// Control-plane processes that did not exit within the grace period of SIGTERM and were killed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub killed: Vec<String>,
     pub netns_removed: Vec<String>,
     pub cgroups_removed: Vec<PathBuf>,
     pub bpf_pins_removed: Vec<PathBuf>,
@@ -97,12 +102,22 @@ pub fn teardown(paths: &Paths) -> Result<Report> {
         .iter()
         .flat_map(|s| s.pods.iter().filter_map(|p| p.responder_pid))
         .collect();
+    agents.extend(
+        state
+            .iter()
+            .flat_map(|s| s.nodes.iter().filter_map(|n| n.kube_proxy_pid)),
+    );
+    let control_plane = cplane::pid_files_in_stop_order(paths);
     for f in process::pid_files(paths) {
-        let is_agent = f
+        let name = f
             .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("agent-"));
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if control_plane.iter().any(|(_, p)| *p == f) {
+            continue;
+        }
         if let Some(pid) = process::read_pid_file(&f) {
-            if is_agent {
+            if name.starts_with("agent-") || name.starts_with("kube-proxy-") {
                 agents.push(pid)
             } else {
                 others.push(pid)
@@ -111,6 +126,15 @@ pub fn teardown(paths: &Paths) -> Result<Report> {
     }
     agents.retain(|p| ours(*p));
     report.processes_stopped += process::terminate(&agents, Duration::from_secs(5));
+    for (name, file) in control_plane {
+        let Some(pid) = process::read_pid_file(&file).filter(|p| process::alive(*p) && ours(*p)) else {
+            continue;
+        };
+        report.processes_stopped += 1;
+        if !cplane::stop_pid(pid) {
+            report.killed.push(name);
+        }
+    }
     others.extend(process::pids_in_netns(&inodes));
     others.retain(|p| ours(*p));
     others.sort_unstable();

@@ -32,6 +32,8 @@ pub fn layout(paths: &Paths, cluster: &Cluster, previous: Option<&State>) -> Res
                 cgroup: paths.node_cgroup(&node_dir(&n.name)),
                 bpffs_root: paths.bpffs_root(&node_dir(&n.name)),
                 agent_pid: old.and_then(|o| o.agent_pid),
+                proxy: old.map(|o| o.proxy).unwrap_or_default(),
+                kube_proxy_pid: old.and_then(|o| o.kube_proxy_pid),
             }
         })
         .collect();
@@ -84,8 +86,20 @@ pub fn layout(paths: &Paths, cluster: &Cluster, previous: Option<&State>) -> Res
         });
     }
 
-    let used =
-        |ip| nodes.iter().any(|n| n.ip == ip || n.addresses.contains(&ip)) || pods.iter().any(|p| p.ip == ip);
+    let control_plane = previous.and_then(|p| p.control_plane.clone());
+    let cp_ip = control_plane.as_ref().map(|c| c.ip);
+    let used = |ip| {
+        nodes.iter().any(|n| n.ip == ip || n.addresses.contains(&ip))
+            || pods.iter().any(|p| p.ip == ip)
+            || cp_ip == Some(ip)
+    };
+    if let Some(p) = pods.iter().find(|p| Some(p.ip) == cp_ip) {
+        bail!(
+            "Pod {}: status.podIP {} is the control plane's segment address",
+            p.name,
+            p.ip
+        );
+    }
     let external_ip = match previous
         .map(|p| p.external.ip)
         .filter(|ip| cluster.subnet.contains(*ip) && !used(*ip))
@@ -116,6 +130,7 @@ pub fn layout(paths: &Paths, cluster: &Cluster, previous: Option<&State>) -> Res
             default_via,
         },
         agent_bin: previous.and_then(|p| p.agent_bin.clone()),
+        control_plane,
     })
 }
 

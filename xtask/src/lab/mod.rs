@@ -8,18 +8,25 @@
 //! what the agents read, `external` is the client outside the cluster and the router in front of it,
 //! `source` resolves `--from` and runs client workers there, `probe`/`matrix`/`http_probe` send
 //! traffic, `conn`/`flow` keep TCP connections and UDP flows going in background daemons
-//! (`control`), `down` removes everything.
+//! (`control`), `down` removes everything. With `--control-plane real`: `cplane` runs etcd,
+//! kube-apiserver and kube-controller-manager in the lab, `api` puts the objects through it,
+//! `kubeproxy` runs upstream kube-proxy on chosen nodes, `cplane_cmd` holds `lab control-plane`,
+//! `lab kubeconfig` and `lab kubectl`.
 
 mod agents;
+mod api;
 mod apply;
 mod cgroup;
 mod conn;
 mod control;
+mod cplane;
+mod cplane_cmd;
 mod down;
 mod external;
 mod flow;
 mod http;
 mod http_probe;
+mod kubeproxy;
 mod layout;
 mod load;
 mod manifests;
@@ -86,6 +93,14 @@ pub enum LabCommand {
     /// Node agents: `restart NODE [--signal kill|term] [--agent-bin PATH]`.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// The real control plane: `start|stop|restart COMPONENT` (etcd, kube-apiserver,
+    /// kube-controller-manager).
+    #[command(subcommand, name = "control-plane")]
+    ControlPlane(cplane_cmd::ControlPlaneCommand),
+    /// Print the path of the real control plane's admin kubeconfig.
+    Kubeconfig,
+    /// Run kubectl with the admin kubeconfig inside the control plane's netns: `lab kubectl -- get pods -A`.
+    Kubectl(cplane_cmd::KubectlArgs),
     /// Remove everything the lab created (also after a crash). Idempotent.
     Down(JsonArgs),
     /// What exists: netns, nodes, pods, and whether their processes run.
@@ -158,6 +173,9 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCommand::LoadWorker(a) => load::worker(a),
         LabCommand::Load(a) => load::command(&paths, a),
         LabCommand::Agent(AgentCommand::Restart(a)) => agents::restart(&paths, a),
+        LabCommand::ControlPlane(c) => cplane_cmd::command(&paths, c),
+        LabCommand::Kubeconfig => cplane_cmd::kubeconfig(&paths),
+        LabCommand::Kubectl(a) => cplane_cmd::kubectl(&paths, &a),
         LabCommand::ConnDaemon { spec } => conn::daemon(&spec),
         LabCommand::FlowDaemon { spec } => flow::daemon(&spec),
     }

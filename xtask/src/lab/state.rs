@@ -13,6 +13,9 @@
 //!   ready/<key>            a responder writes it once all its sockets are bound
 //!   clients/conn-<label>.{json,sock}  a long-lived connection: its state and control socket
 //!   clients/flow-<label>.{json,sock}  a UDP flow: the same
+//!   control-plane/         --control-plane real: pki/, etcd/, kubeconfig (admin),
+//!                          kubeconfig-agent, kubeconfig-kube-proxy; logs and pids `cp-<name>`,
+//!                          kube-proxy's `kube-proxy-<node>`
 //! ```
 
 use std::{
@@ -72,6 +75,10 @@ impl Paths {
     pub fn external_cgroup(&self) -> PathBuf {
         self.cgroup_root().join("_external")
     }
+    /// The control plane's processes (`lab up --control-plane real`).
+    pub fn control_plane_cgroup(&self) -> PathBuf {
+        self.cgroup_root().join("_control-plane")
+    }
     /// State and control sockets of long-lived connections and flows.
     pub fn clients(&self) -> PathBuf {
         self.dir.join("clients")
@@ -95,6 +102,62 @@ pub struct State {
     pub external: ExternalState,
     /// Agent binary when agents run; `None` after `up --no-agent`.
     pub agent_bin: Option<PathBuf>,
+    /// `lab up --control-plane real`: the etcd, kube-apiserver and kube-controller-manager the nodes
+    /// read; `None`: the agents read `manifests/` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneState>,
+}
+
+/// What serves Services on a node: our agent, or upstream kube-proxy (real control plane only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proxy {
+    #[default]
+    Strait,
+    KubeProxyIptables,
+    KubeProxyNftables,
+}
+
+impl Proxy {
+    /// kube-proxy's `--proxy-mode`, `None` for our agent.
+    pub fn kube_proxy_mode(self) -> Option<&'static str> {
+        match self {
+            Proxy::Strait => None,
+            Proxy::KubeProxyIptables => Some("iptables"),
+            Proxy::KubeProxyNftables => Some("nftables"),
+        }
+    }
+}
+
+/// The lab's control plane: its own netns on the segment, its processes, its credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlPlaneState {
+    pub netns: String,
+    /// Its segment address: the apiserver listens and is advertised there.
+    pub ip: Ipv4Addr,
+    /// Keys, etcd data, kubeconfigs: `<state dir>/control-plane`.
+    pub dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub kubectl: PathBuf,
+    /// `https://<ip>:6443`.
+    pub server: String,
+    /// Admin (system:masters) kubeconfig: `lab kubeconfig`, `lab kubectl`, the lab itself.
+    pub kubeconfig: PathBuf,
+    /// ServiceAccount kube-system/strait, bound by manifests/rbac.yaml: what the agents use.
+    pub agent_kubeconfig: PathBuf,
+    /// ServiceAccount kube-system/kube-proxy, bound to system:node-proxier.
+    pub kube_proxy_kubeconfig: PathBuf,
+    pub kube_proxy_bin: PathBuf,
+    /// In start order (etcd, kube-apiserver, kube-controller-manager); stopped in reverse.
+    pub components: Vec<Component>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Component {
+    pub name: String,
+    /// Program and arguments, kept so `lab control-plane start` runs exactly the same again.
+    pub argv: Vec<String>,
+    pub pid: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +172,11 @@ pub struct NodeState {
     pub cgroup: PathBuf,
     pub bpffs_root: PathBuf,
     pub agent_pid: Option<i32>,
+    /// Our agent (default) or upstream kube-proxy; kube-proxy runs with the real control plane only.
+    #[serde(default)]
+    pub proxy: Proxy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy_pid: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

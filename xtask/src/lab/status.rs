@@ -42,6 +42,18 @@ pub fn command(paths: &Paths, json: bool) -> Result<()> {
                 None => {}
             }
         }
+        // kube-proxies and the control plane: listed in `dead` when they should run and do not
+        // (a component stopped with `lab control-plane stop` has no pid and is not listed).
+        for n in &s.nodes {
+            if let Some(pid) = n.kube_proxy_pid.filter(|p| !process::alive(*p)) {
+                st.dead.push(format!("kube-proxy of node {} (pid {pid})", n.name));
+            }
+        }
+        for c in s.control_plane.iter().flat_map(|cp| &cp.components) {
+            if let Some(pid) = c.pid.filter(|p| !process::alive(*p)) {
+                st.dead.push(format!("{} (pid {pid})", c.name));
+            }
+        }
         for p in &s.pods {
             match p.responder_pid {
                 Some(pid) if process::alive(pid) => st.responders_running.push(p.name.clone()),
@@ -79,6 +91,13 @@ pub fn exec(paths: &Paths, target: &str, argv: &[OsString]) -> Result<()> {
     let (ns, cg) = match target {
         "external" => (state.external.netns.clone(), None),
         "segment" | "seg" => (state.segment_netns.clone(), None),
+        "control-plane" | "cp" => match &state.control_plane {
+            Some(cp) => (cp.netns.clone(), None),
+            None => anyhow::bail!(
+                "lab {} has no control plane (lab up --control-plane real)",
+                state.name
+            ),
+        },
         t => {
             let node = t.strip_prefix("node/").unwrap_or(t);
             match state.node(node) {

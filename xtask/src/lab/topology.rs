@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  segment netns: bridge br0 ── seg<hash> ══ eth0 (node netns, InternalIP/prefix) ── lxc<hash> ══ eth0 (pod netns)
-//!                            └─ seg<hash> ══ eth0 (external netns, a free address of the node subnet)
+//!                            ├─ seg<hash> ══ eth0 (external netns, a free address of the node subnet)
+//!                            └─ seg<hash> ══ eth0 (control-plane netns, `--control-plane real` only)
 //! ```
 //! - pod: `podIP/32` on eth0, `169.254.1.1 dev eth0 scope link`, default via 169.254.1.1 and a permanent
 //!   neighbour entry 169.254.1.1 → host veth MAC (no ARP, no address on the host veth);
@@ -53,7 +54,8 @@ pub fn segment_lines(state: &State) -> Vec<String> {
         .nodes
         .iter()
         .map(|n| n.netns.as_str())
-        .chain([state.external.netns.as_str()]);
+        .chain([state.external.netns.as_str()])
+        .chain(state.control_plane.iter().map(|c| c.netns.as_str()));
     for ns in ends {
         let veth = plan::segment_veth(ns);
         l.push(format!("link add {veth} type veth peer name eth0 netns {ns}"));
@@ -158,12 +160,23 @@ pub fn external_lines(state: &State) -> Vec<String> {
     l
 }
 
+/// The control plane's netns: its segment address only. It needs no route to pods: the apiserver
+/// calls no webhook or aggregated API, and nodes and clients reach it on the segment.
+pub fn control_plane_lines(state: &State, ip: std::net::Ipv4Addr) -> Vec<String> {
+    vec![
+        "link set lo up".to_string(),
+        "link set eth0 up".to_string(),
+        format!("addr add {ip}/{} dev eth0", prefix_len(state)),
+    ]
+}
+
 /// Builds the whole topology of `state`. Netns must not exist yet. On error the caller tears down.
 pub fn build(state: &State) -> Result<()> {
     let all: Vec<&str> = [state.segment_netns.as_str(), state.external.netns.as_str()]
         .into_iter()
         .chain(state.nodes.iter().map(|n| n.netns.as_str()))
         .chain(state.pods.iter().map(|p| p.netns.as_str()))
+        .chain(state.control_plane.iter().map(|c| c.netns.as_str()))
         .collect();
     for ns in &all {
         netns::add(ns)?;
@@ -178,6 +191,9 @@ pub fn build(state: &State) -> Result<()> {
     }
     for p in &state.pods {
         netns::ip_batch(&p.netns, &pod_lines(p))?;
+    }
+    if let Some(cp) = &state.control_plane {
+        netns::ip_batch(&cp.netns, &control_plane_lines(state, cp.ip))?;
     }
     netns::ip_batch(&state.external.netns, &external_lines(state))
 }

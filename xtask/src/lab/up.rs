@@ -6,10 +6,22 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::{
-    agents, cgroup, down, external, layout, manifests, netns, plan, pods, spec,
-    state::{Paths, State},
+    agents, api, cgroup, cplane, down, external, kubeproxy, layout, manifests, netns, plan, pods, spec,
+    state::{Paths, Proxy, State},
     topology,
 };
+use crate::k8s::{self, build::Built};
+
+/// Where the nodes read the cluster from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ControlPlane {
+    /// The lab writes manifests/objects.yaml; the agents run in standalone mode.
+    #[default]
+    Manifests,
+    /// etcd, kube-apiserver and kube-controller-manager in netns strait-<lab>-cp; objects go
+    /// through the API, the agents watch it (needs `cargo xtask k8s build`).
+    Real,
+}
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -25,6 +37,16 @@ pub struct UpArgs {
     /// (repeat for more): `--from external:IP` sends from it.
     #[arg(long = "external-address", value_name = "IP")]
     pub external_addresses: Vec<String>,
+    /// `manifests` (default) or `real`: a real etcd + kube-apiserver + kube-controller-manager.
+    #[arg(long, value_enum, env = "STRAIT_LAB_CONTROL_PLANE", default_value_t = ControlPlane::Manifests)]
+    pub control_plane: ControlPlane,
+    /// What serves Services: `MODE` for every node or `NODE=MODE` for one (repeat); MODE is
+    /// `strait` (default), `kube-proxy-iptables` or `kube-proxy-nftables` (real control plane only).
+    #[arg(long = "proxy", value_name = "[NODE=]MODE")]
+    pub proxies: Vec<String>,
+    /// kubectl for the real control plane (default: one within a minor version of the apiserver).
+    #[arg(long, env = "STRAIT_KUBECTL")]
+    pub kubectl: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -44,7 +66,17 @@ pub fn command(paths: &Paths, args: UpArgs) -> Result<()> {
     add_external_addresses(&mut objects, &args.external_addresses);
     let cluster = spec::validate(objects)?;
     let mut state = layout::layout(paths, &cluster, None)?;
-    let agent_bin = if args.no_agent {
+    set_proxies(&mut state, &args.proxies, args.control_plane)?;
+    let built = match args.control_plane {
+        ControlPlane::Manifests => None,
+        ControlPlane::Real => {
+            let (built, kubectl) = k8s_binaries(args.kubectl.clone())?;
+            state.control_plane = Some(cplane::plan(paths, &state, &built, kubectl)?);
+            Some(built)
+        }
+    };
+    // Nodes given to kube-proxy need no agent; with none left, none is built or resolved.
+    let agent_bin = if args.no_agent || state.nodes.iter().all(|n| n.proxy != Proxy::Strait) {
         None
     } else {
         Some(agents::resolve_bin(args.agent_bin)?)
@@ -57,7 +89,7 @@ pub fn command(paths: &Paths, args: UpArgs) -> Result<()> {
         state.pods.len(),
         state.subnet
     );
-    if let Err(e) = build(paths, &mut state, &cluster, agent_bin.as_deref()) {
+    if let Err(e) = build(paths, &mut state, &cluster, agent_bin.as_deref(), built.as_ref()) {
         eprintln!("lab up failed, removing what was built");
         if let Err(e2) = down::teardown(paths) {
             eprintln!("  teardown also failed: {e2:#}");
@@ -87,11 +119,61 @@ fn add_external_addresses(objects: &mut Vec<spec::Object>, addresses: &[String])
     }
 }
 
+/// `--proxy MODE` / `--proxy NODE=MODE`: kube-proxy needs the real control plane to read from.
+fn set_proxies(state: &mut State, given: &[String], cp: ControlPlane) -> Result<()> {
+    use clap::ValueEnum;
+    for g in given {
+        let (node, mode) = match g.split_once('=') {
+            Some((n, m)) => (Some(n), m),
+            None => (None, g.as_str()),
+        };
+        let proxy = Proxy::from_str(mode, false).map_err(|_| {
+            anyhow::anyhow!("--proxy {g}: {mode:?} is not strait, kube-proxy-iptables or kube-proxy-nftables")
+        })?;
+        if proxy != Proxy::Strait && cp != ControlPlane::Real {
+            bail!("--proxy {g}: kube-proxy reads an apiserver; add --control-plane real");
+        }
+        match node {
+            Some(name) => {
+                let n = state
+                    .nodes
+                    .iter_mut()
+                    .find(|n| n.name == name)
+                    .with_context(|| format!("--proxy {g}: no Node {name} in the file"))?;
+                n.proxy = proxy;
+            }
+            None => state.nodes.iter_mut().for_each(|n| n.proxy = proxy),
+        }
+    }
+    Ok(())
+}
+
+/// The cached Kubernetes build (never built here: a cold build takes 12 minutes) and a kubectl.
+fn k8s_binaries(kubectl: Option<PathBuf>) -> Result<(Built, PathBuf)> {
+    let root = match std::env::var_os("STRAIT_K8S_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => k8s::default_cache_root()?,
+    };
+    let version = std::env::var("STRAIT_K8S_VERSION").unwrap_or_else(|_| k8s::KUBERNETES_VERSION.into());
+    let built = k8s::build::lookup(&root, &version)?.with_context(|| {
+        format!(
+            "--control-plane real: no cached build of Kubernetes {version} in {} (run `cargo xtask k8s build`)",
+            root.display()
+        )
+    })?;
+    let kubectl = match kubectl {
+        Some(k) => k,
+        None => k8s::kubectl::find(&version)?,
+    };
+    Ok((built, kubectl))
+}
+
 fn build(
     paths: &Paths,
     state: &mut State,
     cluster: &spec::Cluster,
     agent_bin: Option<&std::path::Path>,
+    built: Option<&Built>,
 ) -> Result<()> {
     std::fs::create_dir_all(&paths.dir).with_context(|| format!("creating {}", paths.dir.display()))?;
     // Saved before anything runs, so `down` finds pids and names even if this process dies midway.
@@ -101,11 +183,24 @@ fn build(
     for n in &state.nodes {
         cgroup::create(&n.cgroup)?;
     }
+    if let Some(built) = built {
+        cplane::start_all(paths, state, built)?;
+        let cp = state.control_plane.clone().expect("planned with the build");
+        api::bootstrap(&cp)?;
+        api::register_nodes(&cp, &cluster.objects)?;
+    }
     manifests::write_user_objects(paths, &cluster.objects)?;
-    manifests::write(paths, &cluster.objects)?;
+    if state.control_plane.is_none() {
+        manifests::write(paths, &cluster.objects)?;
+    }
     let all: Vec<String> = state.pods.iter().map(|p| p.name.clone()).collect();
     pods::start_all(paths, state, &all)?;
     state.save(paths)?;
+    if let Some(cp) = state.control_plane.clone() {
+        api::apply(&cp, state, &cluster.objects, &[])?;
+        api::wait_endpoint_slices(&cp, &cluster.objects)?;
+        kubeproxy::start_all(paths, state)?;
+    }
     if let Some(bin) = agent_bin {
         agents::start_all(paths, state, bin)?;
         state.save(paths)?;
@@ -120,11 +215,20 @@ pub fn human(state: &State) -> String {
         state.state_dir.display()
     );
     s.push_str(&format!("  segment {} ({})\n", state.segment_netns, state.subnet));
+    if let Some(cp) = &state.control_plane {
+        s.push_str(&format!(
+            "  control plane {} {} (kubeconfig {})\n",
+            cp.server,
+            cp.netns,
+            cp.kubeconfig.display()
+        ));
+    }
     for n in &state.nodes {
-        let agent = n
-            .agent_pid
-            .map(|p| format!("agent pid {p}"))
-            .unwrap_or_else(|| "no agent".into());
+        let agent = match (n.agent_pid, n.kube_proxy_pid) {
+            (Some(p), _) => format!("agent pid {p}"),
+            (None, Some(p)) => format!("kube-proxy ({:?}) pid {p}", n.proxy),
+            (None, None) => "no agent".into(),
+        };
         s.push_str(&format!(
             "  node {:<12} {:<15} {}  {agent}\n",
             n.name, n.ip, n.netns
@@ -161,6 +265,34 @@ pub fn human(state: &State) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxies_per_node_or_for_all_and_only_with_the_real_control_plane() {
+        let file = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+                    status: {addresses: [{type: InternalIP, address: 10.0.0.10}]}\n---\n\
+                    apiVersion: v1\nkind: Node\nmetadata: {name: n2}\n\
+                    status: {addresses: [{type: InternalIP, address: 10.0.0.11}]}\n";
+        let cluster = spec::validate(spec::parse(file).unwrap()).unwrap();
+        let mut state = layout::layout(&Paths::new("t"), &cluster, None).unwrap();
+        set_proxies(
+            &mut state,
+            &["kube-proxy-nftables".into(), "n1=kube-proxy-iptables".into()],
+            ControlPlane::Real,
+        )
+        .unwrap();
+        assert_eq!(state.nodes[0].proxy, Proxy::KubeProxyIptables);
+        assert_eq!(state.nodes[1].proxy, Proxy::KubeProxyNftables);
+        let e = set_proxies(
+            &mut state,
+            &["n1=kube-proxy-iptables".into()],
+            ControlPlane::Manifests,
+        );
+        assert!(format!("{:#}", e.unwrap_err()).contains("add --control-plane real"));
+        let e = set_proxies(&mut state, &["n9=strait".into()], ControlPlane::Real);
+        assert!(format!("{:#}", e.unwrap_err()).contains("no Node n9"));
+        let e = set_proxies(&mut state, &["ipvs".into()], ControlPlane::Real);
+        assert!(format!("{:#}", e.unwrap_err()).contains("\"ipvs\" is not"));
+    }
 
     #[test]
     fn command_line_addresses_join_the_file_or_make_an_external_client() {
