@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -458,10 +458,7 @@ impl SourceWatch {
         sync.rejected = update.rejected.iter().map(ToString::to_string).collect();
         sync.objects = update.snapshot.object_count();
         sync.reloads += 1;
-        sync.last_sync_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        sync.last_sync_unix_ms = crate::status::unix_ms_now();
         self.snapshot = update.snapshot;
         self.last_load = Some(Instant::now());
         Ok(true)
@@ -550,10 +547,7 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared) -> R
     inner.errors = errors;
     inner.sync.synced = true;
     inner.sync.node_eligible = endpoints::node_eligible(&watch.snapshot, &args.node);
-    inner.sync.last_pass_ok_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    inner.sync.last_pass_ok_unix_ms = crate::status::unix_ms_now();
     // Last, so that the answers are those of a pass that completed; a pass that fails stops
     // refreshing them and the checks turn 503 once the proxy counts as stale.
     let health = inner

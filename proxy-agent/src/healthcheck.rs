@@ -14,7 +14,6 @@ use std::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
@@ -185,10 +184,7 @@ pub fn answer(
 }
 
 async fn respond(State(state): State<PortState>) -> Response {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = crate::status::unix_ms_now();
     let healthy = crate::healthz::fresh(state.last_pass_ok_ms.load(Ordering::Relaxed), now_ms);
     let a = state
         .answer

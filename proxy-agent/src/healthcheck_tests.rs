@@ -26,7 +26,7 @@ fn answers_like_kube_proxy() {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    crate::status::unix_ms_now()
 }
 
 fn check(name: &str, port: u16, local_endpoints: usize) -> HealthCheck {

@@ -4,11 +4,7 @@
 //! kept in step, 503 when it has not been for twice the resync period or the Node is going away;
 //! `/livez` is the same without the Node part; `/readyz` is 200 once the first full sync is done.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use axum::{
@@ -85,13 +81,6 @@ pub fn go_time(unix_ms: u64) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.f +0000 UTC").to_string()
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
@@ -118,12 +107,12 @@ fn respond(code: StatusCode, body: &HealthBody) -> Response {
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
-    let (code, body) = health(&shared.view().sync, now_ms(), true);
+    let (code, body) = health(&shared.view().sync, crate::status::unix_ms_now(), true);
     respond(code, &body)
 }
 
 async fn livez(State(shared): State<Arc<Shared>>) -> Response {
-    let (code, body) = health(&shared.view().sync, now_ms(), false);
+    let (code, body) = health(&shared.view().sync, crate::status::unix_ms_now(), false);
     respond(code, &body)
 }
 

@@ -102,6 +102,14 @@ pub struct CounterView {
 
 /// GETs `path` (with its query) from the agent's admin endpoint; a non-2xx answer is an error carrying
 /// the agent's message.
+/// Wall-clock milliseconds since the Unix epoch, as the sync and health figures record them.
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn get_text(admin_addr: std::net::SocketAddr, path: &str) -> Result<String> {
     let url = format!("http://{admin_addr}{path}");
     let mut resp = ureq::get(&url)
