@@ -11,10 +11,16 @@ pub mod config_flags {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatapathConfig {
     pub flags: u32,
+    /// Entries used in each Maglev table (`--maglev-table-size`, ≤ `lb::MAGLEV_MAX`); 0 until the agent
+    /// has written it, and then external traffic picks at random like internal traffic.
+    pub maglev_size: u32,
+    /// The node's address, network order: the source external traffic is SNATed to when its backend is
+    /// elsewhere (externalTrafficPolicy Cluster), whichever node address or service IP it arrived on.
+    pub node_addr: u32,
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 16);
 
 #[cfg(feature = "user")]
 mod pod_impls {

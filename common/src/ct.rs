@@ -46,6 +46,11 @@ pub mod ct_flags {
     /// one backend through two VIPs (or a VIP and a NodePort). netfilter resolves such clashes the same
     /// way, by picking another source port.
     pub const PORT_SNAT: u16 = 1 << 8;
+    /// North-south: a connection from outside the node to a NodePort, externalIP or LoadBalancer IP,
+    /// translated on the node's device (XDP, or tc where XDP cannot finish). Its replies are rewritten
+    /// where they arrive: on the node's device from a backend elsewhere, or leaving a local backend's veth.
+    /// With SNAT (externalTrafficPolicy Cluster) `orig_saddr` holds the external client's address.
+    pub const NODEPORT: u16 = 1 << 9;
 }
 
 #[repr(C)]
@@ -62,7 +67,8 @@ pub struct CtEntry4 {
     pub backend_addr: Be32,
     pub backend_port: Be16,
     pub flags: u16,
-    /// Hairpin: the client's own address, which its source was rewritten from.
+    /// With SNAT: the client's own address, which its source was rewritten from (hairpin: the backend
+    /// itself; north-south: the external client).
     pub orig_saddr: Be32,
     /// The client's source port as the client sent it, and as it leaves this node (they differ only
     /// with PORT_SNAT). Both entries of a connection carry both, so each direction can restore the other.

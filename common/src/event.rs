@@ -27,12 +27,14 @@ pub enum DropReason {
     ConntrackFull = 8,
     /// A rewrite helper failed.
     NatFailed = 9,
+    /// A client outside a LoadBalancer Service's loadBalancerSourceRanges.
+    SourceRange = 10,
 }
 
 pub const DROP_REASON_SLOTS: u32 = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::None,
         DropReason::PolicyIngress,
         DropReason::PolicyEgress,
@@ -43,6 +45,7 @@ impl DropReason {
         DropReason::ServiceRejected,
         DropReason::ConntrackFull,
         DropReason::NatFailed,
+        DropReason::SourceRange,
     ];
 
     /// The metric label and the word `flows` prints.
@@ -58,6 +61,7 @@ impl DropReason {
             DropReason::ServiceRejected => "service-rejected",
             DropReason::ConntrackFull => "conntrack-full",
             DropReason::NatFailed => "nat-failed",
+            DropReason::SourceRange => "source-range",
         }
     }
 
@@ -73,6 +77,7 @@ impl DropReason {
             7 => Some(DropReason::ServiceRejected),
             8 => Some(DropReason::ConntrackFull),
             9 => Some(DropReason::NatFailed),
+            10 => Some(DropReason::SourceRange),
             _ => None,
         }
     }

@@ -46,7 +46,37 @@ pub mod svc_flags {
     /// externalTrafficPolicy Local: external clients reach only node-local backends and keep their
     /// source address (no SNAT).
     pub const EXT_POLICY_LOCAL: u16 = 1 << 7;
+    /// loadBalancerSourceRanges: only sources in `LB4_SOURCE_RANGES` under this frontend's rev-NAT id
+    /// are served; others are dropped, as kube-proxy's firewall chain does.
+    pub const SOURCE_RANGES: u16 = 1 << 8;
 }
+
+/// Capacity of one Maglev table: the largest `--maglev-table-size` (a prime). Each external frontend's
+/// table is one value of this size in `LB4_MAGLEV`, replaced whole, so a reader sees the old table or
+/// the new one, never a mix; only the first `DatapathConfig::maglev_size` entries are used.
+pub const MAGLEV_MAX: usize = 16_381;
+
+/// One frontend's Maglev table: backend ids, indexed by flow hash modulo the table size.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MaglevTable {
+    pub backend_ids: [u32; MAGLEV_MAX],
+}
+
+/// Frontends with a Maglev table; hash map without preallocation, so only used tables cost memory
+/// (64 KiB each).
+pub const MAX_MAGLEV_TABLES: u32 = 65_536;
+
+/// `LB4_SOURCE_RANGES` LPM key data: the frontend's rev-NAT id (always matched whole) and the client
+/// source address. The LPM prefix length is 32 + the range's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceRangeKey4 {
+    pub rev_nat: u32,
+    pub saddr: Be32,
+}
+
+pub const MAX_SOURCE_RANGES: u32 = 65_536;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,6 +128,8 @@ const _: () = assert!(core::mem::size_of::<Lb4Key>() == 12);
 const _: () = assert!(core::mem::size_of::<Lb4Service>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend4>() == 8);
 const _: () = assert!(core::mem::size_of::<RevNat4>() == 8);
+const _: () = assert!(core::mem::size_of::<MaglevTable>() == 4 * MAGLEV_MAX);
+const _: () = assert!(core::mem::size_of::<SourceRangeKey4>() == 8);
 
 #[cfg(feature = "user")]
 mod pod_impls {
@@ -110,4 +142,6 @@ mod pod_impls {
     unsafe impl aya::Pod for Lb4Service {}
     unsafe impl aya::Pod for Backend4 {}
     unsafe impl aya::Pod for RevNat4 {}
+    unsafe impl aya::Pod for MaglevTable {}
+    unsafe impl aya::Pod for SourceRangeKey4 {}
 }

@@ -31,8 +31,10 @@ pub mod map_names {
     pub const DROP_STATS: &str = "STRAIT_DROP_STATS_V1";
     pub const POLICY_STATS: &str = "STRAIT_POLICY_STATS_V1";
     pub const SOCK_REVNAT4: &str = "STRAIT_SOCK_REVNAT4_V2";
-    pub const CONFIG: &str = "STRAIT_CONFIG_V1";
+    pub const CONFIG: &str = "STRAIT_CONFIG_V2";
     pub const IFACES: &str = "STRAIT_IFACES_V1";
+    pub const LB4_MAGLEV: &str = "STRAIT_LB4_MAGLEV_V1";
+    pub const LB4_SOURCE_RANGES: &str = "STRAIT_LB4_SOURCE_RANGES_V1";
     pub use crate::policy::{
         map_names::{IPCACHE4, POLICY, POLICY_ENDPOINTS4},
         policy_map_names::POLICY_NAMES,
@@ -44,6 +46,7 @@ pub mod prog_names {
     pub const TC_FROM_POD: &str = "tc_from_pod";
     pub const TC_TO_POD: &str = "tc_to_pod";
     pub const XDP_NODE: &str = "xdp_node";
+    pub const TC_FROM_NODE: &str = "tc_from_node";
     pub const SOCK_CONNECT4: &str = "sock_connect4";
     pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";

@@ -10,16 +10,24 @@ pub enum StatIndex {
     ToPod = 1,
     /// XDP on a node device: packets arriving at the node from its network.
     XdpNode = 2,
+    /// tc ingress on a node device: what XDP passed on (north-south traffic it could not finish).
+    FromNode = 3,
 }
 
 impl StatIndex {
-    pub const ALL: [StatIndex; 3] = [StatIndex::FromPod, StatIndex::ToPod, StatIndex::XdpNode];
+    pub const ALL: [StatIndex; 4] = [
+        StatIndex::FromPod,
+        StatIndex::ToPod,
+        StatIndex::XdpNode,
+        StatIndex::FromNode,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             StatIndex::FromPod => "tc_from_pod",
             StatIndex::ToPod => "tc_to_pod",
             StatIndex::XdpNode => "xdp_node",
+            StatIndex::FromNode => "tc_from_node",
         }
     }
 }

@@ -129,6 +129,10 @@ pub struct RunArgs {
     /// Node devices for the XDP program; default: the interfaces that carry the Node's addresses.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
+    /// XDP attach mode on the node devices: `auto` (native where the driver has it, else generic),
+    /// `native`, or `generic`.
+    #[arg(long, value_enum, default_value_t = crate::datapath::attach::XdpModeChoice::Auto)]
+    pub xdp_mode: crate::datapath::attach::XdpModeChoice,
     /// What happens to an open connection when a policy no longer allows it: `revoke` drops its next
     /// packet (every forward packet is judged against the current policy); `keep` lets a connection
     /// once allowed run to its end.

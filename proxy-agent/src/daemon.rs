@@ -63,6 +63,10 @@ struct Inner {
     /// The health checks of the last plan, and their listeners (synced at the end of every pass).
     health_checks: Vec<lb::HealthCheck>,
     service_health: crate::healthcheck::ServiceHealth,
+    /// Maglev tables and source ranges of external frontends.
+    external: crate::reconcile::external::ExternalReconciler,
+    /// The datapath settings as last written.
+    config: common::config::DatapathConfig,
 }
 
 impl Shared {
@@ -220,13 +224,21 @@ impl Shared {
 
 pub fn run(args: RunArgs) -> Result<()> {
     let mut datapath = Datapath::load(&args.bpffs_root)?;
+    datapath.attachments.xdp_mode = args.xdp_mode;
     // Ids come back from the pinned maps, so a restarted agent rewrites nothing that is still right.
     let reconciler = Reconciler::restore(&datapath.lb_maps())?;
     let mut flags = 0;
     if args.policy_established == crate::cli::PolicyEstablished::Keep {
         flags |= common::config::config_flags::KEEP_ESTABLISHED;
     }
-    datapath.set_config(common::config::DatapathConfig { flags, _pad: 0 })?;
+    // The node address for SNAT is filled in once the Node is known (see `reconcile_services`).
+    let config = common::config::DatapathConfig {
+        flags,
+        maglev_size: args.maglev_table_size.get(),
+        node_addr: 0,
+        _pad: 0,
+    };
+    datapath.set_config(config)?;
     tracing::info!(node = %args.node, pin_dir = %args.bpffs_root.display(), "datapath loaded");
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
@@ -243,6 +255,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             policy_status: PolicyStatusView::default(),
             counters: AgentCounters::default(),
             frontend_names: Default::default(),
+            external: Default::default(),
+            config,
             health_checks: Vec::new(),
             service_health: Default::default(),
         }),
@@ -344,6 +358,25 @@ fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner
         ..
     } = inner;
     let outcome = reconciler.reconcile(&plan, &mut datapath.lb_maps())?;
+    let node_addr = plan.snat_addr.map_or(0, |a| u32::from_ne_bytes(a.octets()));
+    if inner.config.node_addr != node_addr {
+        let config = common::config::DatapathConfig {
+            node_addr,
+            ..inner.config
+        };
+        inner.datapath.set_config(config)?;
+        inner.config = config;
+        tracing::info!(snat_addr = ?plan.snat_addr, "node address for SNAT of external traffic set");
+    }
+    let external_ops = inner.external.reconcile(
+        &plan,
+        inner.reconciler.ids(),
+        args.maglev_table_size,
+        &mut inner.datapath.external_maps(),
+    )?;
+    if external_ops > 0 {
+        tracing::info!(ops = external_ops, "Maglev and source-range maps updated");
+    }
     for op in &outcome.ops {
         *inner.counters.reconcile_ops.entry(lb_map_name(op)).or_default() += 1;
     }

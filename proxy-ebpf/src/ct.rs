@@ -72,6 +72,8 @@ pub struct Translation<'a> {
     /// The client's source port as sent, and as it leaves (they differ after a clash, see PORT_SNAT).
     pub client_port: u16,
     pub wire_port: u16,
+    /// Flags both entries carry besides those derived above (`NODEPORT` for north-south).
+    pub extra_flags: u16,
 }
 
 /// Creates both entries of a new translated connection: `forward` is the client's tuple before any
@@ -79,7 +81,7 @@ pub struct Translation<'a> {
 #[inline(always)]
 pub fn create(forward: &CtKey4, reply: &CtKey4, t: &Translation) -> Result<(), ()> {
     let now = now();
-    let mut flags = 0;
+    let mut flags = t.extra_flags;
     if t.snat_from != 0 {
         flags |= ct_flags::SNAT;
     }

@@ -5,7 +5,7 @@ use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::programs::TcContext;
 use common::{
     affinity::{AffinityKey4, AffinityValue},
-    ct::{CtKey4, ct_flags},
+    ct::{CtEntry4, CtKey4, ct_flags},
     lb::{Backend4, Lb4Key, Lb4Service, SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags},
     net::{Be16, Be32, proto},
 };
@@ -30,13 +30,16 @@ pub enum Outcome {
     Pass,
     /// Translated, and must be sent back out of the interface it came from (hairpin).
     RedirectBack,
+    /// A reply restored for a client outside the node: routed out directly (its source is now a node
+    /// or service address, which the stack would refuse as input).
+    ToNetwork,
     /// Service without usable endpoints: refuse the client.
     Reject,
     Drop,
 }
 
 #[inline(always)]
-fn service(addr: u32, port: u16, proto: u8, scope: u8, slot: u16) -> Option<&'static Lb4Service> {
+pub fn service(addr: u32, port: u16, proto: u8, scope: u8, slot: u16) -> Option<&'static Lb4Service> {
     let key = Lb4Key {
         addr: Be32::from_raw(addr),
         port: Be16::from_raw(port),
@@ -65,12 +68,19 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         return hairpin_reply(ctx, flow);
     }
     let forward = ct::key_of(flow);
-    if let Some(entry) = ct::lookup(&forward)
-        && entry.flags & ct_flags::FORWARD != 0
-    {
+    if let Some(entry) = ct::lookup(&forward) {
+        if entry.flags & ct_flags::NODEPORT != 0 && entry.flags & ct_flags::REPLY != 0 {
+            // A local backend answering a client outside the node: restored here, then routed out.
+            return match restore(ctx, flow, entry) {
+                Ok(()) => Outcome::ToNetwork,
+                Err(()) => Outcome::Drop,
+            };
+        }
         // UDP has no connection to keep: once its backend is gone it picks again below, at once,
         // instead of black-holing until the entry expires (kube-proxy's stale-UDP problem).
-        if flow.proto != proto::UDP || backend(entry.backend_id).is_some() {
+        if entry.flags & ct_flags::FORWARD != 0
+            && (flow.proto != proto::UDP || backend(entry.backend_id).is_some())
+        {
             let be = Backend4 {
                 addr: entry.backend_addr,
                 port: entry.backend_port,
@@ -123,6 +133,7 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         snat_from: if hairpin { flow.saddr } else { 0 },
         client_port: flow.sport,
         wire_port,
+        extra_flags: 0,
     };
     if ct::create(&forward, &reply, &translation).is_err() {
         return Outcome::Drop;
@@ -247,19 +258,28 @@ fn hairpin_reply(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     if entry.flags & ct_flags::REPLY == 0 || entry.flags & ct_flags::SNAT == 0 {
         return Outcome::Drop;
     }
-    // SAFETY: read-only use of a map value.
-    let Some(rev) = (unsafe { REVNAT.get(&entry.rev_nat) }) else {
-        return Outcome::Drop;
-    };
-    let (orig, client_port) = (entry.orig_saddr.raw(), entry.client_port.raw());
-    ct::touch(entry, flow, ct_flags::SEEN_REPLY);
-    if nat::rewrite(ctx, flow, End::Source, rev.addr.raw(), rev.port.raw()).is_err()
-        || nat::rewrite(ctx, flow, End::Destination, orig, client_port).is_err()
-        || nat::finish(ctx, flow).is_err()
-    {
-        return Outcome::Drop;
+    match restore(ctx, flow, entry) {
+        Ok(()) => Outcome::RedirectBack,
+        Err(()) => Outcome::Drop,
     }
-    Outcome::RedirectBack
+}
+
+/// Reverse NAT of a reply: the source becomes the VIP:port the client connected to, the destination the
+/// client as it sent (its own address again after SNAT, its own port again after a clash).
+#[inline(always)]
+fn restore(ctx: &TcContext, flow: &mut Ipv4Flow, entry: &mut CtEntry4) -> Result<(), ()> {
+    // SAFETY: read-only use of a map value.
+    let rev = unsafe { REVNAT.get(&entry.rev_nat) }.ok_or(())?;
+    let client = if entry.flags & ct_flags::SNAT != 0 {
+        entry.orig_saddr.raw()
+    } else {
+        flow.daddr
+    };
+    let client_port = entry.client_port.raw();
+    ct::touch(entry, flow, ct_flags::SEEN_REPLY);
+    nat::rewrite(ctx, flow, End::Source, rev.addr.raw(), rev.port.raw())?;
+    nat::rewrite(ctx, flow, End::Destination, client, client_port)?;
+    nat::finish(ctx, flow)
 }
 
 /// Packets delivered to a pod (tc egress of its host veth): replies of translated connections get
@@ -273,21 +293,12 @@ pub fn to_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     let Some(entry) = ct::lookup(&key) else {
         return Outcome::Pass;
     };
-    if entry.flags & ct_flags::REPLY == 0 || entry.flags & ct_flags::SNAT != 0 {
+    // Hairpin and north-south replies are restored where they leave their backend instead.
+    if entry.flags & ct_flags::REPLY == 0 || entry.flags & (ct_flags::SNAT | ct_flags::NODEPORT) != 0 {
         return Outcome::Pass;
     }
-    // SAFETY: read-only use of a map value.
-    let Some(rev) = (unsafe { REVNAT.get(&entry.rev_nat) }) else {
-        return Outcome::Pass;
-    };
-    let (client, client_port) = (flow.daddr, entry.client_port.raw());
-    ct::touch(entry, flow, ct_flags::SEEN_REPLY);
-    // The destination changes only after a source-port clash (PORT_SNAT); otherwise it is left alone.
-    if nat::rewrite(ctx, flow, End::Source, rev.addr.raw(), rev.port.raw()).is_err()
-        || nat::rewrite(ctx, flow, End::Destination, client, client_port).is_err()
-        || nat::finish(ctx, flow).is_err()
-    {
-        return Outcome::Drop;
+    match restore(ctx, flow, entry) {
+        Ok(()) => Outcome::Pass,
+        Err(()) => Outcome::Drop,
     }
-    Outcome::Pass
 }

@@ -4,15 +4,18 @@
 
 mod ct;
 mod events;
+mod fib;
 mod lb;
 mod maps;
 mod nat;
+mod nodeport;
 mod parse;
 mod policy;
 mod reject;
 mod sctp;
 mod sock;
 mod stats;
+mod xdp_nat;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
@@ -66,6 +69,8 @@ pub fn tc_from_pod(ctx: TcContext) -> i32 {
         Outcome::Pass => {}
         // A pod reaching itself through its Service: traffic to itself is never isolated.
         Outcome::RedirectBack => return redirect_back(&ctx),
+        // The answer of a connection policy admitted on its way in: not judged again.
+        Outcome::ToNetwork => return fib::tc_redirect(&ctx, &flow),
         Outcome::Reject => {
             events::count_drop(DropReason::ServiceRejected);
             cx.service_addr = service_addr;
@@ -125,7 +130,7 @@ pub fn tc_to_pod(ctx: TcContext) -> i32 {
     match lb::to_pod(&ctx, &mut flow) {
         Outcome::Pass => TC_ACT_OK,
         Outcome::RedirectBack => redirect_back(&ctx),
-        Outcome::Reject | Outcome::Drop => drop(DropReason::NatFailed),
+        Outcome::Reject | Outcome::Drop | Outcome::ToNetwork => drop(DropReason::NatFailed),
     }
 }
 
@@ -188,12 +193,73 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::restore(&ctx)
 }
 
-/// XDP on the node's devices: traffic entering the node from its network.
+/// XDP on the node's devices: traffic entering the node from its network. North-south service traffic
+/// (TCP and UDP) whose next hop is back out of the same device is translated and sent here, without
+/// an skb; everything else goes on to `tc_from_node` and the stack.
 #[xdp]
 pub fn xdp_node(ctx: XdpContext) -> u32 {
     let len = ctx.data_end().saturating_sub(ctx.data());
     stats::count(StatIndex::XdpNode, len as u32);
-    xdp_action::XDP_PASS
+    let Parsed::Ipv4(flow) = parse::parse(ctx.data(), ctx.data_end()) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SCTP's CRC32c covers the whole packet: its rewrite is left to tc, which has the helpers.
+    if flow.proto != common::net::proto::TCP && flow.proto != common::net::proto::UDP {
+        return xdp_action::XDP_PASS;
+    }
+    match nodeport::plan(&flow) {
+        nodeport::Plan::Pass | nodeport::Plan::Reject => xdp_action::XDP_PASS,
+        nodeport::Plan::Drop(reason) => {
+            events::count_drop(reason);
+            xdp_action::XDP_DROP
+        }
+        nodeport::Plan::Translate(to) => {
+            let mut out = flow;
+            out.saddr = to.saddr;
+            out.sport = to.sport;
+            out.daddr = to.daddr;
+            out.dport = to.dport;
+            // Only a next hop out of this same device can be reached with XDP_TX; a local backend (its
+            // veth) or an unresolved neighbour is left to tc, which decides the same (conntrack).
+            match fib::xdp_next_hop(&ctx, &out) {
+                Some((ifindex, smac, dmac)) if ifindex == ctx.ingress_ifindex() as u32 => {
+                    match xdp_nat::apply(&ctx, &flow, &to, &smac, &dmac) {
+                        Ok(()) => xdp_action::XDP_TX,
+                        Err(()) => xdp_action::XDP_PASS,
+                    }
+                }
+                _ => xdp_action::XDP_PASS,
+            }
+        }
+    }
+}
+
+/// tc ingress on the node's devices: north-south traffic XDP passed on (a backend on this node, SCTP,
+/// a neighbour not yet resolved, a refusal to send, or no XDP at all), translated with the skb helpers
+/// and redirected to where the routing table says.
+#[classifier]
+pub fn tc_from_node(ctx: TcContext) -> i32 {
+    stats::count(StatIndex::FromNode, ctx.len());
+    let Parsed::Ipv4(mut flow) = parse::parse_tc(&ctx) else {
+        return TC_ACT_OK;
+    };
+    match nodeport::plan(&flow) {
+        nodeport::Plan::Pass => TC_ACT_OK,
+        nodeport::Plan::Reject => {
+            events::count_drop(DropReason::ServiceRejected);
+            reject::refuse(&ctx, &flow)
+        }
+        nodeport::Plan::Drop(reason) => drop(reason),
+        nodeport::Plan::Translate(to) => {
+            if nat::rewrite(&ctx, &mut flow, nat::End::Destination, to.daddr, to.dport).is_err()
+                || nat::rewrite(&ctx, &mut flow, nat::End::Source, to.saddr, to.sport).is_err()
+                || nat::finish(&ctx, &mut flow).is_err()
+            {
+                return drop(DropReason::NatFailed);
+            }
+            fib::tc_redirect(&ctx, &flow)
+        }
+    }
 }
 
 /// Baseline for benchmarks: the cheapest possible tc program, measured in the same run as the real

@@ -9,7 +9,10 @@ use common::{
     config::DatapathConfig,
     ct::{CtEntry4, CtKey4, MAX_CT_ENTRIES},
     event::{DROP_REASON_SLOTS, EVENTS_RING_BYTES},
-    lb::{Backend4, Lb4Key, Lb4Service, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES, RevNat4},
+    lb::{
+        Backend4, Lb4Key, Lb4Service, MAX_BACKENDS, MAX_MAGLEV_TABLES, MAX_REVNAT, MAX_SERVICE_ENTRIES,
+        MAX_SOURCE_RANGES, MaglevTable, RevNat4, SourceRangeKey4,
+    },
     net::Be32,
     policy::{
         IpCacheValue4, MAX_IPCACHE_ENTRIES, MAX_POLICIES, MAX_POLICY_ENDPOINTS, MAX_POLICY_ENTRIES,
@@ -77,9 +80,18 @@ pub static STRAIT_EVENTS_V1: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
 /// Settings written by the agent (index 0).
 #[map]
-pub static STRAIT_CONFIG_V1: Array<DatapathConfig> = Array::pinned(1, 0);
+pub static STRAIT_CONFIG_V2: Array<DatapathConfig> = Array::pinned(1, 0);
 
 /// Host-side veth ifindex → the address of the pod behind it (anti-spoofing, and the endpoint whose
 /// policy applies to packets that cannot be parsed).
 #[map]
 pub static STRAIT_IFACES_V1: HashMap<u32, Be32> = HashMap::pinned(MAX_POLICY_ENDPOINTS, 0);
+
+/// rev-NAT id of an external frontend → its Maglev table (see `common::lb::MaglevTable`).
+#[map]
+pub static STRAIT_LB4_MAGLEV_V1: HashMap<u32, MaglevTable> = HashMap::pinned(MAX_MAGLEV_TABLES, NO_PREALLOC);
+
+/// loadBalancerSourceRanges: (rev-NAT id, source prefix) → 1.
+#[map]
+pub static STRAIT_LB4_SOURCE_RANGES_V1: LpmTrie<SourceRangeKey4, u8> =
+    LpmTrie::pinned(MAX_SOURCE_RANGES, NO_PREALLOC);

@@ -19,7 +19,7 @@ use crate::{
     ct,
     events::{self, Context},
     maps::{
-        STRAIT_CONFIG_V1 as CONFIG, STRAIT_CT4_V2 as CT4, STRAIT_IPCACHE4_V1 as IPCACHE,
+        STRAIT_CONFIG_V2 as CONFIG, STRAIT_CT4_V2 as CT4, STRAIT_IPCACHE4_V1 as IPCACHE,
         STRAIT_POLICY_EP4_V1 as ENDPOINTS, STRAIT_POLICY_V1 as POLICY,
     },
     parse::Ipv4Flow,

@@ -291,13 +291,20 @@ impl TestDatapath {
     }
 
     pub fn set_config(&mut self, flags: u32) {
+        self.set_datapath_config(DatapathConfig {
+            flags,
+            ..Default::default()
+        });
+    }
+
+    pub fn set_datapath_config(&mut self, config: DatapathConfig) {
         let map = self
             .datapath
             .ebpf_mut()
             .map_mut(map_names::CONFIG)
             .expect("config map");
         let mut array: AyaArray<_, DatapathConfig> = AyaArray::try_from(map).unwrap();
-        array.set(0, DatapathConfig { flags, _pad: 0 }, 0).unwrap();
+        array.set(0, config, 0).unwrap();
     }
 
     /// Registers `addr` as the pod behind `ifindex` (BPF_PROG_TEST_RUN runs skbs on loopback, ifindex 1).

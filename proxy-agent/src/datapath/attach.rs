@@ -4,7 +4,8 @@
 //! (what is delivered to it), as clsact direct-action filters. Netlink filters rather than TCX links:
 //! every `tc` and `bpftool` release lists them (Debian 12's bpftool 7.1 does not show TCX), and they can
 //! be replaced in place by handle. Node devices: `xdp_node`, native mode when the driver has
-//! it, generic otherwise — the mode in use is reported, never hidden.
+//! it, generic otherwise — the mode in use is reported, never hidden — and `tc_from_node` on tc
+//! ingress for the north-south traffic XDP hands on.
 //!
 //! Nothing here is owned by the agent process, so a restart, a crash or an upgrade never leaves a gap:
 //! tc filters sit at a fixed priority and handle, and a new agent replaces the program in them (one
@@ -64,12 +65,39 @@ struct TcEntry {
 struct XdpEntry {
     ifindex: u32,
     mode: &'static str,
+    /// `tc_from_node` is on the device's tc ingress; retried every pass until it is.
+    tc: bool,
+    /// The last error attaching `tc_from_node`, logged when it changes.
+    tc_error: Option<String>,
+}
+
+/// `--xdp-mode`: the XDP attach modes the agent may use on node devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeChoice {
+    /// Native (driver) mode where the driver has it, generic otherwise.
+    #[default]
+    Auto,
+    Native,
+    /// Generic (skb) mode: slower, but XDP_TX works on any device. veth pairs need it unless their
+    /// peers run XDP too (native XDP_TX on a veth is dropped when the peer has no XDP receive queue).
+    Generic,
+}
+
+impl XdpModeChoice {
+    fn allows(self, mode: &str) -> bool {
+        match self {
+            XdpModeChoice::Auto => true,
+            XdpModeChoice::Native => mode == "native",
+            XdpModeChoice::Generic => mode == "generic",
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct Attachments {
     tc: BTreeMap<String, TcEntry>,
     xdp: BTreeMap<String, XdpEntry>,
+    pub xdp_mode: XdpModeChoice,
 }
 
 /// One attachment as `status` shows it.
@@ -96,6 +124,16 @@ impl Attachments {
                 mode: e.mode,
                 pod: None,
             });
+            if e.tc {
+                out.push(AttachmentView {
+                    program: prog_names::TC_FROM_NODE,
+                    hook: "tc-ingress",
+                    interface: name.clone(),
+                    ifindex: e.ifindex,
+                    mode: "clsact",
+                    pod: None,
+                });
+            }
         }
         for (name, e) in &self.tc {
             for (program, hook) in [
@@ -203,18 +241,46 @@ impl Datapath {
             for mode in XDP_MODES {
                 let _ = links::remove(&self.xdp_pin(entry.ifindex, mode));
             }
-            tracing::info!(interface = %name, "detached xdp program");
+            let _ = detach_one(&name, TcAttachType::Ingress);
+            tracing::info!(interface = %name, "detached xdp and tc programs of the device");
         }
         for want in desired {
-            if self.attachments.xdp.contains_key(&want.interface) {
+            if !self.attachments.xdp.contains_key(&want.interface) {
+                match self.attach_xdp(want) {
+                    Ok((entry, how)) => {
+                        tracing::info!(interface = %want.interface, mode = entry.mode, how = ?how, "attached xdp program");
+                        self.attachments.xdp.insert(want.interface.clone(), entry);
+                    }
+                    Err(e) => {
+                        errors.push(format!("device {}: {e:#}", want.interface));
+                        continue;
+                    }
+                }
+            }
+            if self.attachments.xdp.get(&want.interface).is_some_and(|e| e.tc) {
                 continue;
             }
-            match self.attach_xdp(want) {
-                Ok((entry, how)) => {
-                    tracing::info!(interface = %want.interface, mode = entry.mode, how = ?how, "attached xdp program");
-                    self.attachments.xdp.insert(want.interface.clone(), entry);
+            // What XDP passes on (local backends, SCTP, unresolved neighbours) is finished at tc ingress.
+            let result = self.attach_node_tc(&want.interface);
+            let entry = self
+                .attachments
+                .xdp
+                .get_mut(&want.interface)
+                .expect("attached above");
+            match result {
+                Ok(how) => {
+                    tracing::info!(interface = %want.interface, how = ?how, "attached tc_from_node");
+                    entry.tc = true;
+                    entry.tc_error = None;
                 }
-                Err(e) => errors.push(format!("device {}: {e:#}", want.interface)),
+                Err(e) => {
+                    let message = format!("device {}: {e:#}", want.interface);
+                    if entry.tc_error.as_ref() != Some(&message) {
+                        tracing::warn!(error = %message, "tc_from_node not attached; retrying every pass");
+                        entry.tc_error = Some(message.clone());
+                    }
+                    errors.push(message);
+                }
             }
         }
         // Pins left by an earlier run for devices no longer wanted.
@@ -230,6 +296,16 @@ impl Datapath {
         }
     }
 
+    fn attach_node_tc(&mut self, interface: &str) -> Result<Pinned> {
+        match qdisc_add_clsact(interface) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e).context("adding the clsact qdisc"),
+        }
+        let prog = tc_program(&mut self.ebpf, prog_names::TC_FROM_NODE)?;
+        place_tc(prog, interface, TcAttachType::Ingress).context("attaching tc_from_node to tc ingress")
+    }
+
     fn xdp_pin(&self, ifindex: u32, mode: &str) -> std::path::PathBuf {
         links::links_dir(&self.pin_dir).join(xdp_pin_name(ifindex, mode))
     }
@@ -238,11 +314,19 @@ impl Datapath {
     /// the mode it was made in.
     fn attach_xdp(&mut self, want: &Device) -> Result<(XdpEntry, Pinned)> {
         let mut last_err = None;
+        let choice = self.attachments.xdp_mode;
+        // A link pinned in a mode no longer allowed goes first: a device carries one XDP program.
+        for mode in XDP_MODES.into_iter().filter(|m| !choice.allows(m)) {
+            let _ = links::remove(&self.xdp_pin(want.ifindex, mode));
+        }
         let pinned: Vec<&'static str> = XDP_MODES
             .into_iter()
-            .filter(|m| self.xdp_pin(want.ifindex, m).exists())
+            .filter(|m| choice.allows(m) && self.xdp_pin(want.ifindex, m).exists())
             .collect();
-        for mode in pinned.into_iter().chain(XDP_MODES) {
+        for mode in pinned
+            .into_iter()
+            .chain(XDP_MODES.into_iter().filter(|m| choice.allows(m)))
+        {
             let pin = self.xdp_pin(want.ifindex, mode);
             let prog = xdp_program(&mut self.ebpf)?;
             let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
@@ -261,12 +345,14 @@ impl Datapath {
                         XdpEntry {
                             ifindex: want.ifindex,
                             mode,
+                            tc: false,
+                            tc_error: None,
                         },
                         how,
                     ));
                 }
                 Err(e) => {
-                    if mode == "native" {
+                    if mode == "native" && choice == XdpModeChoice::Auto {
                         tracing::warn!(interface = %want.interface, error = %format!("{e:#}"), "native XDP unavailable, using generic XDP");
                     }
                     last_err = Some(e);

@@ -29,7 +29,11 @@ impl Datapath {
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
             .context("loading the eBPF object into the kernel")?;
-        for name in [prog_names::TC_FROM_POD, prog_names::TC_TO_POD] {
+        for name in [
+            prog_names::TC_FROM_POD,
+            prog_names::TC_TO_POD,
+            prog_names::TC_FROM_NODE,
+        ] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?
                 .try_into()
                 .with_context(|| format!("program {name} is not a tc classifier"))?;

@@ -6,6 +6,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod conntrack;
 pub mod events;
+pub mod external_maps;
 pub mod lb_maps;
 pub mod links;
 pub mod loader;

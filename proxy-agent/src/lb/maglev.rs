@@ -22,8 +22,10 @@ pub const FLAG: &str = "--maglev-table-size";
 pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
 /// Smaller tables cannot spread even a handful of backends evenly.
 pub const MIN_TABLE_SIZE: u32 = 251;
-/// 131071 entries (512 KiB of backend ids per Service) is as much as a node should hold per Service.
-pub const MAX_TABLE_SIZE: u32 = 131_071;
+/// The kernel keeps each table as one map value of fixed capacity (`common::lb::MAGLEV_MAX`, 64 KiB),
+/// replaced whole so no flow sees half a table; a larger table would cost that much per Service even
+/// when the flag asks for less.
+pub const MAX_TABLE_SIZE: u32 = common::lb::MAGLEV_MAX as u32;
 /// Maglev's balance guarantee weakens as backends approach the table size; the paper's advice is a
 /// table at least 100 times larger than the backend set.
 pub const ENTRIES_PER_BACKEND: u32 = 100;
@@ -42,7 +44,7 @@ impl TableSize {
         }
         if !is_prime(m) {
             return Err(format!(
-                "{FLAG} {m}: must be a prime (e.g. 251, 1021, 4093, 16381, 65521, 131071)"
+                "{FLAG} {m}: must be a prime (e.g. 251, 1021, 4093, 8191, 16381)"
             ));
         }
         Ok(Self(m))

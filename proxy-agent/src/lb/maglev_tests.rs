@@ -23,10 +23,10 @@ const FLOWS: u64 = 200_000;
 #[test]
 fn table_size_must_be_a_prime_in_range_and_errors_name_the_flag() {
     assert_eq!(TableSize::default().get(), 16_381);
-    for ok in [251, 1021, 16_381, 65_521, 131_071] {
+    for ok in [251, 1021, 8191, 16_381] {
         assert_eq!(TableSize::new(ok).map(TableSize::get), Ok(ok));
     }
-    for bad in [0, 2, 100, 250, 16_380, 16_383, 131_072, u32::MAX] {
+    for bad in [0, 2, 100, 250, 16_380, 16_411, 65_521, 131_071, u32::MAX] {
         let e = TableSize::new(bad).unwrap_err();
         assert!(e.starts_with("--maglev-table-size "), "{e}");
         assert!(e.contains(&bad.to_string()), "{e}");

@@ -205,4 +205,7 @@ pub struct LbPlan {
     pub health_checks: Vec<HealthCheck>,
     /// Objects skipped whole, and fields ignored in objects that are still planned.
     pub rejected: Vec<Rejected>,
+    /// The address external traffic is SNATed to (externalTrafficPolicy Cluster): the node's first
+    /// InternalIP, else its first address; `None` while the Node is unknown.
+    pub snat_addr: Option<std::net::Ipv4Addr>,
 }

@@ -34,6 +34,7 @@ pub fn plan(snapshot: &Snapshot, node_name: &str) -> LbPlan {
         .cloned()
         .unwrap_or_default();
     let node_ips = node.map(|n| node_ipv4s(n, &mut rejected)).unwrap_or_default();
+    let snat_addr = node.and_then(snat_address).or_else(|| node_ips.first().copied());
     let slices = SliceIndex::new(&snapshot.endpoint_slices, &mut rejected);
 
     let mut services: Vec<&Service> = snapshot.services.iter().collect();
@@ -65,7 +66,18 @@ pub fn plan(snapshot: &Snapshot, node_name: &str) -> LbPlan {
         frontends,
         health_checks,
         rejected,
+        snat_addr,
     }
+}
+
+/// The node's first IPv4 InternalIP: the address other nodes route back to (an ExternalIP may be NATed
+/// by the cloud and unknown on the node's own segment).
+fn snat_address(node: &Node) -> Option<Ipv4Addr> {
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    addresses
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse::<Ipv4Addr>().ok())
 }
 
 fn namespaced(service: &Service) -> (String, String) {
@@ -443,7 +455,10 @@ impl Planner<'_> {
             .map(|r| source_ranges::for_frontend(r, &info.lb_ips, self.node_ips));
         let make =
             |kind: FrontendKind, addr: Ipv4Addr, number: u16, scope: u8, flags: u16, set: &[Endpoint]| {
-                let flags = flags | kind.flag() | affinity | verdict(set);
+                let mut flags = flags | kind.flag() | affinity | verdict(set);
+                if kind == FrontendKind::LoadBalancer && lb_source_ranges.is_some() {
+                    flags |= svc_flags::SOURCE_RANGES;
+                }
                 Frontend {
                     service: service.clone(),
                     kind,

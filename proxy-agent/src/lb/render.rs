@@ -21,6 +21,7 @@ pub fn svc_flag_names(flags: u16) -> String {
         (svc_flags::HAS_INTERNAL_SCOPE, "two-scopes"),
         (svc_flags::REJECT, "reject"),
         (svc_flags::DROP, "drop"),
+        (svc_flags::SOURCE_RANGES, "source-ranges"),
     ] {
         if flags & bit != 0 {
             names.push(name);
@@ -34,7 +35,8 @@ pub fn svc_flag_names(flags: u16) -> String {
             | svc_flags::EXT_POLICY_LOCAL
             | svc_flags::HAS_INTERNAL_SCOPE
             | svc_flags::REJECT
-            | svc_flags::DROP);
+            | svc_flags::DROP
+            | svc_flags::SOURCE_RANGES);
     let mut out = names.join("+");
     if unknown != 0 {
         let _ = write!(out, "+0x{unknown:x}");

@@ -8,6 +8,7 @@
 mod desired;
 mod diff;
 pub mod dump;
+pub mod external;
 mod fake;
 mod ids;
 #[cfg(test)]

@@ -82,6 +82,10 @@ fn argv(paths: &Paths, state: &State, n: &NodeState, bin: &Path) -> Vec<OsString
         n.cgroup.clone().into(),
         "--admin-addr".into(),
         ADMIN_ADDR.into(),
+        // The node devices are veth pairs: native XDP_TX on a veth is dropped unless its peer (the
+        // segment bridge's port) runs XDP as well, so the lab uses generic XDP, where XDP_TX works.
+        "--xdp-mode".into(),
+        "generic".into(),
     ]);
     v
 }

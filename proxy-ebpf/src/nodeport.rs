@@ -1,0 +1,222 @@
+//! North-south service translation: traffic entering the node from its network for a NodePort, an
+//! externalIP or a LoadBalancer IP, and the replies of such connections coming back from a backend on
+//! another node. Decides only; the caller rewrites the packet (XDP by hand, tc with the skb helpers) and
+//! forwards it, so the XDP fast path and the tc path behind it make the same choice for a flow.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use common::{
+    ct::{CtEntry4, CtKey4, ct_flags},
+    event::DropReason,
+    lb::{Backend4, MAGLEV_MAX, SCOPE_EXTERNAL, SourceRangeKey4, svc_flags},
+    net::{Be16, Be32, proto},
+};
+
+use crate::{
+    ct,
+    lb::{self, Frontend},
+    maps::{
+        STRAIT_CONFIG_V2 as CONFIG, STRAIT_LB4_BACKENDS_V2 as BACKENDS, STRAIT_LB4_MAGLEV_V1 as MAGLEV,
+        STRAIT_LB4_REVNAT_V2 as REVNAT, STRAIT_LB4_SOURCE_RANGES_V1 as SOURCE_RANGES,
+    },
+    parse::Ipv4Flow,
+};
+
+/// Addresses and ports a packet must leave with (raw network order).
+#[derive(Clone, Copy)]
+pub struct Rewrite {
+    pub saddr: u32,
+    pub sport: u16,
+    pub daddr: u32,
+    pub dport: u16,
+}
+
+pub enum Plan {
+    /// Not north-south service traffic: leave it to the stack.
+    Pass,
+    /// A service without usable endpoints whose clients are refused (RST / ICMP unreachable).
+    Reject,
+    Drop(DropReason),
+    Translate(Rewrite),
+}
+
+/// Frontend kinds reachable from outside the cluster; ClusterIPs are not served to external clients.
+const EXTERNAL_KINDS: u16 = svc_flags::NODEPORT | svc_flags::EXTERNAL_IP | svc_flags::LOADBALANCER;
+
+#[inline(always)]
+pub fn plan(flow: &Ipv4Flow) -> Plan {
+    if flow.later_fragment || !crate::nat::has_ports(flow.proto) {
+        return Plan::Pass;
+    }
+    let key = ct::key_of(flow);
+    if let Some(entry) = ct::lookup(&key)
+        && entry.flags & ct_flags::NODEPORT != 0
+    {
+        if entry.flags & ct_flags::REPLY != 0 {
+            return reply(entry, flow);
+        }
+        // As east-west: UDP re-balances once its backend is gone, TCP and SCTP keep theirs.
+        if flow.proto != proto::UDP || backend(entry.backend_id).is_some() {
+            let snat = entry.flags & ct_flags::SNAT != 0;
+            let rewrite = Rewrite {
+                saddr: if snat { node_addr() } else { flow.saddr },
+                sport: entry.wire_port.raw(),
+                daddr: entry.backend_addr.raw(),
+                dport: entry.backend_port.raw(),
+            };
+            ct::touch(entry, flow, 0);
+            return Plan::Translate(rewrite);
+        }
+    }
+    new_connection(flow, &key)
+}
+
+/// A reply from a backend: back to the client, from the address and port it connected to.
+#[inline(always)]
+fn reply(entry: &mut CtEntry4, flow: &Ipv4Flow) -> Plan {
+    // SAFETY: read-only use of a map value.
+    let Some(rev) = (unsafe { REVNAT.get(&entry.rev_nat) }) else {
+        return Plan::Drop(DropReason::NatFailed);
+    };
+    let daddr = if entry.flags & ct_flags::SNAT != 0 {
+        entry.orig_saddr.raw()
+    } else {
+        flow.daddr
+    };
+    let rewrite = Rewrite {
+        saddr: rev.addr.raw(),
+        sport: rev.port.raw(),
+        daddr,
+        dport: entry.client_port.raw(),
+    };
+    ct::touch(entry, flow, ct_flags::SEEN_REPLY);
+    Plan::Translate(rewrite)
+}
+
+#[inline(always)]
+fn new_connection(flow: &Ipv4Flow, forward: &CtKey4) -> Plan {
+    let Some(svc) = lb::service(flow.daddr, flow.dport, flow.proto, SCOPE_EXTERNAL, 0) else {
+        return Plan::Pass;
+    };
+    if svc.flags & EXTERNAL_KINDS == 0 {
+        return Plan::Pass;
+    }
+    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !source_allowed(svc.rev_nat, flow.saddr) {
+        return Plan::Drop(DropReason::SourceRange);
+    }
+    if svc.count == 0 {
+        return if svc.flags & svc_flags::REJECT != 0 {
+            Plan::Reject
+        } else {
+            Plan::Drop(DropReason::NoBackend)
+        };
+    }
+    let frontend = Frontend {
+        svc,
+        scope: SCOPE_EXTERNAL,
+    };
+    let picked = if svc.flags & svc_flags::AFFINITY != 0 {
+        lb::pick(flow.saddr, flow.daddr, flow.dport, flow.proto, &frontend)
+    } else {
+        maglev_pick(flow, svc.rev_nat)
+            .or_else(|| lb::pick(flow.saddr, flow.daddr, flow.dport, flow.proto, &frontend))
+    };
+    let Some((backend_id, be)) = picked else {
+        return Plan::Drop(DropReason::NoBackend);
+    };
+    // externalTrafficPolicy Local keeps the client's address; Cluster SNATs to this node so the
+    // backend's answer comes back through here to be reverse-translated.
+    let snat_addr = if svc.flags & svc_flags::EXT_POLICY_LOCAL != 0 {
+        0
+    } else {
+        node_addr()
+    };
+    if svc.flags & svc_flags::EXT_POLICY_LOCAL == 0 && snat_addr == 0 {
+        return Plan::Drop(DropReason::NatFailed);
+    }
+    let mut reply = CtKey4 {
+        saddr: be.addr,
+        daddr: Be32::from_raw(if snat_addr != 0 { snat_addr } else { flow.saddr }),
+        sport: be.port,
+        dport: Be16::from_raw(flow.sport),
+        proto: flow.proto,
+        _pad: [0; 3],
+    };
+    let Some(wire_port) = ct::wire_port(&mut reply, svc.rev_nat) else {
+        return Plan::Drop(DropReason::ConntrackFull);
+    };
+    let translation = ct::Translation {
+        backend_id,
+        backend: be,
+        rev_nat: svc.rev_nat,
+        snat_from: if snat_addr != 0 { flow.saddr } else { 0 },
+        client_port: flow.sport,
+        wire_port,
+        extra_flags: ct_flags::NODEPORT,
+    };
+    if ct::create(forward, &reply, &translation).is_err() {
+        return Plan::Drop(DropReason::ConntrackFull);
+    }
+    Plan::Translate(Rewrite {
+        saddr: if snat_addr != 0 { snat_addr } else { flow.saddr },
+        sport: wire_port,
+        daddr: be.addr.raw(),
+        dport: be.port.raw(),
+    })
+}
+
+#[inline(always)]
+fn backend(id: u32) -> Option<&'static Backend4> {
+    // SAFETY: read-only use of a map value.
+    unsafe { BACKENDS.get(&id) }
+}
+
+#[inline(always)]
+fn node_addr() -> u32 {
+    CONFIG.get(0).map_or(0, |c| c.node_addr)
+}
+
+#[inline(always)]
+fn source_allowed(rev_nat: u32, saddr: u32) -> bool {
+    let key = Key::new(
+        64,
+        SourceRangeKey4 {
+            rev_nat,
+            saddr: Be32::from_raw(saddr),
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
+}
+
+/// The backend the frontend's Maglev table gives this flow: the same on every node, since the table
+/// and the hash are, so a flow that an outside router moves between nodes keeps its backend.
+#[inline(always)]
+fn maglev_pick(flow: &Ipv4Flow, rev_nat: u32) -> Option<(u32, &'static Backend4)> {
+    let size = CONFIG.get(0).map_or(0, |c| c.maglev_size);
+    if size == 0 {
+        return None;
+    }
+    // SAFETY: read-only use of a map value.
+    let table = unsafe { MAGLEV.get(&rev_nat) }?;
+    let index = (flow_hash(flow) % size) as usize;
+    if index >= MAGLEV_MAX {
+        return None;
+    }
+    let id = table.backend_ids[index];
+    backend(id).map(|be| (id, be))
+}
+
+/// A hash of the 5-tuple with fixed constants (murmur3's finaliser over a mixed word): identical on every
+/// node and build, unlike a randomly keyed hash.
+#[inline(always)]
+fn flow_hash(flow: &Ipv4Flow) -> u32 {
+    let ports = (u32::from(u16::from_be(flow.sport)) << 16) | u32::from(u16::from_be(flow.dport));
+    let mut h = u32::from_be(flow.saddr).wrapping_mul(0x9e37_79b1);
+    h ^= u32::from_be(flow.daddr).rotate_left(13).wrapping_mul(0x85eb_ca6b);
+    h ^= ports.wrapping_mul(0xc2b2_ae35);
+    h ^= u32::from(flow.proto);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
