@@ -36,7 +36,7 @@ pub struct CtRow {
     pub ports: Option<(u16, u16)>,
 }
 
-const FLAG_NAMES: [(u16, &str); 9] = [
+const FLAG_NAMES: [(u16, &str); 10] = [
     (ct_flags::FORWARD, "forward"),
     (ct_flags::REPLY, "reply"),
     (ct_flags::SEEN_FIN, "fin"),
@@ -46,6 +46,7 @@ const FLAG_NAMES: [(u16, &str); 9] = [
     (ct_flags::EGRESS_OK, "egress-ok"),
     (ct_flags::INGRESS_OK, "ingress-ok"),
     (ct_flags::PORT_SNAT, "port-snat"),
+    (ct_flags::NODEPORT, "north-south"),
 ];
 
 /// Pure: one conntrack entry as a row, `now_ns` on the entries' clock (CLOCK_MONOTONIC).

@@ -324,3 +324,61 @@ impl TestDatapath {
         array.get(&(reason as u32), 0).unwrap().iter().sum()
     }
 }
+
+use common::lb::{MAGLEV_MAX, MaglevTable, SourceRangeKey4};
+
+impl TestDatapath {
+    /// Runs an XDP program as if `packet` arrived on interface `ifindex` of the calling thread's netns
+    /// (the kernel resolves it there; route and neighbour lookups then use that netns).
+    pub fn run_xdp_on(&mut self, prog: &str, packet: &[u8], ifindex: u32) -> RunResult {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let md: [u32; 6] = [0, packet.len() as u32, 0, ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut out = vec![0u8; packet.len() + 256];
+        let Some(aya::programs::Program::Xdp(p)) = self.datapath.ebpf_mut().program_mut(prog) else {
+            panic!("program {prog} missing or not XDP");
+        };
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        };
+        let result = p
+            .test_run(opts)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {prog}: {e:?}"));
+        out.truncate(result.data_size_out as usize);
+        RunResult {
+            action: result.return_value,
+            packet: out,
+        }
+    }
+
+    /// The Maglev table of rev-NAT id `rev_nat`: `backend_ids` repeated over the whole table.
+    pub fn set_maglev(&mut self, rev_nat: u32, backend_ids: &[u32]) {
+        let mut table = Box::new(MaglevTable {
+            backend_ids: [0; MAGLEV_MAX],
+        });
+        for (i, slot) in table.backend_ids.iter_mut().enumerate() {
+            *slot = backend_ids[i % backend_ids.len()];
+        }
+        self.hash_map::<u32, MaglevTable>(map_names::LB4_MAGLEV)
+            .insert(rev_nat, *table, 0)
+            .unwrap();
+    }
+
+    /// Lets sources in `addr/prefix_len` reach the frontend with rev-NAT id `rev_nat`.
+    pub fn add_source_range(&mut self, rev_nat: u32, addr: std::net::Ipv4Addr, prefix_len: u32) {
+        let map = self
+            .datapath
+            .ebpf_mut()
+            .map_mut(map_names::LB4_SOURCE_RANGES)
+            .expect("source range map");
+        let mut trie: LpmTrie<_, SourceRangeKey4, u8> = LpmTrie::try_from(map).expect("an LPM trie");
+        let key = SourceRangeKey4 {
+            rev_nat,
+            saddr: Be32::from_octets(addr.octets()),
+        };
+        trie.insert(&LpmKey::new(32 + prefix_len, key), 1, 0).unwrap();
+    }
+}

@@ -34,7 +34,18 @@ fn probe(lab: &Lab, from: &str, via: &str, to: &str, count: u32, source_port: Op
     let count = count.to_string();
     let port;
     let mut args = vec![
-        "probe", "--from", from, "--via", via, "--to", to, "--count", &count, "--timeout-ms", "500", "--json",
+        "probe",
+        "--from",
+        from,
+        "--via",
+        via,
+        "--to",
+        to,
+        "--count",
+        &count,
+        "--timeout-ms",
+        "500",
+        "--json",
     ];
     if let Some(p) = source_port {
         port = p.to_string();
@@ -51,7 +62,13 @@ fn answers(v: &Value) -> Vec<(String, String)> {
         .iter()
         .map(|a| {
             let by = a["answered_by"].as_str().unwrap_or("-").to_string();
-            let seen = a["client_seen"].as_str().unwrap_or("").split(':').next().unwrap_or("").to_string();
+            let seen = a["client_seen"]
+                .as_str()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
             (by, seen)
         })
         .collect()
@@ -74,7 +91,8 @@ fn node_port_cluster(lab: &Lab) {
             );
             // Backends on both nodes, whichever node the client entered through.
             assert!(
-                backends.contains("shop/web-1") && (backends.contains("shop/web-2") || backends.contains("shop/web-3")),
+                backends.contains("shop/web-1")
+                    && (backends.contains("shop/web-2") || backends.contains("shop/web-3")),
                 "NodePort {ip}:{port}/{proto}: backends on both nodes: {v:#}"
             );
             // externalTrafficPolicy Cluster: SNAT to the node the client entered through.
@@ -108,7 +126,14 @@ fn source_ranges(lab: &Lab) {
             answers(&inside).iter().all(|(b, _)| b.starts_with("shop/web-")),
             "203.0.113.2 is in loadBalancerSourceRanges and is served via {node}: {inside:#}"
         );
-        let outside = probe(lab, "external:203.0.113.130", node, "198.51.100.20:80/tcp", 3, None);
+        let outside = probe(
+            lab,
+            "external:203.0.113.130",
+            node,
+            "198.51.100.20:80/tcp",
+            3,
+            None,
+        );
         assert!(
             answers(&outside).iter().all(|(b, _)| b == "-"),
             "203.0.113.130 is outside loadBalancerSourceRanges and gets no answer via {node}: {outside:#}"
@@ -120,7 +145,14 @@ fn source_ranges(lab: &Lab) {
 fn choices(lab: &Lab, via: &str, ports: std::ops::Range<u16>) -> BTreeMap<u16, String> {
     ports
         .map(|p| {
-            let v = probe(lab, "external:203.0.113.2", via, "198.51.100.20:80/tcp", 1, Some(p));
+            let v = probe(
+                lab,
+                "external:203.0.113.2",
+                via,
+                "198.51.100.20:80/tcp",
+                1,
+                Some(p),
+            );
             let (by, _) = answers(&v).pop().expect("one attempt");
             assert!(by.starts_with("shop/web-"), "source port {p} via {via}: {v:#}");
             (p, by)
@@ -135,7 +167,11 @@ fn maglev(lab: &Lab) {
     let via_n2 = choices(lab, "n2", 41000..41040);
     assert_eq!(via_n1, via_n2, "a flow picks the same backend through n1 and n2");
     let used: BTreeSet<&String> = via_n1.values().collect();
-    assert_eq!(used.len(), 3, "40 flows spread over all three backends: {via_n1:?}");
+    assert_eq!(
+        used.len(),
+        3,
+        "40 flows spread over all three backends: {via_n1:?}"
+    );
 
     // Remove web-3; the same tuples again through n2 only (n1 keeps its conntrack entries, n2 has
     // none for 42000..): flows on web-1 and web-2 stay, web-3's move.
@@ -153,11 +189,18 @@ fn maglev(lab: &Lab) {
         if gone {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "n2 still serves web-3 10 s after its deletion: {status:#?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2 still serves web-3 10 s after its deletion: {status:#?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let after = choices(lab, "n2", 42000..42060);
-    let stayed_on_others: Vec<u16> = before.iter().filter(|(_, b)| *b != "shop/web-3").map(|(p, _)| *p).collect();
+    let stayed_on_others: Vec<u16> = before
+        .iter()
+        .filter(|(_, b)| *b != "shop/web-3")
+        .map(|(p, _)| *p)
+        .collect();
     let moved = stayed_on_others.iter().filter(|p| before[p] != after[p]).count();
     // Maglev's promise: removing one of N backends moves about 1/N of the flows, those of the backend
     // removed; flows of the others move rarely (unit tests bound it at 3 % over 200k flows). Over

@@ -325,7 +325,11 @@ mod tests {
         let f = plan
             .frontends
             .iter()
-            .find(|f| f.kind != crate::lb::FrontendKind::ClusterIp && !f.backends.is_empty())
+            .find(|f| {
+                f.kind != crate::lb::FrontendKind::ClusterIp
+                    && f.scope == common::lb::SCOPE_EXTERNAL
+                    && !f.backends.is_empty()
+            })
             .unwrap();
         let proto = f.proto.number();
         let table = &maps.tables[&ids.revnat(&(f.addr, f.port, proto)).unwrap()];

@@ -1,0 +1,307 @@
+//! North-south translation through BPF_PROG_TEST_RUN: crafted packets into `xdp_node`, `tc_from_node` and
+//! (for replies of local backends) `tc_from_pod`, run in a network namespace of the test's own whose
+//! routes and neighbours the programs' forwarding lookups read. Asserted: verdicts (XDP_TX for a next hop
+//! back out of the device, XDP_PASS to tc for what XDP leaves, redirects from tc), addresses, ports, MAC
+//! addresses, checksums verified independently of the datapath, drops by reason.
+
+use std::{net::Ipv4Addr, process::Command};
+
+use common::{config::DatapathConfig, ct::ct_flags, event::DropReason, lb::svc_flags};
+use tests::{
+    datapath::{TestDatapath, TestService},
+    packet::{self, Ipv4Packet, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
+    privilege,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
+const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
+const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+const INSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 130);
+
+const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
+const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+
+fn ip(args: &str) {
+    let out = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Moves the calling test thread into a new network namespace shaped like a node: `np0` on the node
+/// segment (10.0.0.10/24) with the peer node and the client as permanent neighbours, remote pods via the
+/// peer node, outside clients via 10.0.0.254, a local pod behind the veth `lxc0`. Returns np0's ifindex.
+fn node_netns() -> u32 {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    ip("link set lo up");
+    ip("link add np0 address 02:00:00:00:00:0a type veth peer name np1 address 02:00:00:00:00:0c");
+    ip("addr add 10.0.0.10/24 dev np0");
+    ip("link set np0 up");
+    ip("link set np1 up");
+    ip("neigh replace 10.0.0.11 lladdr 02:00:00:00:00:0b dev np0 nud permanent");
+    ip("neigh replace 10.0.0.254 lladdr 02:00:00:00:00:fe dev np0 nud permanent");
+    ip("route add 10.244.2.0/24 via 10.0.0.11");
+    ip("route add 203.0.113.0/24 via 10.0.0.254");
+    ip("link add lxc0 type veth peer name lxc1");
+    ip("link set lxc1 up");
+    ip("link set lxc0 up");
+    ip("route add 10.244.1.11/32 dev lxc0");
+    ip("neigh replace 10.244.1.11 lladdr 02:00:00:00:00:11 dev lxc0 nud permanent");
+    let out = Command::new("sysctl")
+        .args(["-qw", "net.ipv4.ip_forward=1"])
+        .output()
+        .expect("sysctl");
+    assert!(
+        out.status.success(),
+        "sysctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nix::net::if_::if_nametoindex("np0").expect("np0 ifindex")
+}
+
+fn load(name: &str, maglev_size: u32) -> TestDatapath {
+    let mut dp = TestDatapath::load(name);
+    dp.set_datapath_config(DatapathConfig {
+        flags: 0,
+        maglev_size,
+        node_addr: u32::from_ne_bytes(NODE.octets()),
+        _pad: 0,
+    });
+    dp
+}
+
+fn assert_checksums(frame: &[u8], what: &str) {
+    assert!(packet::ipv4_checksum_ok(frame), "{what}: IPv4 header checksum");
+    assert!(packet::l4_checksum_ok(frame), "{what}: L4 checksum");
+}
+
+fn macs(frame: &[u8]) -> ([u8; 6], [u8; 6]) {
+    (frame[..6].try_into().unwrap(), frame[6..12].try_into().unwrap())
+}
+
+#[test]
+fn xdp_sends_node_port_traffic_to_a_remote_backend_and_its_reply_back() {
+    if !privilege::require("xdp_sends_node_port_traffic_to_a_remote_backend_and_its_reply_back") {
+        return;
+    }
+    let ifindex = node_netns();
+    let mut dp = load("np-remote", 0);
+    for (i, proto) in [PROTO_TCP, PROTO_UDP].into_iter().enumerate() {
+        let mut svc = TestService::new(NODE, 30080, proto, 1 + i as u32);
+        svc.flags = svc_flags::NODEPORT;
+        svc.backends.push((REMOTE_BACKEND, 8080));
+        dp.add_service(&svc);
+        let build = |src, sport, dst, dport| match proto {
+            PROTO_TCP => Ipv4Packet::tcp(src, sport, dst, dport),
+            _ => Ipv4Packet::udp(src, sport, dst, dport),
+        };
+
+        let out = dp.run_xdp_on("xdp_node", &build(CLIENT, 40000, NODE, 30080).build(), ifindex);
+        assert_eq!(out.action, XDP_TX, "proto {proto}: sent back out of the device");
+        let seen = packet::read(&out.packet);
+        assert_eq!(
+            (seen.src, seen.sport),
+            (NODE, 40000),
+            "proto {proto}: SNAT to the node"
+        );
+        assert_eq!(
+            (seen.dst, seen.dport),
+            (REMOTE_BACKEND, 8080),
+            "proto {proto}: DNAT"
+        );
+        assert_eq!(
+            macs(&out.packet),
+            (PEER_MAC, NODE_MAC),
+            "proto {proto}: to the peer node's MAC"
+        );
+        assert_checksums(&out.packet, "request");
+
+        let mut reply = build(REMOTE_BACKEND, 8080, NODE, 40000);
+        reply.tcp_flags = TCP_SYN | TCP_ACK;
+        let out = dp.run_xdp_on("xdp_node", &reply.build(), ifindex);
+        assert_eq!(out.action, XDP_TX, "proto {proto}: reply sent back out");
+        let seen = packet::read(&out.packet);
+        assert_eq!(
+            (seen.src, seen.sport),
+            (NODE, 30080),
+            "proto {proto}: from the NodePort"
+        );
+        assert_eq!(
+            (seen.dst, seen.dport),
+            (CLIENT, 40000),
+            "proto {proto}: to the client"
+        );
+        assert_eq!(
+            macs(&out.packet),
+            (CLIENT_MAC, NODE_MAC),
+            "proto {proto}: to the client's MAC"
+        );
+        assert_checksums(&out.packet, "reply");
+    }
+    let entries = dp.conntrack();
+    assert_eq!(
+        entries.len(),
+        4,
+        "a forward and a reply entry per connection: {entries:?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|(_, e)| e.flags & ct_flags::NODEPORT != 0 && e.flags & ct_flags::SNAT != 0)
+    );
+}
+
+#[test]
+fn local_backends_and_sctp_are_left_to_tc_which_translates_and_redirects() {
+    if !privilege::require("local_backends_and_sctp_are_left_to_tc_which_translates_and_redirects") {
+        return;
+    }
+    let ifindex = node_netns();
+    let mut dp = load("np-local", 0);
+    // externalTrafficPolicy Local, backend on this node: the client's address is kept.
+    let mut local = TestService::new(NODE, 30081, PROTO_TCP, 2);
+    local.flags = svc_flags::NODEPORT | svc_flags::EXT_POLICY_LOCAL;
+    local.backends.push((LOCAL_BACKEND, 8080));
+    dp.add_service(&local);
+    let request = Ipv4Packet::tcp(CLIENT, 40001, NODE, 30081).build();
+    let out = dp.run_xdp_on("xdp_node", &request, ifindex);
+    assert_eq!(
+        out.action, XDP_PASS,
+        "the next hop is a pod's veth: tc finishes it"
+    );
+    assert_eq!(out.packet, request, "XDP leaves the packet as it was");
+    let out = dp.run("tc_from_node", &request);
+    assert_eq!(out.action, TC_ACT_REDIRECT, "redirected towards the pod");
+    let seen = packet::read(&out.packet);
+    assert_eq!(
+        (seen.src, seen.sport),
+        (CLIENT, 40001),
+        "eTP Local keeps the client"
+    );
+    assert_eq!((seen.dst, seen.dport), (LOCAL_BACKEND, 8080));
+    assert_checksums(&out.packet, "eTP Local request");
+
+    // The pod's answer leaves its veth already restored, then is routed out.
+    let mut reply = Ipv4Packet::tcp(LOCAL_BACKEND, 8080, CLIENT, 40001);
+    reply.tcp_flags = TCP_SYN | TCP_ACK;
+    let out = dp.run("tc_from_pod", &reply.build());
+    assert_eq!(out.action, TC_ACT_REDIRECT, "routed out of the node directly");
+    let seen = packet::read(&out.packet);
+    assert_eq!((seen.src, seen.sport), (NODE, 30081));
+    assert_eq!((seen.dst, seen.dport), (CLIENT, 40001));
+    assert_checksums(&out.packet, "eTP Local reply");
+
+    // SCTP: the CRC32c covers the whole packet and is redone at tc.
+    let mut sctp = TestService::new(NODE, 30077, PROTO_SCTP, 3);
+    sctp.flags = svc_flags::NODEPORT;
+    sctp.backends.push((REMOTE_BACKEND, 7777));
+    dp.add_service(&sctp);
+    let request = Ipv4Packet::sctp(CLIENT, 40002, NODE, 30077).build();
+    let out = dp.run_xdp_on("xdp_node", &request, ifindex);
+    assert_eq!(out.action, XDP_PASS, "SCTP is left to tc");
+    assert_eq!(out.packet, request);
+    let out = dp.run("tc_from_node", &request);
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    let seen = packet::read(&out.packet);
+    assert_eq!((seen.src, seen.dst, seen.dport), (NODE, REMOTE_BACKEND, 7777));
+    assert_checksums(&out.packet, "SCTP request");
+}
+
+#[test]
+fn source_ranges_drop_outsiders_and_maglev_decides_the_backend() {
+    if !privilege::require("source_ranges_drop_outsiders_and_maglev_decides_the_backend") {
+        return;
+    }
+    let ifindex = node_netns();
+    let mut dp = load("np-lb", 251);
+    let mut lb = TestService::new(LB_IP, 80, PROTO_TCP, 4);
+    lb.flags = svc_flags::LOADBALANCER | svc_flags::SOURCE_RANGES;
+    for last in [11, 12, 13] {
+        lb.backends.push((Ipv4Addr::new(10, 244, 2, last), 8080));
+    }
+    dp.add_service(&lb);
+    dp.add_source_range(4, Ipv4Addr::new(203, 0, 113, 0), 25);
+    // Every entry of the table names the second backend: the table, not chance, decides.
+    dp.set_maglev(4, &[lb.backend_id(1)]);
+    for sport in 41000..41010 {
+        let out = dp.run_xdp_on(
+            "xdp_node",
+            &Ipv4Packet::tcp(INSIDE, sport, LB_IP, 80).build(),
+            ifindex,
+        );
+        assert_eq!(out.action, XDP_TX, "port {sport}: inside the ranges");
+        let seen = packet::read(&out.packet);
+        assert_eq!(
+            seen.dst,
+            Ipv4Addr::new(10, 244, 2, 12),
+            "port {sport}: the Maglev table's backend"
+        );
+        assert_checksums(&out.packet, "LB request");
+    }
+    let before = dp.drops(DropReason::SourceRange);
+    let out = dp.run_xdp_on(
+        "xdp_node",
+        &Ipv4Packet::tcp(OUTSIDE, 41000, LB_IP, 80).build(),
+        ifindex,
+    );
+    assert_eq!(out.action, XDP_DROP, "outside loadBalancerSourceRanges");
+    assert_eq!(dp.drops(DropReason::SourceRange), before + 1);
+}
+
+#[test]
+fn other_traffic_passes_and_a_service_without_endpoints_is_refused_at_tc() {
+    if !privilege::require("other_traffic_passes_and_a_service_without_endpoints_is_refused_at_tc") {
+        return;
+    }
+    let ifindex = node_netns();
+    let mut dp = load("np-other", 0);
+    let mut empty = TestService::new(NODE, 30099, PROTO_TCP, 5);
+    empty.flags = svc_flags::NODEPORT | svc_flags::REJECT;
+    dp.add_service(&empty);
+    // Not a service, and a ClusterIP (never served to outside clients): untouched.
+    let mut cluster_ip = TestService::new(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP, 6);
+    cluster_ip.backends.push((REMOTE_BACKEND, 8080));
+    dp.add_service(&cluster_ip);
+    for (what, p) in [
+        (
+            "ssh to the node",
+            Ipv4Packet::tcp(CLIENT, 40000, NODE, 22).build(),
+        ),
+        (
+            "a ClusterIP from outside",
+            Ipv4Packet::tcp(CLIENT, 40000, Ipv4Addr::new(10, 96, 0, 10), 80).build(),
+        ),
+    ] {
+        let out = dp.run_xdp_on("xdp_node", &p, ifindex);
+        assert_eq!((out.action, &out.packet), (XDP_PASS, &p), "{what}");
+        let out = dp.run("tc_from_node", &p);
+        assert_eq!(
+            (out.action, &out.packet),
+            (0, &p),
+            "{what}: tc_from_node passes it too"
+        );
+    }
+    let request = Ipv4Packet::tcp(CLIENT, 40000, NODE, 30099).build();
+    let out = dp.run_xdp_on("xdp_node", &request, ifindex);
+    assert_eq!(out.action, XDP_PASS, "the refusal is built at tc");
+    let out = dp.run("tc_from_node", &request);
+    assert_eq!(out.action, TC_ACT_REDIRECT, "RST sent back");
+    let seen = packet::read(&out.packet);
+    assert_eq!((seen.src, seen.dst), (NODE, CLIENT));
+    assert_ne!(seen.tcp_flags & TCP_RST, 0);
+    assert_checksums(&out.packet, "RST");
+}
