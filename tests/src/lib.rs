@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod datapath;
 pub mod lab;
+pub mod netns;
 pub mod packet;
 pub mod privilege;

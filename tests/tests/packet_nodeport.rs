@@ -4,11 +4,15 @@
 //! back out of the device, XDP_PASS to tc for what XDP leaves, redirects from tc), addresses, ports, MAC
 //! addresses, checksums verified independently of the datapath, drops by reason.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::net::Ipv4Addr;
 
 use common::{config::DatapathConfig, ct::ct_flags, event::DropReason, lb::svc_flags};
 use tests::{
     datapath::{TestDatapath, TestService},
+    netns::{
+        CLIENT, CLIENT_MAC, LOCAL_BACKEND, NODE, NODE_MAC, PEER_NODE_MAC as PEER_MAC, REMOTE_BACKEND,
+        enter_node_netns as node_netns,
+    },
     packet::{self, Ipv4Packet, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
     privilege,
 };
@@ -18,60 +22,9 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const TC_ACT_REDIRECT: u32 = 7;
 
-const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
-const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
-const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
 const INSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 130);
-
-const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
-const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
-
-fn ip(args: &str) {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Moves the calling test thread into a new network namespace shaped like a node: `np0` on the node
-/// segment (10.0.0.10/24) with the peer node and the client as permanent neighbours, remote pods via the
-/// peer node, outside clients via 10.0.0.254, a local pod behind the veth `lxc0`. Returns np0's ifindex.
-fn node_netns() -> u32 {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    ip("link set lo up");
-    ip("link add np0 address 02:00:00:00:00:0a type veth peer name np1 address 02:00:00:00:00:0c");
-    ip("addr add 10.0.0.10/24 dev np0");
-    ip("link set np0 up");
-    ip("link set np1 up");
-    ip("neigh replace 10.0.0.11 lladdr 02:00:00:00:00:0b dev np0 nud permanent");
-    ip("neigh replace 10.0.0.254 lladdr 02:00:00:00:00:fe dev np0 nud permanent");
-    ip("route add 10.244.2.0/24 via 10.0.0.11");
-    ip("route add 203.0.113.0/24 via 10.0.0.254");
-    ip("link add lxc0 type veth peer name lxc1");
-    ip("link set lxc1 up");
-    ip("link set lxc0 up");
-    ip("route add 10.244.1.11/32 dev lxc0");
-    ip("neigh replace 10.244.1.11 lladdr 02:00:00:00:00:11 dev lxc0 nud permanent");
-    let out = Command::new("sysctl")
-        .args(["-qw", "net.ipv4.ip_forward=1"])
-        .output()
-        .expect("sysctl");
-    assert!(
-        out.status.success(),
-        "sysctl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    nix::net::if_::if_nametoindex("np0").expect("np0 ifindex")
-}
 
 fn load(name: &str, maglev_size: u32) -> TestDatapath {
     let mut dp = TestDatapath::load(name);

@@ -419,15 +419,17 @@ fn markdown(r: &Report, has_plot: bool) -> String {
             m.median_ns - open,
         );
     }
-    if let Some(m) = r
+    for m in r
         .measurements
         .iter()
-        .find(|m| m.group == "xdp" && m.ratio.is_some())
+        .filter(|m| m.group == "xdp" && m.ratio.is_some() && m.case.contains("NodePort"))
     {
         let _ = writeln!(
             s,
-            "- XDP NodePort path: xdp_node only counts packets today: {} bare XDP ({:.0} ns; the kernel \
-             reports whole ns).",
+            "- XDP {}: {} bare XDP ({:.0} ns per packet, single-shot; the kernel reports whole ns).",
+            m.case
+                .trim_start_matches("xdp_node, ")
+                .trim_end_matches(" (single-shot)"),
             fmt_ratio(m.ratio),
             m.median_ns
         );
@@ -475,7 +477,8 @@ fn markdown(r: &Report, has_plot: bool) -> String {
          (client→backend ⇒ VIP), so every repetition is an established-flow lookup + DNAT + checksum \
          update; checked before measuring (1, 2 and 3 runs; no conntrack entry created by the \
          repetitions). The reply (reverse NAT) likewise: a spare rev-NAT id maps VIP:port back to the \
-         backend. Policy and XDP cases do not rewrite packets.\n\
+         backend. Policy cases do not rewrite packets; the XDP NodePort cases do, and are measured \
+         single-shot.\n\
          - **single-shot** (`repeat = 1`, {} runs per round, each on a new source port, i.e. a new \
          connection; the round's figure is the median of the kernel-reported durations): first packets \
          of connections, which `repeat` cannot measure. Each run includes the kernel's per-run \
