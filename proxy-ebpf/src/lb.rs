@@ -6,7 +6,7 @@ use aya_ebpf::programs::TcContext;
 use common::{
     affinity::{AffinityKey4, AffinityValue},
     ct::{CtEntry4, CtKey4, ct_flags},
-    lb::{Backend4, Lb4Key, Lb4Service, SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags},
+    lb::{Backend4, Lb4Key, Lb4Service, RevNat4, SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags},
     net::{Be16, Be32, proto},
 };
 
@@ -71,7 +71,10 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     if let Some(entry) = ct::lookup(&forward) {
         if entry.flags & ct_flags::NODEPORT != 0 && entry.flags & ct_flags::REPLY != 0 {
             // A local backend answering a client outside the node: restored here, then routed out.
-            return match restore(ctx, flow, entry) {
+            let Some(rev) = rev_nat(entry) else {
+                return Outcome::Drop;
+            };
+            return match restore(ctx, flow, entry, rev) {
                 Ok(()) => Outcome::ToNetwork,
                 Err(()) => Outcome::Drop,
             };
@@ -258,18 +261,25 @@ fn hairpin_reply(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     if entry.flags & ct_flags::REPLY == 0 || entry.flags & ct_flags::SNAT == 0 {
         return Outcome::Drop;
     }
-    match restore(ctx, flow, entry) {
+    let Some(rev) = rev_nat(entry) else {
+        return Outcome::Drop;
+    };
+    match restore(ctx, flow, entry, rev) {
         Ok(()) => Outcome::RedirectBack,
         Err(()) => Outcome::Drop,
     }
 }
 
+#[inline(always)]
+fn rev_nat(entry: &CtEntry4) -> Option<&'static RevNat4> {
+    // SAFETY: read-only use of a map value.
+    unsafe { REVNAT.get(&entry.rev_nat) }
+}
+
 /// Reverse NAT of a reply: the source becomes the VIP:port the client connected to, the destination the
 /// client as it sent (its own address again after SNAT, its own port again after a clash).
 #[inline(always)]
-fn restore(ctx: &TcContext, flow: &mut Ipv4Flow, entry: &mut CtEntry4) -> Result<(), ()> {
-    // SAFETY: read-only use of a map value.
-    let rev = unsafe { REVNAT.get(&entry.rev_nat) }.ok_or(())?;
+fn restore(ctx: &TcContext, flow: &mut Ipv4Flow, entry: &mut CtEntry4, rev: &RevNat4) -> Result<(), ()> {
     let client = if entry.flags & ct_flags::SNAT != 0 {
         entry.orig_saddr.raw()
     } else {
@@ -297,7 +307,11 @@ pub fn to_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     if entry.flags & ct_flags::REPLY == 0 || entry.flags & (ct_flags::SNAT | ct_flags::NODEPORT) != 0 {
         return Outcome::Pass;
     }
-    match restore(ctx, flow, entry) {
+    // A reply entry without a rev-NAT id is policy's marker for an untranslated connection.
+    let Some(rev) = rev_nat(entry) else {
+        return Outcome::Pass;
+    };
+    match restore(ctx, flow, entry, rev) {
         Ok(()) => Outcome::Pass,
         Err(()) => Outcome::Drop,
     }
