@@ -1,6 +1,6 @@
 //! North-south traffic with real packets from the lab's `external` client (testdata/lab/nodeport.yaml):
 //! NodePorts through each node's address for TCP, UDP and SCTP with externalTrafficPolicy Cluster (the
-//! backend sees the node) and Local (the backend sees the client, only local backends answer);
+//! backend sees the node), from the nodes themselves, and Local (the backend sees the client, only local backends answer);
 //! loadBalancerSourceRanges; Maglev (a 5-tuple reaches the same backend through either node, and
 //! removing a backend moves few of the other flows).
 
@@ -99,6 +99,21 @@ fn node_port_cluster(lab: &Lab) {
             assert!(
                 got.iter().all(|(_, seen)| seen == ip),
                 "NodePort {ip}:{port}/{proto}: backends see the node {ip}: {v:#}"
+            );
+        }
+    }
+}
+
+/// The node's own processes reach NodePorts on their node's address (socket hooks) and on the other
+/// node's (over the segment, through that node's XDP).
+fn node_port_from_nodes(lab: &Lab) {
+    for (from, _) in NODES {
+        for (_, ip) in NODES {
+            let v = lab.probe(&format!("node/{from}"), &format!("{ip}:30080/tcp"), 12);
+            let backends: BTreeSet<String> = answers(&v).into_iter().map(|(b, _)| b).collect();
+            assert!(
+                backends.iter().all(|b| b.starts_with("shop/web-")) && backends.len() >= 2,
+                "node/{from} -> {ip}:30080: answered by backends on both nodes: {v:#}"
             );
         }
     }
@@ -221,6 +236,7 @@ fn node_port_load_balancer_and_maglev_from_outside() {
     let lab = Lab::new("np");
     lab.up_with_agents(FILE, FRONTENDS);
     node_port_cluster(&lab);
+    node_port_from_nodes(&lab);
     node_port_local(&lab);
     source_ranges(&lab);
     maglev(&lab);
