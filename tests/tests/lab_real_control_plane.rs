@@ -3,7 +3,8 @@
 //! written by the EndpointSlice controller, the agents watching with the ServiceAccount of
 //! manifests/rbac.yaml. Checked with real traffic: the ClusterIP scenario, a NetworkPolicy applied
 //! with `kubectl apply -f`, an apiserver outage (the datapath keeps serving, the agent catches up
-//! afterwards), and upstream kube-proxy in iptables and nftables mode on the same lab.
+//! afterwards), one agent cut off from the apiserver while a Service is created (it catches up when the
+//! link heals), and upstream kube-proxy in iptables and nftables mode on the same lab.
 //!
 //! Needs the binaries of `cargo xtask k8s build` in its cache; without them each test says so in
 //! one line and passes (see docs/control-plane.md for why CI runs them only with a warm cache).
@@ -43,6 +44,32 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: http, protocol: TCP}
 ";
+
+/// A Service created while n1's agent cannot reach the apiserver.
+const WEB3: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web3, namespace: shop}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http, protocol: TCP}
+";
+
+/// Drops (`-I`) or lets through again (`-D`) everything between node n1 and the control plane's
+/// address: n1's agent keeps its watch connections open but hears nothing, and nothing tells it.
+fn partition_n1(lab: &Lab, op: &str, cp_ip: &str) {
+    for (chain, side) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+        let out = lab.run(&[
+            "exec", "node/n1", "--", "iptables", op, chain, side, cp_ip, "-j", "DROP",
+        ]);
+        assert!(
+            out.status.success(),
+            "iptables {op} {chain} in node/n1: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
 
 /// Whether `pid` still runs; a zombie (exited, not yet reaped by whoever adopted it) does not.
 fn running(pid: i64) -> bool {
@@ -250,6 +277,53 @@ fn real_control_plane_serves_clusterip_applies_policy_and_survives_an_apiserver_
             &format!("{from}: Service web2 created after the restart"),
         );
     }
+
+    // n1's agent cut off from the apiserver while a Service is created: n2 (in touch) serves it, n1
+    // cannot know of it; once the link heals, n1's watch delivers what it missed.
+    let cp_ip = lab.json(&["status", "--json"])["state"]["control_plane"]["ip"]
+        .as_str()
+        .expect("control plane address")
+        .to_string();
+    partition_n1(&lab, "-I", &cp_ip);
+    lab.apply_text(WEB3);
+    let n2 = until(
+        &lab,
+        "shop/client-2",
+        "10.96.0.50:80/tcp",
+        Duration::from_secs(30),
+        only_two,
+    );
+    assert_served_by(
+        &n2,
+        12,
+        &two,
+        "client-2 (n2): Service web3 created during n1's partition",
+    );
+    let n1 = lab.json(&[
+        "probe",
+        "--from",
+        "shop/client-1",
+        "--to",
+        "10.96.0.50:80/tcp",
+        "--count",
+        "3",
+        "--timeout-ms",
+        "300",
+        "--json",
+    ]);
+    assert!(
+        summary(&n1).keys().all(|k| !k.starts_with("shop/web")),
+        "n1's agent cannot have heard of web3 yet: {n1:#}"
+    );
+    partition_n1(&lab, "-D", &cp_ip);
+    let n1 = until(
+        &lab,
+        "shop/client-1",
+        "10.96.0.50:80/tcp",
+        Duration::from_secs(60),
+        only_two,
+    );
+    assert_served_by(&n1, 12, &two, "client-1 (n1): web3 after the partition healed");
 
     // Every process stops on its own, nothing is left.
     let pids: Vec<i64> = {
