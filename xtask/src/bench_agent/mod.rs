@@ -235,7 +235,8 @@ fn get_status() -> Result<Value> {
         let ns = std::fs::File::open(format!("/run/netns/{NETNS}"))?;
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
         let mut s = TcpStream::connect_timeout(&ADMIN.parse()?, Duration::from_secs(1))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        // The agent answers between passes; a resync at full size holds it for seconds.
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
         s.write_all(b"GET /status HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
