@@ -1,6 +1,10 @@
-//! `proxy-agent run`: load the datapath once, then keep attachments (and, with later issues, maps) in
-//! step with the snapshot. Level-triggered: every pass computes the whole desired state again, so a
-//! missed change is repaired on the next pass.
+//! `proxy-agent run`: load the datapath once, then keep attachments and maps in step with the
+//! snapshot. A pass runs when the source reports a change (after a short debounce that folds a burst
+//! into one pass) and on a periodic tick; it redoes the work of the kinds that changed (service maps
+//! for Services, EndpointSlices, Nodes and, standalone, Pods; policy maps for Pods, Namespaces, Nodes
+//! and NetworkPolicies), against the state the reconcilers last wrote. Every [`RESYNC`] everything is
+//! read again and diffed against a dump of the pinned maps, so a missed change or a write behind the
+//! agent's back is repaired.
 
 use std::{
     collections::BTreeSet,
@@ -25,14 +29,20 @@ use crate::{
     policy::{PolicyReconciler, view::PolicyState},
     reconcile::Reconciler,
     snapshot::Snapshot,
-    source::Source,
+    source::{Kinds, Source},
     status::{AttachmentRow, CounterView, EndpointView, LbView, PolicyStatusView, StatusView, SyncView},
 };
 
-/// How often the agent looks for changed files and new interfaces. A pod's veth appears when the CNI
-/// creates it, which no object tells us about, so the interface scan is periodic.
+/// How often the agent scans interfaces and polls the source without being woken. A pod's veth
+/// appears when the CNI creates it, which no object tells us about, so the interface scan is periodic;
+/// the poll catches changes a source could not signal (no inotify).
 const TICK: Duration = Duration::from_millis(250);
-/// Even without a visible change, re-read everything this often (level-triggered resync).
+/// After the source signals a change, wait this long before the pass: the reflectors' events of one
+/// API request, or the files of one `cp`, arrive within it and become one pass instead of several.
+/// Short against the 5 ms change-to-map target; tokio's timer rounds it up to its 1 ms tick.
+const DEBOUNCE: Duration = Duration::from_millis(1);
+/// Whatever happened, re-read everything this often and diff against a dump of the pinned maps
+/// (level-triggered resync, which prunes entries written behind the agent's back).
 const RESYNC: Duration = Duration::from_secs(10);
 
 pub struct Shared {
@@ -62,6 +72,12 @@ struct Inner {
     frontend_names: std::collections::BTreeMap<(std::net::Ipv4Addr, u16, u8, u8), String>,
     /// The health checks of the last plan, and their listeners (synced at the end of every pass).
     health_checks: Vec<lb::HealthCheck>,
+    /// What the last service plan rejected, reported in `status` with the source's rejections.
+    plan_rejected: Vec<String>,
+    /// What the last interface scan could not attach (kept between scans).
+    attach_errors: Vec<String>,
+    /// Kinds whose changes are not yet in the maps (a pass failed): the next pass redoes their work.
+    pending: Kinds,
     service_health: crate::healthcheck::ServiceHealth,
     /// Maglev tables and source ranges of external frontends.
     external: crate::reconcile::external::ExternalReconciler,
@@ -258,6 +274,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             external: Default::default(),
             config,
             health_checks: Vec::new(),
+            plan_rejected: Vec::new(),
+            pending: Kinds::NONE,
+            attach_errors: Vec::new(),
             service_health: Default::default(),
         }),
         flows: Mutex::new(FlowStore::default()),
@@ -293,13 +312,14 @@ async fn serve(args: RunArgs, shared: Arc<Shared>) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = SourceWatch::new(source);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let wake = tokio::select! {
+            wake = wait_for_work(&mut ticker, &mut watch.source) => wake,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-        }
+        };
         if admin.is_finished() {
             return admin
                 .await
@@ -312,7 +332,7 @@ async fn serve(args: RunArgs, shared: Arc<Shared>) -> Result<()> {
                 .context("health endpoint task")?
                 .context("health endpoint stopped");
         }
-        if let Err(e) = reconcile_pass(&args, &mut watch, &shared) {
+        if let Err(e) = reconcile_pass(&args, &mut watch, &shared, wake) {
             tracing::warn!(error = %format!("{e:#}"), "reconcile pass failed; retrying next tick");
             shared.lock().errors = vec![format!("{e:#}")];
         }
@@ -321,15 +341,31 @@ async fn serve(args: RunArgs, shared: Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
-/// Service maps follow the snapshot: plan (pure) → reconcile (dump, diff, ordered writes).
-fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner) -> Result<()> {
-    let mut snapshot = watch.snapshot.clone();
-    // Standalone mode plays the EndpointSlice controller for Services that come without slices.
-    if watch.source.derives_endpoint_slices() {
-        let derived = lb::derive_endpoint_slices(&snapshot);
-        snapshot.endpoint_slices.extend(derived);
+/// Why a pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The periodic tick: interfaces are scanned, the source polled.
+    Tick,
+    /// The source signalled a change (and the debounce passed).
+    Changed,
+}
+
+/// Waits for the tick or a change of the source, whichever comes first; a change is followed by the
+/// [`DEBOUNCE`] so that the rest of its burst lands in the same pass.
+async fn wait_for_work(ticker: &mut tokio::time::Interval, source: &mut Source) -> Wake {
+    tokio::select! {
+        _ = ticker.tick() => Wake::Tick,
+        () = source.changed() => {
+            tokio::time::sleep(DEBOUNCE).await;
+            Wake::Changed
+        }
     }
-    let plan = lb::plan(&snapshot, &args.node);
+}
+
+/// Service maps follow the snapshot: plan (pure) → reconcile (diff against the state last written,
+/// ordered writes).
+fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner) -> Result<()> {
+    let plan = lb::plan_with_derived(&watch.snapshot, &watch.derived, &args.node);
     for r in &plan.rejected {
         if watch.reported.insert(r.to_string()) {
             tracing::warn!(object = %r, "object skipped by the service planner");
@@ -341,10 +377,7 @@ fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner
         .iter()
         .map(|f| ((f.addr, f.port, f.proto.number(), f.scope), f.service.to_string()))
         .collect();
-    inner
-        .sync
-        .rejected
-        .extend(plan.rejected.iter().map(ToString::to_string));
+    inner.plan_rejected = plan.rejected.iter().map(ToString::to_string).collect();
     inner.health_checks.clone_from(&plan.health_checks);
     for w in lb::maglev::warnings(&plan, args.maglev_table_size) {
         if watch.reported.insert(w.clone()) {
@@ -455,31 +488,50 @@ fn reconcile_policy(args: &RunArgs, watch: &SourceWatch, shared: &Shared, inner:
     Ok(())
 }
 
-/// Takes new snapshots from the source (on change, or on the resync period) and remembers what was
-/// reported.
+/// Keeps the snapshot up to date from the source (on change, or a full read on the resync period)
+/// and remembers what was reported.
 struct SourceWatch {
     source: Source,
-    last_load: Option<Instant>,
+    /// The last full read; `None` until the source gave its first snapshot.
+    last_resync: Option<Instant>,
     snapshot: Snapshot,
+    /// Standalone mode plays the EndpointSlice controller for selector Services that come without
+    /// slices; kept apart from the snapshot so that adding them copies nothing.
+    derived: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    /// The source's rejected objects of the last update.
+    rejected: Vec<String>,
     reported: BTreeSet<String>,
+}
+
+/// What a refresh brought.
+#[derive(Debug, Clone, Copy, Default)]
+struct Refreshed {
+    changed: Kinds,
+    /// A full read: the reconcilers diff against a dump of the maps this time.
+    resync: bool,
 }
 
 impl SourceWatch {
     fn new(source: Source) -> Self {
         Self {
             source,
-            last_load: None,
+            last_resync: None,
             snapshot: Snapshot::default(),
+            derived: Vec::new(),
+            rejected: Vec::new(),
             reported: BTreeSet::new(),
         }
     }
 
-    /// Returns true when the snapshot was re-read.
-    fn refresh(&mut self, sync: &mut SyncView, counters: &mut AgentCounters) -> Result<bool> {
+    fn loaded(&self) -> bool {
+        self.last_resync.is_some()
+    }
+
+    fn refresh(&mut self, sync: &mut SyncView, counters: &mut AgentCounters) -> Result<Refreshed> {
         self.source.export(counters);
-        let due = self.last_load.is_none_or(|t| t.elapsed() >= RESYNC);
-        let Some(update) = self.source.poll(due)? else {
-            return Ok(false);
+        let resync = self.last_resync.is_none_or(|t| t.elapsed() >= RESYNC);
+        let Some(update) = self.source.poll(resync, &mut self.snapshot)? else {
+            return Ok(Refreshed::default());
         };
         for r in &update.rejected {
             // Reported once per distinct problem, not on every resync.
@@ -488,42 +540,99 @@ impl SourceWatch {
                 *counters.rejected.entry(r.kind().to_owned()).or_default() += 1;
             }
         }
-        sync.rejected = update.rejected.iter().map(ToString::to_string).collect();
-        sync.objects = update.snapshot.object_count();
+        self.rejected = update.rejected.iter().map(ToString::to_string).collect();
+        let changed = if resync { Kinds::ALL } else { update.changed };
+        if self.source.derives_endpoint_slices() && changed.intersects(Kinds::SERVICE_INPUTS) {
+            self.derived = lb::derive_endpoint_slices(&self.snapshot);
+        }
+        sync.objects = self.snapshot.object_count();
         sync.reloads += 1;
         sync.last_sync_unix_ms = crate::status::unix_ms_now();
-        self.snapshot = update.snapshot;
-        self.last_load = Some(Instant::now());
-        Ok(true)
+        if resync {
+            self.last_resync = Some(Instant::now());
+        }
+        Ok(Refreshed { changed, resync })
     }
 }
 
-fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared) -> Result<()> {
+fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake: Wake) -> Result<()> {
     let mut inner = shared.lock();
     let inner = &mut *inner;
     let t0 = Instant::now();
-    if watch.refresh(&mut inner.sync, &mut inner.counters)? {
+    let refreshed = watch.refresh(&mut inner.sync, &mut inner.counters)?;
+    if refreshed.resync {
+        inner.reconciler.require_dump();
+        inner.policy.require_dump();
+        inner.external.resync();
+    }
+    // Work that failed stays pending until a pass completes it, change or not.
+    inner.pending |= refreshed.changed;
+    let pending = inner.pending;
+    if pending.intersects(Kinds::SERVICE_INPUTS | Kinds::POLICY_INPUTS) {
         let t1 = Instant::now();
         // Policy is reconciled even when the service maps failed, and the other way round.
-        let services = reconcile_services(args, watch, inner);
+        let services = if pending.intersects(Kinds::SERVICE_INPUTS) {
+            reconcile_services(args, watch, inner)
+        } else {
+            Ok(())
+        };
         let t2 = Instant::now();
-        let policy = reconcile_policy(args, watch, shared, inner);
+        let policy = if pending.intersects(Kinds::POLICY_INPUTS) {
+            reconcile_policy(args, watch, shared, inner)
+        } else {
+            Ok(())
+        };
         let t3 = Instant::now();
+        inner.pending = Kinds::NONE;
+        if services.is_err() {
+            inner.pending |= Kinds::SERVICE_INPUTS;
+        }
+        if policy.is_err() {
+            inner.pending |= Kinds::POLICY_INPUTS;
+        }
         // Where a pass spends its time, for anyone asking why a change took long to reach the maps.
         tracing::debug!(
+            changed = %pending,
+            resync = refreshed.resync,
             read_ms = (t1 - t0).as_secs_f64() * 1e3,
             services_ms = (t2 - t1).as_secs_f64() * 1e3,
             policy_ms = (t3 - t2).as_secs_f64() * 1e3,
+            lb_dumps = inner.reconciler.dumps(),
+            policy_dumps = inner.policy.dumps(),
             "reconcile pass"
         );
+        inner.sync.rejected = watch.rejected.clone();
+        inner.sync.rejected.extend(inner.plan_rejected.iter().cloned());
         services?;
         policy?;
     }
     // Until the source has given a first full snapshot there is nothing to compare attachments
     // with; an empty one would detach every pod of a restarted agent.
-    if watch.last_load.is_none() {
+    if !watch.loaded() {
         return Ok(());
     }
+    // Interfaces come and go without an object saying so: they are scanned on the tick, and when the
+    // pods or the node (the addresses that pick devices) changed; a change to Services or slices alone
+    // does not wait for a scan of every link and route.
+    if wake == Wake::Tick || refreshed.changed.intersects(Kinds::PODS | Kinds::NODES) {
+        reconcile_attachments(args, watch, inner)?;
+    }
+    inner.errors.clone_from(&inner.attach_errors);
+    inner.sync.synced = true;
+    inner.sync.node_eligible = endpoints::node_eligible(&watch.snapshot, &args.node);
+    inner.sync.last_pass_ok_unix_ms = crate::status::unix_ms_now();
+    // Last, so that the answers are those of a pass that completed; a pass that fails stops
+    // refreshing them and the checks turn 503 once the proxy counts as stale.
+    let health = inner
+        .service_health
+        .sync(&inner.health_checks, inner.sync.last_pass_ok_unix_ms);
+    inner.counters.health_check_listen_errors += health.new_failures;
+    inner.errors.extend(health.errors);
+    Ok(())
+}
+
+/// tc on every local pod's veth, XDP on the node's devices, the socket hooks once.
+fn reconcile_attachments(args: &RunArgs, watch: &SourceWatch, inner: &mut Inner) -> Result<()> {
     let table = routes::read_routes()?;
     let links = links::read_links()?;
     let local = endpoints::local_endpoints(&watch.snapshot, &args.node, &table);
@@ -577,16 +686,10 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared) -> R
         errors.push(format!("{e:#}"));
     }
     inner.endpoints = local;
-    inner.errors = errors;
-    inner.sync.synced = true;
-    inner.sync.node_eligible = endpoints::node_eligible(&watch.snapshot, &args.node);
-    inner.sync.last_pass_ok_unix_ms = crate::status::unix_ms_now();
-    // Last, so that the answers are those of a pass that completed; a pass that fails stops
-    // refreshing them and the checks turn 503 once the proxy counts as stale.
-    let health = inner
-        .service_health
-        .sync(&inner.health_checks, inner.sync.last_pass_ok_unix_ms);
-    inner.counters.health_check_listen_errors += health.new_failures;
-    inner.errors.extend(health.errors);
+    inner.attach_errors = errors;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "daemon_tests.rs"]
+mod tests;

@@ -36,7 +36,8 @@ async fn until(
 ) -> Snapshot {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(s) = source.snapshot().filter(|s| ok(s)) {
+        // A forced poll: it also marks the stores' changes seen, so the wait below is for the next one.
+        if let Some(s) = source.poll(true).filter(|s| ok(s)) {
             return s;
         }
         let now = Instant::now();
@@ -518,18 +519,15 @@ async fn an_unusable_object_is_reported_by_name_and_field_and_skipped() {
     let kube = start(&server);
     let mut source = Source::Kube(kube);
     let deadline = Instant::now() + WAIT;
+    let mut snapshot = Snapshot::default();
     let update = loop {
-        if let Some(u) = source.poll(false).unwrap() {
+        if let Some(u) = source.poll(false, &mut snapshot).unwrap() {
             break u;
         }
         assert!(Instant::now() < deadline, "no first snapshot");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(
-        service_names(&update.snapshot),
-        ["api", "web"],
-        "the others are used"
-    );
+    assert_eq!(service_names(&snapshot), ["api", "web"], "the others are used");
     assert_eq!(update.rejected.len(), 1, "{:?}", update.rejected);
     let r = &update.rejected[0];
     assert_eq!(r.object, "Service shop/broken");
@@ -565,4 +563,35 @@ async fn an_unusable_object_is_reported_by_name_and_field_and_skipped() {
     assert!(counters.source_synced);
     assert_eq!(counters.source_objects.get("Service"), Some(&2));
     assert_eq!(counters.source_watch_errors.get("Service"), Some(&0));
+}
+
+#[tokio::test]
+async fn a_store_change_wakes_the_source_and_names_its_kind() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    let mut source = Source::Kube(start(&server));
+    let mut snapshot = Snapshot::default();
+    let deadline = Instant::now() + WAIT;
+    // Woken by the stores only: a wake must leave the change for the poll to find.
+    let first = loop {
+        if let Some(u) = source.poll(false, &mut snapshot).unwrap() {
+            break u;
+        }
+        assert!(Instant::now() < deadline, "no first snapshot");
+        tokio::time::timeout(Duration::from_millis(100), source.changed())
+            .await
+            .ok();
+    };
+    assert!(first.changed.intersects(proxy_agent::source::Kinds::SERVICES));
+    while source.poll(false, &mut snapshot).unwrap().is_some() {}
+    server.apply(service("late", "10.96.0.14"));
+    tokio::time::timeout(WAIT, source.changed())
+        .await
+        .expect("the watch event wakes the source");
+    let update = source
+        .poll(false, &mut snapshot)
+        .unwrap()
+        .expect("a change after the wake");
+    assert_eq!(update.changed, proxy_agent::source::Kinds::SERVICES);
+    assert!(service_names(&snapshot).contains(&"late".to_owned()));
 }

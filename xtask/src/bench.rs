@@ -21,6 +21,10 @@ pub struct BenchArgs {
     /// Leave out the agent at scale (first sync, memory, endpoint-change latency).
     #[arg(long)]
     pub skip_agent: bool,
+    /// Measure the agent at scale alone: `agent.md` and `agent.json` in the results folder, the
+    /// datapath's report left as it is.
+    #[arg(long, conflicts_with_all = ["skip_agent", "from_json"])]
+    pub skip_datapath: bool,
     /// Do not measure: write the report from a results.json of an earlier run.
     #[arg(long, value_name = "RESULTS_JSON")]
     pub from_json: Option<PathBuf>,
@@ -78,6 +82,14 @@ const CLUSTERIP_TARGET: f64 = 2.0;
 const FLAT_TARGET: f64 = 1.1;
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.skip_datapath {
+        let dir = results_dir(args, if args.quick { "quick" } else { "full" });
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let section = bench_agent(args, &dir)?;
+        std::fs::write(dir.join("agent.md"), section.trim_start())?;
+        eprintln!("xtask bench: written to {}", dir.join("agent.md").display());
+        return Ok(());
+    }
     let (json, mode) = match &args.from_json {
         Some(path) => {
             let text =
@@ -92,11 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ),
     };
     let report: Report = serde_json::from_str(&json).context("parsing strait-bench's output")?;
-    let dir = args
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("bench-results"))
-        .join(format!("{}-{mode}", today()));
+    let dir = results_dir(args, &mode);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("results.json"), &json)?;
     let svg = plot(&report);
@@ -106,20 +114,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut md = markdown(&report, has_plot);
     if args.from_json.is_none() && !args.skip_agent {
-        eprintln!("xtask bench: the agent at scale (building proxy-agent)");
-        let status = cargo()
-            .args(["build", "--release", "-p", "proxy-agent"])
-            .status()
-            .context("running cargo")?;
-        if !status.success() {
-            bail!("building proxy-agent failed");
-        }
-        let agent = crate::target_dir().join("release/proxy-agent");
-        let scale = crate::bench_agent::run(&agent, args.quick)?;
-        std::fs::write(dir.join("agent.json"), serde_json::to_string_pretty(&scale)?)?;
-        let section = crate::bench_agent::markdown(&scale);
-        println!("{section}");
-        md.push_str(&section);
+        md.push_str(&bench_agent(args, &dir)?);
     }
     std::fs::write(dir.join("report.md"), &md)?;
     println!("{}", tables(&report));
@@ -128,6 +123,31 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         dir.join("report.md").display()
     );
     Ok(())
+}
+
+fn results_dir(args: &BenchArgs, mode: &str) -> PathBuf {
+    args.out_dir
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("bench-results"))
+        .join(format!("{}-{mode}", today()))
+}
+
+/// Builds the agent, measures it at scale, writes `agent.json` into `dir`; returns the report section.
+fn bench_agent(args: &BenchArgs, dir: &std::path::Path) -> Result<String> {
+    eprintln!("xtask bench: the agent at scale (building proxy-agent)");
+    let status = cargo()
+        .args(["build", "--release", "-p", "proxy-agent"])
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("building proxy-agent failed");
+    }
+    let agent = crate::target_dir().join("release/proxy-agent");
+    let scale = crate::bench_agent::run(&agent, args.quick)?;
+    std::fs::write(dir.join("agent.json"), serde_json::to_string_pretty(&scale)?)?;
+    let section = crate::bench_agent::markdown(&scale);
+    println!("{section}");
+    Ok(section)
 }
 
 /// Builds `strait-bench`, runs it, returns its JSON.

@@ -33,6 +33,17 @@ pub const MANAGED_BY: &str = "strait-standalone";
 /// namespace/name.
 pub fn derive_endpoint_slices(snapshot: &Snapshot) -> Vec<EndpointSlice> {
     let mut out = Vec::new();
+    // Runs after every change in standalone mode: without a selector Service there is nothing to
+    // derive, and the indexes below cost milliseconds at 10k Services.
+    let has_selector = |s: &Service| {
+        s.spec
+            .as_ref()
+            .and_then(|spec| spec.selector.as_ref())
+            .is_some_and(|sel| !sel.is_empty())
+    };
+    if !snapshot.services.iter().any(has_selector) {
+        return out;
+    }
     // Indexes, so that 10k Services over 10k pods stay linear.
     let with_slices: BTreeSet<(&str, &str)> = snapshot
         .endpoint_slices

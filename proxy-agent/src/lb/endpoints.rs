@@ -58,7 +58,10 @@ pub(crate) struct SliceIndex {
 }
 
 impl SliceIndex {
-    pub fn new(slices: &[EndpointSlice], rejected: &mut Vec<Rejected>) -> Self {
+    pub fn new<'a>(
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        rejected: &mut Vec<Rejected>,
+    ) -> Self {
         let mut index = Self::default();
         for slice in slices {
             // kube-proxy watches only its own family; IPv6 and FQDN slices are not ours to judge.

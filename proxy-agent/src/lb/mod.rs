@@ -19,7 +19,7 @@ pub(crate) mod tests;
 use std::net::Ipv4Addr;
 
 pub use derive::derive_endpoint_slices;
-pub use plan::plan;
+pub use plan::{plan, plan_with_derived};
 pub use render::render_plan;
 
 /// The label that ties an EndpointSlice to its Service.

@@ -10,7 +10,10 @@ use std::{
 };
 
 use common::lb::{SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 
 use policy::net::Ipv4Net;
 
@@ -26,6 +29,12 @@ use crate::snapshot::Snapshot;
 /// kube-proxy would use for them on this node. Objects that cannot be used are listed in
 /// `LbPlan::rejected` and skipped; everything else is planned.
 pub fn plan(snapshot: &Snapshot, node_name: &str) -> LbPlan {
+    plan_with_derived(snapshot, &[], node_name)
+}
+
+/// [`plan`] with EndpointSlices derived for selector Services (standalone mode), kept apart from the
+/// snapshot so that it is not copied to add them.
+pub fn plan_with_derived(snapshot: &Snapshot, derived: &[EndpointSlice], node_name: &str) -> LbPlan {
     let mut rejected = Vec::new();
     let node = snapshot.node(node_name);
     let zone = node
@@ -35,7 +44,7 @@ pub fn plan(snapshot: &Snapshot, node_name: &str) -> LbPlan {
         .unwrap_or_default();
     let node_ips = node.map(|n| node_ipv4s(n, &mut rejected)).unwrap_or_default();
     let snat_addr = node.and_then(snat_address).or_else(|| node_ips.first().copied());
-    let slices = SliceIndex::new(&snapshot.endpoint_slices, &mut rejected);
+    let slices = SliceIndex::new(snapshot.endpoint_slices.iter().chain(derived), &mut rejected);
 
     let mut services: Vec<&Service> = snapshot.services.iter().collect();
     services.sort_by_key(|s| namespaced(s));

@@ -268,6 +268,12 @@ pub struct PolicyReconciler {
     reported: BTreeSet<PolicyError>,
     /// Operations applied since start, by pinned map.
     ops_by_map: BTreeMap<&'static str, u64>,
+    /// What the maps hold as far as this reconciler knows: the last state written without error.
+    /// `None` makes the next pass dump the maps (start, after a failure, on [`Self::require_dump`]);
+    /// a dump costs one syscall per entry, far more than a small change.
+    written: Option<PolicyMapsState>,
+    /// Passes that dumped the maps since start.
+    dumps: u64,
 }
 
 impl PolicyReconciler {
@@ -288,15 +294,34 @@ impl PolicyReconciler {
         self.ops_by_map.iter().map(|(k, v)| (*k, *v))
     }
 
-    /// One level-triggered pass. The first pass restores the numbers from the dump. Stops at the first
-    /// failed operation (the next pass starts over from a fresh dump).
+    /// The next pass diffs against a fresh dump instead of the state last written, and so repairs and
+    /// prunes whatever someone else changed in the maps.
+    pub fn require_dump(&mut self) {
+        self.written = None;
+    }
+
+    /// How many times the maps were dumped since start.
+    pub fn dumps(&self) -> u64 {
+        self.dumps
+    }
+
+    /// One level-triggered pass against the state last written (or a dump: at start, after a failure,
+    /// after [`Self::require_dump`]).
+    /// The first pass restores the numbers from the dump. Stops at the first failed operation (the
+    /// next pass starts over from a fresh dump).
     pub fn reconcile(
         &mut self,
         input: &PolicyInput,
         node: &str,
         maps: &mut dyn PolicyMaps,
     ) -> Result<PolicyOutcome> {
-        let actual = maps.dump().context("dumping the policy maps")?;
+        let actual = match self.written.take() {
+            Some(written) => written,
+            None => {
+                self.dumps += 1;
+                maps.dump().context("dumping the policy maps")?
+            }
+        };
         if !self.restored {
             self.allocations = restore_allocations(&actual, input, node);
             self.restored = true;
@@ -304,6 +329,7 @@ impl PolicyReconciler {
         let desired = policy::compile(input, node, &self.allocations).context("compiling NetworkPolicies")?;
         let (wanted, unfit) = PolicyMapsState::from_desired(&desired);
         let ops = diff(&wanted, &actual);
+        drop(actual);
         // The numbers of this compile are the ones the maps will hold: keep them even if a write fails.
         self.allocations = desired.allocations.clone();
         // Reported once while it stays invalid (again if it is fixed and broken anew).
@@ -316,6 +342,7 @@ impl PolicyReconciler {
                 .with_context(|| format!("policy map operation {} of {}: {op}", i + 1, ops.len()))?;
             *self.ops_by_map.entry(op.map_name()).or_default() += 1;
         }
+        self.written = Some(wanted);
         Ok(PolicyOutcome {
             ops,
             new_errors,

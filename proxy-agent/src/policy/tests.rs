@@ -431,3 +431,33 @@ fn changing_nested_prefixes_never_exposes_a_third_one() {
         }
     }
 }
+
+#[test]
+fn passes_trust_the_state_written_until_a_resync_or_a_failure_asks_for_a_dump() {
+    let input = case("pod-selector");
+    let mut maps = FakePolicyMaps::new();
+    let mut r = PolicyReconciler::new();
+    reconcile(&mut r, &input, &mut maps);
+    let clean = maps.maps.clone();
+    assert_eq!(r.dumps(), 1);
+    // An entry written behind the agent's back stays until the resync dumps the maps.
+    let k = *maps.maps.policy.keys().next().unwrap();
+    maps.maps.policy.remove(&k);
+    assert!(reconcile(&mut r, &input, &mut maps).ops.is_empty());
+    assert_eq!(r.dumps(), 1);
+    r.require_dump();
+    let resync = reconcile(&mut r, &input, &mut maps);
+    assert_eq!(resync.ops.len(), 1, "{:?}", resync.ops);
+    assert_eq!(maps.maps, clean);
+    assert_eq!(r.dumps(), 2);
+    // A failed write: the next pass dumps and finishes the job.
+    let other = case("ingress-ip-block");
+    maps.fail_after = Some(0);
+    assert!(r.reconcile(&other, NODE, &mut maps).is_err());
+    let retry = reconcile(&mut r, &other, &mut maps);
+    assert!(!retry.ops.is_empty());
+    assert_eq!(r.dumps(), 3);
+    let (wanted, _) = PolicyMapsState::from_desired(r.last().unwrap());
+    assert_eq!(maps.maps, wanted);
+    assert!(reconcile(&mut r, &other, &mut maps).ops.is_empty());
+}

@@ -1,5 +1,7 @@
 //! Desired vs actual map contents → ordered operations.
 
+use std::{cmp::Ordering, collections::BTreeMap};
+
 use super::{DesiredMaps, MapOp};
 use common::lb::Lb4Key;
 
@@ -16,31 +18,37 @@ use common::lb::Lb4Key;
 ///
 /// Unchanged entries produce no operation, so `diff(d, d)` is empty.
 pub fn diff(desired: &DesiredMaps, actual: &DesiredMaps) -> Vec<MapOp> {
+    let backends = differing(&desired.backends, &actual.backends);
+    let services = differing(&desired.services, &actual.services);
+    let revnat = differing(&desired.revnat, &actual.revnat);
     let mut ops = Vec::new();
-    for (&id, backend) in &desired.backends {
-        if actual.backends.get(&id) != Some(backend) {
+    for &(&id, wanted, _) in &backends {
+        if let Some(backend) = wanted {
             ops.push(MapOp::UpsertBackend {
                 id,
                 backend: *backend,
             });
         }
     }
-    let changed = |key: &Lb4Key| actual.services.get(key) != desired.services.get(key);
-    for (key, value) in desired.services.iter().filter(|(k, _)| k.slot != 0) {
-        if changed(key) {
+    for &(key, wanted, _) in &services {
+        if let Some(value) = wanted
+            && key.slot != 0
+        {
             ops.push(MapOp::UpsertService {
                 key: *key,
                 value: *value,
             });
         }
     }
-    for (&id, revnat) in &desired.revnat {
-        if actual.revnat.get(&id) != Some(revnat) {
+    for &(&id, wanted, _) in &revnat {
+        if let Some(revnat) = wanted {
             ops.push(MapOp::UpsertRevNat { id, revnat: *revnat });
         }
     }
-    for (key, value) in desired.services.iter().filter(|(k, _)| k.slot == 0) {
-        if changed(key) {
+    for &(key, wanted, _) in &services {
+        if let Some(value) = wanted
+            && key.slot == 0
+        {
             ops.push(MapOp::UpsertService {
                 key: *key,
                 value: *value,
@@ -48,31 +56,73 @@ pub fn diff(desired: &DesiredMaps, actual: &DesiredMaps) -> Vec<MapOp> {
         }
     }
     let frontend_of = |key: &Lb4Key| Lb4Key { slot: 0, ..*key };
-    let gone = |key: &&Lb4Key| !desired.services.contains_key(key);
-    for key in actual.services.keys().filter(gone) {
+    let gone: Vec<&Lb4Key> = services
+        .iter()
+        .filter(|(_, wanted, _)| wanted.is_none())
+        .map(|(key, _, _)| *key)
+        .collect();
+    for key in &gone {
         if key.slot != 0 && desired.services.contains_key(&frontend_of(key)) {
-            ops.push(MapOp::DeleteService { key: *key });
+            ops.push(MapOp::DeleteService { key: **key });
         }
     }
-    for key in actual.services.keys().filter(gone) {
+    for key in &gone {
         if key.slot == 0 {
-            ops.push(MapOp::DeleteService { key: *key });
+            ops.push(MapOp::DeleteService { key: **key });
         }
     }
-    for key in actual.services.keys().filter(gone) {
+    for key in &gone {
         if key.slot != 0 && !desired.services.contains_key(&frontend_of(key)) {
-            ops.push(MapOp::DeleteService { key: *key });
+            ops.push(MapOp::DeleteService { key: **key });
         }
     }
-    for &id in actual.revnat.keys() {
-        if !desired.revnat.contains_key(&id) {
+    for &(&id, wanted, _) in &revnat {
+        if wanted.is_none() {
             ops.push(MapOp::DeleteRevNat { id });
         }
     }
-    for &id in actual.backends.keys() {
-        if !desired.backends.contains_key(&id) {
+    for &(&id, wanted, _) in &backends {
+        if wanted.is_none() {
             ops.push(MapOp::DeleteBackend { id });
         }
     }
     ops
+}
+
+/// The keys whose entries differ (present on one side only, or with another value), in key order,
+/// with the desired and the actual value. One walk over both sorted maps side by side: at 100k
+/// entries, a lookup per key into the other map cost more than everything else in a pass.
+fn differing<'a, K: Ord, V: PartialEq>(
+    desired: &'a BTreeMap<K, V>,
+    actual: &'a BTreeMap<K, V>,
+) -> Vec<(&'a K, Option<&'a V>, Option<&'a V>)> {
+    let mut out = Vec::new();
+    let mut d = desired.iter().peekable();
+    let mut a = actual.iter().peekable();
+    loop {
+        let order = match (d.peek(), a.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((dk, _)), Some((ak, _))) => dk.cmp(ak),
+        };
+        match order {
+            Ordering::Less => {
+                let (k, v) = d.next().expect("peeked");
+                out.push((k, Some(v), None));
+            }
+            Ordering::Greater => {
+                let (k, v) = a.next().expect("peeked");
+                out.push((k, None, Some(v)));
+            }
+            Ordering::Equal => {
+                let (k, dv) = d.next().expect("peeked");
+                let (_, av) = a.next().expect("peeked");
+                if dv != av {
+                    out.push((k, Some(dv), Some(av)));
+                }
+            }
+        }
+    }
+    out
 }

@@ -165,7 +165,8 @@ impl ExternalReconciler {
         }
     }
 
-    /// Forgets what was written, so the next reconcile reads the maps (periodic resync).
+    /// Forgets what was written, so the next reconcile reads the maps (the periodic resync: it prunes
+    /// what was written behind the agent's back).
     pub fn resync(&mut self) {
         self.written = None;
     }

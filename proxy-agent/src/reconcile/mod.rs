@@ -2,8 +2,13 @@
 //! [`Ids`]) → [`diff()`] against a dump of the maps → [`MapOp`]s in an order that never leaves the
 //! datapath pointing at something missing → applied through [`LbMaps`].
 //!
-//! Every pass recomputes everything from the plan and the dump, so a pass that failed half-way is
-//! finished by the next one, and a pass with nothing to change performs no operation.
+//! Every pass recomputes everything from the plan. What it diffs against is the last state it wrote
+//! completely, kept in memory: dumping the pinned maps costs one syscall per entry (hundreds of
+//! milliseconds at 100k endpoints), far more than the change. The maps are dumped instead at start,
+//! after a failed write (so a pass that failed half-way is finished by the next one from what the
+//! maps really hold), and whenever the caller asks with [`Reconciler::require_dump`] (the daemon's
+//! periodic resync, which prunes anything written behind the agent's back). A pass with nothing to
+//! change performs no operation either way.
 
 mod desired;
 mod diff;
@@ -116,10 +121,15 @@ pub struct Outcome {
     pub unfit: Vec<Unfit>,
 }
 
-/// Holds the id allocator between passes.
+/// Holds the id allocator and the last state written between passes.
 #[derive(Debug, Clone, Default)]
 pub struct Reconciler {
     ids: Ids,
+    /// What the maps hold, as far as this reconciler knows: the last desired state written without
+    /// error (or the dump at start). `None` makes the next pass dump the maps.
+    written: Option<DesiredMaps>,
+    /// Passes that dumped the maps since start (tests and the debug log).
+    dumps: u64,
 }
 
 impl Reconciler {
@@ -128,33 +138,64 @@ impl Reconciler {
         let dump = maps
             .dump()
             .context("dumping the load-balancing maps to restore ids")?;
+        let mut ids = Ids::restore(&dump);
+        // Entries the restore could not take over (duplicates) are orphans the first pass deletes.
+        ids.hold(&dump);
         Ok(Self {
-            ids: Ids::restore(&dump),
+            ids,
+            written: Some(dump),
+            dumps: 1,
         })
     }
 
     /// A reconciler with the given allocator (e.g. [`Ids::with_limits`]).
     pub fn with_ids(ids: Ids) -> Self {
-        Self { ids }
+        Self {
+            ids,
+            ..Self::default()
+        }
+    }
+
+    /// The next pass diffs against a fresh dump of the maps instead of the state last written, and so
+    /// repairs and prunes whatever someone else changed in them.
+    pub fn require_dump(&mut self) {
+        self.written = None;
+    }
+
+    /// How many times the maps were dumped since start.
+    pub fn dumps(&self) -> u64 {
+        self.dumps
     }
 
     pub fn ids(&self) -> &Ids {
         &self.ids
     }
 
-    /// One level-triggered pass: dump, compute the desired contents, apply the difference in order.
-    /// Stops at the first failed operation (the next pass starts over from a fresh dump); ids are
-    /// released only after a pass completed.
+    /// One level-triggered pass: compute the desired contents, diff them against the state last
+    /// written (or a dump, see the module doc), apply the difference in order. Stops at the first failed
+    /// operation, after which the next pass starts over from a fresh dump; ids are released only after
+    /// a pass completed.
     pub fn reconcile(&mut self, plan: &LbPlan, maps: &mut dyn LbMaps) -> Result<Outcome> {
-        let actual = maps.dump().context("dumping the load-balancing maps")?;
-        self.ids.hold(&actual);
+        let actual = match self.written.take() {
+            Some(written) => written,
+            None => {
+                self.dumps += 1;
+                let dump = maps.dump().context("dumping the load-balancing maps")?;
+                self.ids.hold(&dump);
+                dump
+            }
+        };
+        // Ids held as orphans by the last dump stay held until the next one; that costs a few unused
+        // ids for a while, never an id that a stale entry still points at.
         let (wanted, unfit) = desired(plan, &mut self.ids);
         let ops = diff(&wanted, &actual);
+        drop(actual);
         for (i, op) in ops.iter().enumerate() {
             maps.apply(op)
                 .with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()))?;
         }
         self.ids.release_unused(&wanted);
+        self.written = Some(wanted);
         Ok(Outcome { ops, unfit })
     }
 }

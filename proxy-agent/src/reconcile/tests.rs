@@ -315,3 +315,80 @@ fn fake_maps_refuse_an_operation_that_would_dangle() {
     assert!(err.to_string().contains("dangling"), "{err}");
     assert!(maps.maps.backends.contains_key(&1));
 }
+
+#[test]
+fn passes_diff_against_the_state_written_and_dump_only_when_asked() {
+    let (_, _, plan) = plan_of("external");
+    let mut maps = FakeMaps::new();
+    let mut reconciler = Reconciler::restore(&maps).unwrap();
+    assert_eq!(reconciler.dumps(), 1, "the start reads the pinned maps");
+    reconciler.reconcile(&plan, &mut maps).unwrap();
+    for _ in 0..3 {
+        assert_eq!(reconciler.reconcile(&plan, &mut maps).unwrap().ops, vec![]);
+    }
+    assert_eq!(reconciler.dumps(), 1, "no dump without a failure or a resync");
+    reconciler.require_dump();
+    assert_eq!(reconciler.reconcile(&plan, &mut maps).unwrap().ops, vec![]);
+    assert_eq!(reconciler.dumps(), 2);
+}
+
+#[test]
+fn a_write_failure_makes_the_next_pass_start_from_a_dump_and_nothing_is_lost() {
+    let (mut snapshot, node, plan1) = plan_of("clusterip");
+    let mut maps = FakeMaps::new();
+    let mut reconciler = Reconciler::default();
+    reconciler.reconcile(&plan1, &mut maps).unwrap();
+    edit_slice(&mut snapshot, "dns-abcde", |eps| {
+        eps.push(endpoint("10.244.3.5", "node-c"));
+    });
+    let plan2 = plan(&snapshot, &node);
+    // The second write of the pass fails: the maps hold part of plan2, the reconciler must not
+    // believe they hold all of it (or plan1).
+    maps.fail_after = Some(1);
+    assert!(reconciler.reconcile(&plan2, &mut maps).is_err());
+    let dumps = reconciler.dumps();
+    let retry = reconciler.reconcile(&plan2, &mut maps).unwrap();
+    assert_eq!(reconciler.dumps(), dumps + 1, "the retry dumps the maps");
+    assert!(!retry.ops.is_empty(), "the rest of plan2 is written");
+    assert_no_leaks(&reconciler, &maps, &plan2);
+    // And back: the in-memory state is exact again.
+    reconciler.reconcile(&plan1, &mut maps).unwrap();
+    assert_no_leaks(&reconciler, &maps, &plan1);
+}
+
+#[test]
+fn the_resync_prunes_an_entry_written_behind_the_agents_back() {
+    let (_, _, plan) = plan_of("clusterip");
+    let mut maps = FakeMaps::new();
+    let mut reconciler = Reconciler::default();
+    reconciler.reconcile(&plan, &mut maps).unwrap();
+    let clean = maps.maps.clone();
+    // Someone else adds a frontend with one slot and its backend, and changes a backend of ours.
+    let stray_backend = *maps.maps.backends.values().next().unwrap();
+    maps.maps.backends.insert(4000, stray_backend);
+    let stray = super::desired::key(Ipv4Addr::new(10, 96, 99, 99), 80, 6, 0, 0);
+    maps.maps.services.insert(
+        stray,
+        common::lb::Lb4Service {
+            count: 1,
+            ..Default::default()
+        },
+    );
+    maps.maps.services.insert(
+        Lb4Key { slot: 1, ..stray },
+        common::lb::Lb4Service {
+            backend_id: 4000,
+            ..Default::default()
+        },
+    );
+    let (&ours, _) = maps.maps.backends.iter().next().unwrap();
+    maps.maps.backends.get_mut(&ours).unwrap().flags ^= common::lb::backend_flags::TERMINATING;
+    // Between resyncs the agent trusts what it wrote.
+    assert_eq!(reconciler.reconcile(&plan, &mut maps).unwrap().ops, vec![]);
+    reconciler.require_dump();
+    let resync = reconciler.reconcile(&plan, &mut maps).unwrap();
+    // Our backend back to what it was, the stray frontend, its slot and its backend gone.
+    assert_eq!(resync.ops.len(), 4, "{}", render_ops(&resync.ops));
+    assert_eq!(maps.maps, clean);
+    assert_eq!(reconciler.reconcile(&plan, &mut maps).unwrap().ops, vec![]);
+}

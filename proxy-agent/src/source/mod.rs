@@ -1,6 +1,8 @@
 //! Where cluster objects come from: the API server (in a cluster, the default) or manifests
 //! (standalone). Both produce a [`crate::snapshot::Snapshot`]; nothing downstream knows which.
 
+pub mod file_watch;
+pub mod kinds;
 pub mod kube;
 pub mod manifests;
 
@@ -8,6 +10,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
+pub use self::kinds::Kinds;
 use crate::{metrics::AgentCounters, snapshot::Snapshot};
 
 /// An object a source cannot use: reported once with its kind, namespace/name and field, counted,
@@ -34,15 +37,17 @@ impl std::fmt::Display for Rejected {
     }
 }
 
-/// A new snapshot and the objects left out of it.
+/// What a poll brought into the caller's snapshot: which kinds may have changed (all of them on a
+/// resync), and the objects left out.
 #[derive(Debug, Default)]
 pub struct Update {
-    pub snapshot: Snapshot,
+    pub changed: Kinds,
     pub rejected: Vec<Rejected>,
 }
 
 pub enum Source {
-    Manifests(manifests::ManifestsSource),
+    /// With the directory's inotify watch, when one could be set up (else the periodic poll alone).
+    Manifests(manifests::ManifestsSource, Option<file_watch::FileWatch>),
     Kube(kube::KubeSource),
 }
 
@@ -51,7 +56,12 @@ impl Source {
     /// in-cluster configuration, or the default kubeconfig. Needs a Tokio runtime.
     pub async fn start(manifests: Option<&Path>, kubeconfig: Option<&Path>) -> Result<Self> {
         if let Some(path) = manifests {
-            return Ok(Self::Manifests(manifests::ManifestsSource::new(path)));
+            let watch = file_watch::FileWatch::new(path)
+                .inspect_err(|e| {
+                    tracing::warn!(error = %format!("{e:#}"), "changes are seen on the periodic poll only")
+                })
+                .ok();
+            return Ok(Self::Manifests(manifests::ManifestsSource::new(path), watch));
         }
         let (client, url) = kube::config::connect(kubeconfig).await?;
         tracing::info!(%url, "watching the API server");
@@ -61,34 +71,49 @@ impl Source {
     /// For `status`: `manifests PATH` or `api-server URL`.
     pub fn describe(&self) -> String {
         match self {
-            Self::Manifests(m) => format!("manifests {}", m.path().display()),
+            Self::Manifests(m, _) => format!("manifests {}", m.path().display()),
             Self::Kube(k) => format!("api-server {}", k.url()),
         }
     }
 
-    /// A new snapshot if the objects changed since the last one, or `resync` asks for one anyway.
-    /// Never a partial one: the API-server source gives nothing until every kind is listed.
-    pub fn poll(&mut self, resync: bool) -> Result<Option<Update>> {
+    /// Brings `snapshot` (the one the previous poll left) up to date if the objects changed since, or
+    /// `resync` asks for a full read anyway. Never a partial one: the API-server source gives nothing
+    /// until every kind is listed.
+    pub fn poll(&mut self, resync: bool, snapshot: &mut Snapshot) -> Result<Option<Update>> {
         match self {
-            Self::Manifests(m) => m.poll(resync),
-            Self::Kube(k) => Ok(k.poll(resync).map(|snapshot| Update {
-                snapshot,
-                rejected: k.rejected(),
+            Self::Manifests(m, _) => m.poll(resync, snapshot),
+            Self::Kube(k) => Ok(k.poll_kinds(resync).map(|(fresh, changed)| {
+                *snapshot = fresh;
+                Update {
+                    changed,
+                    rejected: k.rejected(),
+                }
             })),
+        }
+    }
+
+    /// Waits until the source has something new: a store changed, a manifest file was written.
+    /// Returns at once if that happened since the last poll; never returns for a source that cannot
+    /// tell (its changes are found by the periodic poll).
+    pub async fn changed(&mut self) {
+        match self {
+            Self::Manifests(_, Some(w)) => w.changed().await,
+            Self::Manifests(_, None) => std::future::pending().await,
+            Self::Kube(k) => k.changed().await,
         }
     }
 
     /// Every object has been read once.
     pub fn synced(&self) -> bool {
         match self {
-            Self::Manifests(m) => m.loaded(),
+            Self::Manifests(m, _) => m.loaded(),
             Self::Kube(k) => k.synced(),
         }
     }
 
     /// In a cluster the EndpointSlice controller writes slices; standalone, the agent plays it.
     pub fn derives_endpoint_slices(&self) -> bool {
-        matches!(self, Self::Manifests(_))
+        matches!(self, Self::Manifests(..))
     }
 
     /// The source's own numbers for `/metrics`.

@@ -50,8 +50,19 @@ pub fn service_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i + 10)
 }
 
+/// EndpointSlices per file. A change rewrites one file, which the agent parses whole: with 1000 slices
+/// a file, the change figure measured YAML parsing of 1000 slices (about 100 ms) rather than one
+/// EndpointSlice change. Ten a file is what one edit costs the standalone source; with the API server
+/// one change is one object.
+pub const SLICES_PER_FILE: u32 = 10;
+
+/// The file that holds the slice of Service `i`.
+pub fn slice_file(i: u32) -> String {
+    format!("slices-{:04}.yaml", i / SLICES_PER_FILE)
+}
+
 /// Writes `nodes.yaml`, `namespaces.yaml`, `pods.yaml`, `services.yaml`, `policies.yaml` and one slice
-/// file per 1000 Services into `dir` (slices are split so a change rewrites a small file).
+/// file per [`SLICES_PER_FILE`] Services into `dir`.
 pub fn write(dir: &Path, s: Scale) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut nodes = String::new();
@@ -96,12 +107,9 @@ pub fn write(dir: &Path, s: Scale) -> Result<()> {
             service_ip(i)
         );
     }
-    for chunk in 0..s.services.div_ceil(1000) {
-        let mut slices = String::new();
-        for i in chunk * 1000..((chunk + 1) * 1000).min(s.services) {
-            slices.push_str(&slice(i, s, 0));
-        }
-        std::fs::write(dir.join(format!("slices-{chunk:03}.yaml")), slices)?;
+    for chunk in 0..s.services.div_ceil(SLICES_PER_FILE) {
+        let first = chunk * SLICES_PER_FILE;
+        std::fs::write(dir.join(slice_file(first)), slice_file_text(first, s, None))?;
     }
     let mut policies = String::new();
     for i in 0..s.policies {
@@ -130,6 +138,17 @@ pub fn write(dir: &Path, s: Scale) -> Result<()> {
         std::fs::write(dir.join(name), text).with_context(|| format!("writing {name}"))?;
     }
     Ok(())
+}
+
+/// The slice file that holds Service `first`'s slice and the next ones; `shifted`: one Service whose
+/// slice has an endpoint moved by that much (an endpoint change).
+pub fn slice_file_text(first: u32, s: Scale, shifted: Option<(u32, u32)>) -> String {
+    let mut text = String::new();
+    for i in first..(first + SLICES_PER_FILE).min(s.services) {
+        let shift = shifted.filter(|(j, _)| *j == i).map_or(0, |(_, by)| by);
+        text.push_str(&slice(i, s, shift));
+    }
+    text
 }
 
 /// The EndpointSlice of Service `i`; `shift` moves its first endpoint to another pod (an endpoint change).
@@ -167,11 +186,30 @@ mod tests {
             read("services.yaml").matches("kind: Service").count(),
             s.services as usize
         );
-        let slices = read("slices-000.yaml");
-        assert_eq!(slices.matches("kind: EndpointSlice").count(), 1000);
+        let files = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("slices-")
+            })
+            .count();
+        assert_eq!(files as u32, s.services / SLICES_PER_FILE);
+        let slices = read(&slice_file(0));
+        assert_eq!(
+            slices.matches("kind: EndpointSlice").count(),
+            SLICES_PER_FILE as usize
+        );
         assert_eq!(
             slices.matches("ready: true").count(),
-            1000 * s.endpoints_per_service as usize
+            (SLICES_PER_FILE * s.endpoints_per_service) as usize
+        );
+        assert_ne!(
+            slice_file_text(0, s, Some((3, 1))),
+            slices,
+            "a shifted slice changes the file"
         );
         assert_eq!(
             read("policies.yaml").matches("kind: NetworkPolicy").count(),

@@ -23,7 +23,7 @@ use k8s_openapi::api::{
 use tokio::{sync::watch, task::JoinHandle};
 
 use self::reflect::KindState;
-use super::Rejected;
+use super::{Kinds, Rejected};
 use crate::snapshot::Snapshot;
 
 /// Where a rejected object came from, in reports.
@@ -38,6 +38,8 @@ pub struct KubeSource {
     endpoint_slices: Store<EndpointSlice>,
     network_policies: Store<NetworkPolicy>,
     kinds: Vec<Arc<KindState>>,
+    /// Each kind's generation as of the last poll, in the order of `kinds`.
+    seen_generations: Vec<u64>,
     /// Bumped on every store change.
     changed: Arc<watch::Sender<u64>>,
     seen: watch::Receiver<u64>,
@@ -75,6 +77,7 @@ impl KubeSource {
             services,
             endpoint_slices,
             network_policies,
+            seen_generations: vec![0; kinds.len()],
             kinds,
             changed,
             seen,
@@ -110,7 +113,15 @@ impl KubeSource {
     /// A new snapshot when a store changed since the last call (or `resync` asks for one anyway),
     /// once synced. Changes in between are coalesced: the caller's pace sets the reconcile rate.
     pub fn poll(&mut self, resync: bool) -> Option<Snapshot> {
+        self.poll_kinds(resync).map(|(s, _)| s)
+    }
+
+    /// [`Self::poll`], with the kinds whose stores changed since the last poll (all on a resync).
+    pub fn poll_kinds(&mut self, resync: bool) -> Option<(Snapshot, Kinds)> {
         if !self.synced() {
+            // Marked seen, so that [`Self::changed`] waits for the next event instead of returning at
+            // once for every event of the initial lists.
+            self.seen.borrow_and_update();
             return None;
         }
         let changed = self.seen.has_changed().unwrap_or(false);
@@ -119,13 +130,24 @@ impl KubeSource {
         }
         // Marked seen before reading: a change that lands while the snapshot is read is seen again.
         self.seen.borrow_and_update();
-        self.snapshot()
+        let mut kinds = if resync { Kinds::ALL } else { Kinds::NONE };
+        for (state, seen) in self.kinds.iter().zip(self.seen_generations.iter_mut()) {
+            let now = state.generation();
+            if now != *seen {
+                *seen = now;
+                kinds |= Kinds::of_kind(state.kind);
+            }
+        }
+        self.snapshot().map(|s| (s, kinds))
     }
 
-    /// Waits until a store changes after the last [`Self::poll`] or [`Self::changed`].
+    /// Waits until a store changes after the last [`Self::poll`]; returns at once if one did already.
     pub async fn changed(&mut self) {
-        // The sender lives in `self`, so this never returns early for a dropped sender.
-        let _ = self.seen.changed().await;
+        // On a copy of the receiver: waiting must not mark the change seen, or the poll that follows
+        // the wake would find nothing new. The sender lives in `self`, so this never returns early
+        // for a dropped sender.
+        let mut seen = self.seen.clone();
+        let _ = seen.changed().await;
     }
 
     /// The objects that are set aside now, by kind, namespace/name and field.

@@ -38,6 +38,8 @@ pub struct KindState {
     ready: AtomicBool,
     errors: AtomicU64,
     objects: AtomicU64,
+    /// Bumped on every change to this kind's store, so a pass can tell which kinds changed.
+    generation: AtomicU64,
     rejected: Mutex<RejectedObjects>,
 }
 
@@ -55,6 +57,7 @@ impl KindState {
             ready: AtomicBool::new(false),
             errors: AtomicU64::new(0),
             objects: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             rejected: Mutex::default(),
         }
     }
@@ -69,6 +72,10 @@ impl KindState {
 
     pub fn objects(&self) -> u64 {
         self.objects.load(Ordering::Relaxed)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The objects of this kind that are set aside now: `(namespace, name, reason)`.
@@ -126,6 +133,8 @@ where
                         tracing::debug!(kind = state.kind, objects = store.len(), "listed");
                     }
                     state.objects.store(store.len() as u64, Ordering::Relaxed);
+                    // Before the shared counter, so a pass woken by it sees this kind as changed.
+                    state.generation.fetch_add(1, Ordering::Release);
                     changed.send_modify(|generation| *generation += 1);
                 }
                 Err(e) => {

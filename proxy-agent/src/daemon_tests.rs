@@ -1,0 +1,47 @@
+//! The daemon's wake-up: a change of the source starts a pass at once, without waiting for the tick,
+//! and the pass finds the change.
+
+use std::time::Duration;
+
+use super::*;
+
+fn namespace(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n")
+}
+
+#[tokio::test]
+async fn a_manifest_change_wakes_a_pass_before_the_tick() {
+    let dir = std::env::temp_dir().join(format!("strait-daemon-wake-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), namespace("a")).unwrap();
+    let mut source = Source::start(Some(&dir), None).await.unwrap();
+    // A tick an hour away: only the change can wake the pass within the test.
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    assert_eq!(
+        wait_for_work(&mut ticker, &mut source).await,
+        Wake::Tick,
+        "an interval's first tick is immediate"
+    );
+    let mut snapshot = Snapshot::default();
+    source.poll(false, &mut snapshot).unwrap().expect("first read");
+    let quiet = tokio::time::timeout(
+        Duration::from_millis(100),
+        wait_for_work(&mut ticker, &mut source),
+    )
+    .await;
+    assert!(quiet.is_err(), "nothing changed, nothing wakes");
+    std::fs::write(dir.join(".b.tmp"), namespace("b")).unwrap();
+    std::fs::rename(dir.join(".b.tmp"), dir.join("b.yaml")).unwrap();
+    let wake = tokio::time::timeout(Duration::from_secs(5), wait_for_work(&mut ticker, &mut source))
+        .await
+        .expect("the new file wakes a pass");
+    assert_eq!(wake, Wake::Changed);
+    let update = source
+        .poll(false, &mut snapshot)
+        .unwrap()
+        .expect("the pass finds the change");
+    assert_eq!(update.changed, Kinds::NAMESPACES);
+    assert_eq!(snapshot.namespaces.len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
