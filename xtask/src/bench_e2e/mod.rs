@@ -48,7 +48,7 @@ impl Params {
                 rounds: 3,
                 load_seconds: 2.0,
                 saturate_rate: 20_000,
-                latency_rate: 200,
+                latency_rate: 300,
                 change_reps: 3,
             }
         } else {
@@ -57,7 +57,7 @@ impl Params {
                 rounds: 5,
                 load_seconds: 3.0,
                 saturate_rate: 20_000,
-                latency_rate: 200,
+                latency_rate: 300,
                 change_reps: 5,
             }
         }
@@ -76,13 +76,12 @@ pub struct RoundResult {
     pub latency_failed: u64,
 }
 
-/// Time until a new batch of Services carries traffic through one proxy.
+/// Time until the last Service of a size carries traffic through one proxy.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Programming {
-    /// From the moment the last `kubectl create` of the batch returned.
+    /// From the moment its `kubectl create` returned (a lower bound: the object existed a little
+    /// earlier, at most `last_create_ms` before).
     pub from_created_ms: Option<f64>,
-    /// From the moment every EndpointSlice of the batch existed (the controller's part done).
-    pub from_slices_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +92,8 @@ pub struct SizeResult {
     /// Concurrent `kubectl create` of the added Services, wall time.
     pub create_ms: f64,
     pub create_processes: usize,
+    /// The `kubectl create` of the size's last Service alone (made after the others returned).
+    pub last_create_ms: f64,
     /// From the creation until the EndpointSlice controller had written a slice for every Service.
     pub slices_ms: Option<f64>,
     /// Proxy mode → programming time (the probe target: the last Service of the batch).
@@ -101,6 +102,9 @@ pub struct SizeResult {
     pub rounds: Vec<BTreeMap<String, RoundResult>>,
     /// Proxy mode → EndpointSlice change to first answer of the new backend, one per change.
     pub change_ms: BTreeMap<String, Vec<f64>>,
+    /// How long each change's `kubectl apply` ran: the write happened within that window before
+    /// the time the change figures start from.
+    pub change_kubectl_ms: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +116,8 @@ pub struct E2eBench {
     pub checks: Vec<String>,
     pub notes: Vec<String>,
     pub wall_seconds: f64,
+    /// /proc/loadavg when the part started and ended: other work on the machine shows here.
+    pub loadavg: Vec<String>,
 }
 
 /// `lab down` when the bench ends, however it ends.
@@ -158,6 +164,7 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
     let guard = LabGuard;
     let up_json: Value = serde_json::from_str(&lab(&up)?).context("parsing `lab up --json`")?;
     let lab_up_s = t.elapsed().as_secs_f64();
+    eprintln!("xtask bench e2e: lab up took {lab_up_s:.0} s");
     let kubectl = Kubectl::from_up(&up_json)?;
     let mut bench = E2eBench {
         params: params.clone(),
@@ -167,6 +174,7 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
         checks: Vec::new(),
         notes: Vec::new(),
         wall_seconds: 0.0,
+        loadavg: vec![loadavg()],
     };
     check_proxies(&up_json, &mut bench.checks)?;
     let mut churn_backend = 0;
@@ -174,14 +182,38 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
     for &n in &params.sizes {
         eprintln!("xtask bench e2e: {n} services");
         let mut size = add_services(&kubectl, have, n, &mut bench)?;
+        eprintln!(
+            "xtask bench e2e: {n} services: created in {:.1} s, slices {:?} ms later, programmed (ms from created) {:?}",
+            size.create_ms / 1000.0,
+            size.slices_ms,
+            size.programming
+                .iter()
+                .map(|(m, p)| (m.as_str(), p.from_created_ms.map(|v| v.round())))
+                .collect::<Vec<_>>()
+        );
         have = n;
         check_sample(n, &mut bench.checks)?;
         for r in 0..params.rounds {
+            eprintln!(
+                "xtask bench e2e: {n} services, round {} of {}",
+                r + 1,
+                params.rounds
+            );
             size.rounds.push(round(&params, n, r, &mut bench.notes)?);
         }
+        eprintln!(
+            "xtask bench e2e: {n} services, {} EndpointSlice changes",
+            params.change_reps
+        );
         for _ in 0..params.change_reps {
             let next = (churn_backend + 1) % objects::BACKENDS;
-            for (mode, ms) in change(&kubectl, churn_backend, next, &mut bench.notes)? {
+            for (mode, ms) in change(
+                &kubectl,
+                churn_backend,
+                next,
+                &mut size.change_kubectl_ms,
+                &mut bench.notes,
+            )? {
                 size.change_ms.entry(mode).or_default().push(ms);
             }
             churn_backend = next;
@@ -191,7 +223,17 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
     drop(guard);
     let _ = std::fs::remove_dir_all(&dir);
     bench.wall_seconds = started.elapsed().as_secs_f64();
+    bench.loadavg.push(loadavg());
     Ok(bench)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Each proxy node runs what the bench says it runs.
@@ -214,15 +256,25 @@ fn check_proxies(up: &Value, checks: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// Creates Services `have..n`, then measures when the controller's slices exist and when each
-/// proxy's client first gets an answer from the last new Service.
+/// Creates Services `have..n - 1` in bulk, then Service `n - 1` alone while every proxy's client
+/// keeps connecting to it: the time from its creation to the first answer through each proxy, with
+/// all the size's other Services in place. Also when the controller's slices all exist.
 fn add_services(kubectl: &Kubectl, have: usize, n: usize, bench: &mut E2eBench) -> Result<SizeResult> {
     let added = n - have;
-    // A bound for everything at this size: creation, slices, programming (10k: about 4 minutes).
-    let limit = Duration::from_secs_f64((60.0 + added as f64 / 40.0).min(600.0));
+    // A bound for everything at this size: creation, slices, programming. Creation is the
+    // apiserver's pace, about 30 Services/s on this busy 2-core machine (9000 Services: 5 minutes).
+    let limit = Duration::from_secs_f64((90.0 + added as f64 / 15.0).min(600.0));
     let target = format!("{}:{}", objects::vip(n - 1), objects::SERVICE_PORT);
     let parts = if added >= 100 { 4 } else { 1 };
-    let docs = objects::services(have..n, parts);
+    let docs = objects::services(have..n - 1, parts);
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = docs.iter().map(|d| s.spawn(|| create(kubectl, d))).collect();
+        for h in handles {
+            h.join().expect("kubectl thread")?;
+        }
+        Ok(())
+    })?;
     let watchers: Vec<_> = PROXIES
         .iter()
         .map(|p| {
@@ -243,17 +295,9 @@ fn add_services(kubectl: &Kubectl, have: usize, n: usize, bench: &mut E2eBench) 
     // The watchers must be sending before the Services exist; their reports say when they began.
     std::thread::sleep(Duration::from_millis(1500));
     let create_start = unix_ms();
-    let t = Instant::now();
-    std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = docs
-            .iter()
-            .map(|d| s.spawn(|| kubectl.run(&["create", "-f", "-", "-o", "name"], Some(d))))
-            .collect();
-        for h in handles {
-            h.join().expect("kubectl thread")?;
-        }
-        Ok(())
-    })?;
+    let last = Instant::now();
+    create(kubectl, &objects::services(n - 1..n, 1).concat())?;
+    let last_create_ms = last.elapsed().as_secs_f64() * 1000.0;
     let create_ms = t.elapsed().as_secs_f64() * 1000.0;
     let created = unix_ms();
     let slices_at = wait_slices(kubectl, n, Instant::now() + limit)?;
@@ -292,7 +336,6 @@ fn add_services(kubectl: &Kubectl, have: usize, n: usize, bench: &mut E2eBench) 
             p.mode.to_string(),
             Programming {
                 from_created_ms: first.map(|f| f - created as f64),
-                from_slices_ms: first.zip(slices_at).map(|(f, s)| f - s as f64),
             },
         );
     }
@@ -300,12 +343,23 @@ fn add_services(kubectl: &Kubectl, have: usize, n: usize, bench: &mut E2eBench) 
         services: n,
         added,
         create_ms,
-        create_processes: docs.len(),
+        create_processes: docs.len() + 1,
+        last_create_ms,
         slices_ms,
         programming,
         rounds: Vec::new(),
         change_ms: BTreeMap::new(),
+        change_kubectl_ms: Vec::new(),
     })
+}
+
+/// `kubectl create` of generated objects. No client-side validation: it cost kubectl 60 ms of CPU
+/// per object here (30 s for 500 Services), more than the apiserver's work.
+fn create(kubectl: &Kubectl, docs: &str) -> Result<String> {
+    kubectl.run(
+        &["create", "--validate=false", "-f", "-", "-o", "name"],
+        Some(docs),
+    )
 }
 
 /// When (Unix ms) `pod` (or any pod) first answered in a load.
@@ -337,6 +391,9 @@ fn wait_slices(kubectl: &Kubectl, n: usize, deadline: Instant) -> Result<Option<
     Ok(None)
 }
 
+/// How long a sampled Service may take to answer after the watched one did.
+const SAMPLE_WAIT: Duration = Duration::from_secs(30);
+
 /// A few Services spread over the range answer through every proxy (the first, the middle, the
 /// last): the datapaths hold all of them, not only the one the watchers waited for.
 fn check_sample(n: usize, checks: &mut Vec<String>) -> Result<()> {
@@ -344,7 +401,14 @@ fn check_sample(n: usize, checks: &mut Vec<String>) -> Result<()> {
     for p in PROXIES {
         for &i in &sample {
             let to = format!("{}:{}", objects::vip(i), objects::SERVICE_PORT);
-            let by = lab_cli::probe_once(&p.client(), &to)?;
+            // The watchers saw the last Service answer; the others may be a sync behind (kube-proxy
+            // writes at most once a second), so each gets a bounded number of tries.
+            let deadline = Instant::now() + SAMPLE_WAIT;
+            let mut by = lab_cli::probe_once(&p.client(), &to)?;
+            while by.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+                by = lab_cli::probe_once(&p.client(), &to)?;
+            }
             if !by.as_deref().is_some_and(|b| b.starts_with("bench/web-")) {
                 bail!(
                     "{n} services: {} did not serve {} ({to}): answered by {by:?}",
@@ -371,7 +435,9 @@ fn round(
     notes: &mut Vec<String>,
 ) -> Result<BTreeMap<String, RoundResult>> {
     let mut out = BTreeMap::new();
-    let i = n - 1 - (r % n);
+    // Never the watched last Service: its client sent SYNs to it before it existed, and a
+    // conntrack entry of such a SYN (no NAT) would catch a later connection reusing the port.
+    let i = (n + n - 2 - r) % n;
     let to = format!("{}:{}", objects::vip(i), objects::SERVICE_PORT);
     for k in 0..PROXIES.len() {
         let p: &Proxy = &PROXIES[(k + r) % PROXIES.len()];
@@ -424,7 +490,13 @@ fn round(
 /// Rewrites the churn Service's EndpointSlice from backend `old` to `new` while every proxy's
 /// client keeps connecting to it; returns, per proxy, the time from the write (kubectl's return)
 /// to the first answer of the new backend.
-fn change(kubectl: &Kubectl, old: usize, new: usize, notes: &mut Vec<String>) -> Result<Vec<(String, f64)>> {
+fn change(
+    kubectl: &Kubectl,
+    old: usize,
+    new: usize,
+    kubectl_ms: &mut Vec<f64>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, f64)>> {
     let new_pod = format!("{}/{}", objects::NAMESPACE, objects::backend(new));
     let old_pod = format!("{}/{}", objects::NAMESPACE, objects::backend(old));
     let to = format!("{}:{}", objects::CHURN_VIP, objects::SERVICE_PORT);
@@ -446,8 +518,10 @@ fn change(kubectl: &Kubectl, old: usize, new: usize, notes: &mut Vec<String>) ->
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1000));
+    let t = Instant::now();
     kubectl.run(&["apply", "-f", "-"], Some(&objects::churn_slice(new)))?;
     let written = unix_ms() as f64;
+    kubectl_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     let mut out = Vec::new();
     for (p, w) in PROXIES.iter().zip(watchers) {
         let report = w.join().expect("watcher thread")?;

@@ -2,7 +2,8 @@
 //! answered — the traffic a restart or an upgrade must not disturb. Each attempt is a full exchange
 //! (connect, request, answer, close), so a connection that opens but is never answered is a failure.
 //! Pacing is per worker thread: attempt `i` starts at `i / rate`, and a late worker catches up without
-//! bursting beyond its share.
+//! bursting beyond its share; no attempt starts after `--seconds`, so a machine that cannot keep the
+//! rate makes fewer attempts (and says so in `rate_per_s`) instead of running longer.
 
 use std::{
     collections::BTreeMap,
@@ -269,7 +270,10 @@ pub fn run(job: &LoadJob) -> LoadReport {
                 let offset = f64::from(w) / f64::from(job.workers) / per_worker;
                 for i in 0u64.. {
                     let due = start + Duration::from_secs_f64(offset + i as f64 / per_worker);
-                    if due >= end || done.load(std::sync::atomic::Ordering::Relaxed) {
+                    // A machine that cannot keep the rate ends at the time given, not after
+                    // rate × seconds attempts: `rate_per_s` then says what it reached.
+                    if due >= end || Instant::now() >= end || done.load(std::sync::atomic::Ordering::Relaxed)
+                    {
                         break;
                     }
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
