@@ -74,6 +74,11 @@ pub struct RoundResult {
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub latency_failed: u64,
+    /// CPU time (user + system) of the proxy's own process on the client's node during the
+    /// saturating run, per 1000 answered connections. Kernel work in softirq context (netfilter,
+    /// tc programs) is not in it: this shows work a proxy does in user space per connection.
+    #[serde(default)]
+    pub proxy_cpu_ms_per_1k: Option<f64>,
 }
 
 /// Time until the last Service of a size carries traffic through one proxy.
@@ -105,6 +110,10 @@ pub struct SizeResult {
     /// How long each change's `kubectl apply` ran: the write happened within that window before
     /// the time the change figures start from.
     pub change_kubectl_ms: Vec<f64>,
+    /// Proxy mode → changes whose new backend never answered within the bound (30 s); they are
+    /// not in `change_ms`, whose median therefore flatters that proxy.
+    #[serde(default)]
+    pub change_missed: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,7 +185,7 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
         wall_seconds: 0.0,
         loadavg: vec![loadavg()],
     };
-    check_proxies(&up_json, &mut bench.checks)?;
+    let pids = check_proxies(&up_json, &mut bench.checks)?;
     let mut churn_backend = 0;
     let mut have = 0;
     for &n in &params.sizes {
@@ -199,7 +208,7 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
                 r + 1,
                 params.rounds
             );
-            size.rounds.push(round(&params, n, r, &mut bench.notes)?);
+            size.rounds.push(round(&params, n, r, &pids, &mut bench.notes)?);
         }
         eprintln!(
             "xtask bench e2e: {n} services, {} EndpointSlice changes",
@@ -215,6 +224,13 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
                 &mut bench.notes,
             )? {
                 size.change_ms.entry(mode).or_default().push(ms);
+            }
+            for p in PROXIES {
+                let seen = size.change_ms.get(p.mode).map_or(0, Vec::len);
+                let missed = size.change_missed.get(p.mode).copied().unwrap_or(0);
+                if seen + missed < size.change_kubectl_ms.len() {
+                    *size.change_missed.entry(p.mode.to_string()).or_default() += 1;
+                }
             }
             churn_backend = next;
         }
@@ -236,8 +252,9 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// Each proxy node runs what the bench says it runs.
-fn check_proxies(up: &Value, checks: &mut Vec<String>) -> Result<()> {
+/// Each proxy node runs what the bench says it runs; returns proxy mode → its process id.
+fn check_proxies(up: &Value, checks: &mut Vec<String>) -> Result<BTreeMap<String, i32>> {
+    let mut pids = BTreeMap::new();
     let nodes = up["nodes"].as_array().context("`lab up --json` has no nodes")?;
     for p in PROXIES {
         let node = nodes
@@ -247,13 +264,28 @@ fn check_proxies(up: &Value, checks: &mut Vec<String>) -> Result<()> {
         if node["proxy"] != p.mode {
             bail!("node {} runs {} instead of {}", p.node, node["proxy"], p.mode);
         }
+        let pid = node["agent_pid"]
+            .as_i64()
+            .or(node["kube_proxy_pid"].as_i64())
+            .with_context(|| format!("node {} has no proxy pid in `lab up --json`", p.node))?;
+        pids.insert(p.mode.to_string(), pid as i32);
     }
     checks.push(format!(
         "lab up: nodes {} run {} (kube-proxy from the same build as the control plane, v1.34.4)",
         PROXIES.map(|p| p.node).join(", "),
         PROXIES.map(|p| p.mode).join(", ")
     ));
-    Ok(())
+    Ok(pids)
+}
+
+/// User + system CPU time of a process and all its threads so far, in ms (/proc/PID/stat).
+fn cpu_ms(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at `state`, field 3.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    (hz > 0).then(|| ticks * 1000.0 / hz as f64)
 }
 
 /// Creates Services `have..n - 1` in bulk, then Service `n - 1` alone while every proxy's client
@@ -350,6 +382,7 @@ fn add_services(kubectl: &Kubectl, have: usize, n: usize, bench: &mut E2eBench) 
         rounds: Vec::new(),
         change_ms: BTreeMap::new(),
         change_kubectl_ms: Vec::new(),
+        change_missed: BTreeMap::new(),
     })
 }
 
@@ -432,6 +465,7 @@ fn round(
     params: &Params,
     n: usize,
     r: usize,
+    pids: &BTreeMap<String, i32>,
     notes: &mut Vec<String>,
 ) -> Result<BTreeMap<String, RoundResult>> {
     let mut out = BTreeMap::new();
@@ -442,6 +476,8 @@ fn round(
     for k in 0..PROXIES.len() {
         let p: &Proxy = &PROXIES[(k + r) % PROXIES.len()];
         let from = p.client();
+        let pid = pids.get(p.mode).copied();
+        let cpu_before = pid.and_then(cpu_ms);
         let sat = lab_cli::load(&Load {
             from: &from,
             to: to.clone(),
@@ -451,6 +487,9 @@ fn round(
             timeout_ms: 1000,
             until_answered_by: None,
         })?;
+        let cpu = cpu_before
+            .zip(pid.and_then(cpu_ms))
+            .map(|(a, b)| (b - a) / (sat.answered.max(1) as f64 / 1000.0));
         let lat = lab_cli::load(&Load {
             from: &from,
             to: to.clone(),
@@ -481,6 +520,7 @@ fn round(
                 latency_p50_ms: lat.latency_ms.as_ref().map(|l| l.p50),
                 latency_p99_ms: lat.latency_ms.as_ref().map(|l| l.p99),
                 latency_failed: lat.failed,
+                proxy_cpu_ms_per_1k: cpu,
             },
         );
     }
@@ -581,5 +621,19 @@ pub fn write(dir: &Path, quick: bool) -> Result<(String, Option<anyhow::Error>)>
             );
             Ok((section, Some(e)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_process_cpu_time_is_read_from_proc() {
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < std::time::Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        let ms = super::cpu_ms(std::process::id() as i32).expect("own /proc/PID/stat");
+        assert!(ms >= 10.0, "{ms} ms of CPU after 30 ms of spinning");
+        assert!(super::cpu_ms(i32::MAX).is_none());
     }
 }

@@ -42,6 +42,7 @@ fn round_ratios(size: &SizeResult, other: &str, f: impl Fn(&super::RoundResult) 
     size.rounds
         .iter()
         .filter_map(|r| Some(f(r.get(STRAIT)?)? / f(r.get(other)?)?))
+        .filter(|x| x.is_finite())
         .collect()
 }
 
@@ -53,6 +54,9 @@ fn p50(r: &super::RoundResult) -> Option<f64> {
 }
 fn p99(r: &super::RoundResult) -> Option<f64> {
     r.latency_p99_ms
+}
+fn cpu(r: &super::RoundResult) -> Option<f64> {
+    r.proxy_cpu_ms_per_1k
 }
 
 fn cell(v: &[f64], digits: usize) -> String {
@@ -81,6 +85,15 @@ fn programming(size: &SizeResult, mode: &str) -> Option<f64> {
 
 fn change(size: &SizeResult, mode: &str) -> Vec<f64> {
     size.change_ms.get(mode).cloned().unwrap_or_default()
+}
+
+/// Change times of a proxy, and how many changes never reached it within the bound.
+fn change_cell(size: &SizeResult, mode: &str) -> String {
+    let base = cell(&change(size, mode), 0);
+    match size.change_missed.get(mode) {
+        Some(&k) if k > 0 => format!("{base}; {k} more not within 30 s"),
+        _ => base,
+    }
 }
 
 fn verdict(ok: bool, miss: String) -> String {
@@ -125,7 +138,9 @@ pub fn markdown(b: &E2eBench, charts: &[(String, String)]) -> String {
          connection is connect, one request line, the answer, close; the figure is answered \
          connections per second reached) and then a latency run at a fixed {} connections/s for {} s \
          (exchange time of each connection: connect + request + answer, p50 / p99). Each round uses \
-         another ClusterIP. Values are medians over rounds with min–max; ratios are medians of the \
+         another ClusterIP. The proxy's CPU is its own process's user + system time over the \
+         saturating run (/proc/PID/stat): work in user space per connection; the datapath's work in \
+         the kernel (netfilter, tc programs) runs in softirq context and is not in it. Values are medians over rounds with min–max; ratios are medians of the \
          per-round ratios strait ÷ kube-proxy, with min–max. The client, the responders and all \
          proxies share the machine's cores, so connection rates measure the whole exchange on this \
          machine, of which the datapath is a part.\n",
@@ -140,10 +155,15 @@ pub fn markdown(b: &E2eBench, charts: &[(String, String)]) -> String {
          |---:|---|---:|---:|---:|---:|---:|\n",
     );
     type Metric = fn(&super::RoundResult) -> Option<f64>;
-    let metrics: [(&str, Metric, usize); 3] = [
+    let metrics: [(&str, Metric, usize); 4] = [
         ("new TCP connections/s (higher is better)", conn, 0),
         ("latency p50, ms", p50, 3),
         ("latency p99, ms", p99, 3),
+        (
+            "proxy process CPU during the saturating run, ms per 1000 connections",
+            cpu,
+            1,
+        ),
     ];
     for size in &b.sizes {
         for (name, f, digits) in metrics {
@@ -213,9 +233,9 @@ pub fn markdown(b: &E2eBench, charts: &[(String, String)]) -> String {
             "| | | | EndpointSlice change → new backend answers, ms, median (min–max) of {} (kubectl ran {} ms) | {} | {} | {} | {} | {} |",
             b.params.change_reps,
             cell(&size.change_kubectl_ms, 0),
-            cell(&change(size, STRAIT), 0),
-            cell(&change(size, IPTABLES), 0),
-            cell(&change(size, NFTABLES), 0),
+            change_cell(size, STRAIT),
+            change_cell(size, IPTABLES),
+            change_cell(size, NFTABLES),
             ratio(med(STRAIT), med(IPTABLES)),
             ratio(med(STRAIT), med(NFTABLES)),
         );
