@@ -1,7 +1,8 @@
 //! `cargo xtask bench [--quick]`: builds and runs `strait-bench` (per-packet datapath cost through
 //! BPF_PROG_TEST_RUN, as ratios to bare programs measured in the same run), then writes
 //! `bench-results/<date>-<quick|full>/` with `report.md`, `results.json` and `clusterip.svg`, and prints
-//! the tables.
+//! the tables. The agent at scale (`bench_agent`) and the end-to-end comparison with kube-proxy in
+//! the lab (`bench_e2e`) follow, each adding its section, JSON and plots.
 
 use std::{fmt::Write as _, path::PathBuf, process::Command};
 
@@ -12,7 +13,8 @@ use crate::{cargo, target_dir, workspace_root};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Fewer rounds, repetitions and sizes (10 / 1k / 10k services): about a minute.
+    /// Fewer rounds, repetitions and sizes (datapath 10 / 1k / 10k services, end to end 10 / 1k):
+    /// about 3 minutes in all.
     #[arg(long)]
     pub quick: bool,
     /// Where the results folder goes (default: bench-results/ in the workspace).
