@@ -364,7 +364,7 @@ pub fn charts(b: &E2eBench) -> Vec<(String, String, String)> {
             "e2e-programming.svg",
             "New Service created → first answer through the proxy",
             "ms",
-            Box::new(|z, mode| programming(z, mode)),
+            Box::new(programming),
         ),
         (
             "e2e-endpoint-change.svg",
