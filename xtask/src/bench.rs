@@ -1,7 +1,8 @@
 //! `cargo xtask bench [--quick]`: builds and runs `strait-bench` (per-packet datapath cost through
 //! BPF_PROG_TEST_RUN, as ratios to bare programs measured in the same run), then writes
 //! `bench-results/<date>-<quick|full>/` with `report.md`, `results.json` and `clusterip.svg`, and prints
-//! the tables.
+//! the tables. The agent at scale (`bench_agent`) and the end-to-end comparison with kube-proxy in
+//! the lab (`bench_e2e`) follow, each adding its section, JSON and plots.
 
 use std::{fmt::Write as _, path::PathBuf, process::Command};
 
@@ -12,7 +13,8 @@ use crate::{cargo, target_dir, workspace_root};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Fewer rounds, repetitions and sizes (10 / 1k / 10k services): about a minute.
+    /// Fewer rounds, repetitions and sizes (datapath 10 / 1k / 10k services, end to end 10 / 1k):
+    /// about 3 minutes in all.
     #[arg(long)]
     pub quick: bool,
     /// Where the results folder goes (default: bench-results/ in the workspace).
@@ -25,6 +27,9 @@ pub struct BenchArgs {
     /// datapath's report left as it is.
     #[arg(long, conflicts_with_all = ["skip_agent", "from_json"])]
     pub skip_datapath: bool,
+    /// Leave out the end-to-end comparison with kube-proxy in the lab (real control plane).
+    #[arg(long)]
+    pub skip_e2e: bool,
     /// Do not measure: write the report from a results.json of an earlier run.
     #[arg(long, value_name = "RESULTS_JSON")]
     pub from_json: Option<PathBuf>,
@@ -116,12 +121,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.from_json.is_none() && !args.skip_agent {
         md.push_str(&bench_agent(args, &dir)?);
     }
+    let e2e_failed = if args.from_json.is_none() && !args.skip_e2e {
+        let (section, failed) = crate::bench_e2e::write(&dir, args.quick)?;
+        println!("{section}");
+        md.push_str(&section);
+        failed
+    } else {
+        None
+    };
     std::fs::write(dir.join("report.md"), &md)?;
     println!("{}", tables(&report));
     eprintln!(
         "xtask bench: report written to {}",
         dir.join("report.md").display()
     );
+    if let Some(e) = e2e_failed {
+        bail!("the end-to-end part failed (the report says so): {e:#}");
+    }
     Ok(())
 }
 
@@ -455,10 +471,10 @@ fn markdown(r: &Report, has_plot: bool) -> String {
         );
     }
     s.push_str(
-        "\nNot in this report yet: the end-to-end comparisons against upstream kube-proxy in iptables and \
-         nftables modes (connections/s, latency p50/p99, control-plane programming time, agent memory) \
-         need the control-plane issue and come later. IPVS mode is not compared: this kernel has no IPVS \
-         (and upstream deprecates it).\n\n",
+        "\nThe end-to-end comparison against upstream kube-proxy in iptables and nftables modes \
+         (connections/s, latency p50/p99, control-plane programming time) is its own section below \
+         (unless `--skip-e2e`). IPVS mode is not compared: this kernel has no IPVS (and upstream \
+         deprecates it).\n\n",
     );
     if has_plot {
         s.push_str("![cost vs services](clusterip.svg)\n\n");

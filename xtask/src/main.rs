@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_e2e;
 mod demo;
 #[path = "../../proxy-agent/build/ebpf_toolchain.rs"]
 #[allow(

@@ -323,6 +323,12 @@ pub fn controller_manager_args(c: &Config, p: &pki::Pki, kubeconfig: &Path) -> V
         format!("--root-ca-file={}", path(&p.ca_cert)),
         format!("--service-cluster-ip-range={}", c.service_cidr),
         "--profiling=false".into(),
+        // The client defaults (20 requests/s, burst 30) make the EndpointSlice controller take
+        // about 8 minutes for 10k Services; large clusters raise them the same way, and the
+        // benchmarks create that many.
+        "--kube-api-qps=500".into(),
+        "--kube-api-burst=1000".into(),
+        "--concurrent-service-endpoint-syncs=10".into(),
     ];
     args.extend(controllers);
     args

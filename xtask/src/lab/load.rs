@@ -2,7 +2,8 @@
 //! answered — the traffic a restart or an upgrade must not disturb. Each attempt is a full exchange
 //! (connect, request, answer, close), so a connection that opens but is never answered is a failure.
 //! Pacing is per worker thread: attempt `i` starts at `i / rate`, and a late worker catches up without
-//! bursting beyond its share.
+//! bursting beyond its share; no attempt starts after `--seconds`, so a machine that cannot keep the
+//! rate makes fewer attempts (and says so in `rate_per_s`) instead of running longer.
 
 use std::{
     collections::BTreeMap,
@@ -31,6 +32,9 @@ const MAX_SECONDS: f64 = 600.0;
 const MAX_RATE: u32 = 20_000;
 /// Failures listed individually (with their time) in the report; the rest are only counted.
 const LISTED_FAILURES: usize = 20;
+/// Answer times kept for the latency percentiles; later answers are counted but not timed, so a
+/// long load at a high rate stays within a few MiB.
+const TIMED_ANSWERS: usize = 1_000_000;
 
 #[derive(Args, Debug)]
 pub struct LoadArgs {
@@ -55,6 +59,10 @@ pub struct LoadArgs {
     /// For the external client: the node service addresses are routed to.
     #[arg(long)]
     pub via: Option<String>,
+    /// Stop as soon as this pod (`ns/name`) has answered, or `any` for the first answer: the
+    /// moment a change reached the datapath, with `--seconds` as the bound.
+    #[arg(long, value_name = "POD|any")]
+    pub until_answered_by: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -68,6 +76,8 @@ pub struct LoadJob {
     pub workers: u32,
     pub timeout_ms: u64,
     pub socket: SocketOpts,
+    #[serde(default)]
+    pub until_answered_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +105,46 @@ pub struct LoadReport {
     pub answered_by: BTreeMap<String, u64>,
     /// The first failures, with when they happened.
     pub failures: Vec<Failure>,
+    /// Wall clock when the load started (ms since the Unix epoch), so another process can line
+    /// its own events up with `first_answer_s`.
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    /// Pod → seconds from the start to its first answer (the end of that exchange).
+    #[serde(default)]
+    pub first_answer_s: BTreeMap<String, f64>,
+    /// Exchange time of answered attempts (connect, request, answer), over the first answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<Latency>,
+    /// Set when `--until-answered-by` ended the load before `--seconds`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_early: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    /// Answers timed (at most TIMED_ANSWERS).
+    pub samples: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(mut ms: Vec<f64>) -> Option<Latency> {
+        if ms.is_empty() {
+            return None;
+        }
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        Some(Latency {
+            samples: ms.len() as u64,
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: ms[ms.len() - 1],
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +176,7 @@ pub fn command(paths: &Paths, args: LoadArgs) -> Result<()> {
         workers: args.workers,
         timeout_ms: args.timeout_ms,
         socket: src.socket,
+        until_answered_by: args.until_answered_by.clone(),
     };
     let out = source::run_worker(paths, &src, "load-worker", &[], &serde_json::to_vec(&job)?)?;
     let mut report: LoadReport = serde_json::from_slice(&out).context("reading the load worker's report")?;
@@ -144,8 +195,15 @@ pub fn command(paths: &Paths, args: LoadArgs) -> Result<()> {
             report.answered,
             report.failed
         );
+        if let Some(l) = &report.latency_ms {
+            println!(
+                "  exchange time: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                l.p50, l.p90, l.p99, l.max
+            );
+        }
         for (pod, n) in &report.answered_by {
-            println!("  {n:>7}  {pod}");
+            let first = report.first_answer_s.get(pod).copied().unwrap_or(f64::NAN);
+            println!("  {n:>7}  {pod} (first at {first:.3} s)");
         }
         for f in &report.failures {
             println!(
@@ -157,6 +215,13 @@ pub fn command(paths: &Paths, args: LoadArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn parse_to(to: &str) -> Result<(Ipv4Addr, u16)> {
@@ -187,20 +252,28 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
 
 /// Runs the load from the current netns (worker threads inherit it).
 pub fn run(job: &LoadJob) -> LoadReport {
-    let report = Arc::new(Mutex::new(LoadReport::default()));
+    let report = Arc::new(Mutex::new(LoadReport {
+        started_unix_ms: unix_ms(),
+        ..LoadReport::default()
+    }));
+    let timed = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(job.seconds);
     let per_worker = f64::from(job.rate) / f64::from(job.workers);
     let timeout = Duration::from_millis(job.timeout_ms.max(1));
     let threads: Vec<_> = (0..job.workers)
         .map(|w| {
-            let (report, job) = (report.clone(), job.clone());
+            let (report, job, timed, done) = (report.clone(), job.clone(), timed.clone(), done.clone());
             std::thread::spawn(move || {
                 // Workers start staggered so their attempts interleave instead of coinciding.
                 let offset = f64::from(w) / f64::from(job.workers) / per_worker;
                 for i in 0u64.. {
                     let due = start + Duration::from_secs_f64(offset + i as f64 / per_worker);
-                    if due >= end {
+                    // A machine that cannot keep the rate ends at the time given, not after
+                    // rate × seconds attempts: `rate_per_s` then says what it reached.
+                    if due >= end || Instant::now() >= end || done.load(std::sync::atomic::Ordering::Relaxed)
+                    {
                         break;
                     }
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -217,9 +290,23 @@ pub fn run(job: &LoadJob) -> LoadReport {
                     *r.outcomes.entry(outcome).or_default() += 1;
                     if a.answered() {
                         r.answered += 1;
-                        *r.answered_by
-                            .entry(a.answered_by.unwrap_or_default())
-                            .or_default() += 1;
+                        let pod = a.answered_by.unwrap_or_default();
+                        r.first_answer_s.entry(pod.clone()).or_insert(at_s);
+                        if let Some(ms) = a.ms {
+                            let mut t = timed.lock().expect("timed");
+                            if t.len() < TIMED_ANSWERS {
+                                t.push(ms);
+                            }
+                        }
+                        if job
+                            .until_answered_by
+                            .as_deref()
+                            .is_some_and(|want| want == "any" || want == pod)
+                        {
+                            r.stopped_early = true;
+                            done.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        *r.answered_by.entry(pod).or_default() += 1;
                     } else {
                         r.failed += 1;
                         if r.failures.len() < LISTED_FAILURES {
@@ -240,6 +327,7 @@ pub fn run(job: &LoadJob) -> LoadReport {
     let mut r = std::mem::take(&mut *report.lock().expect("report"));
     r.seconds = start.elapsed().as_secs_f64();
     r.rate_per_s = r.attempts as f64 / r.seconds.max(1e-9);
+    r.latency_ms = Latency::of(std::mem::take(&mut *timed.lock().expect("timed")));
     r
 }
 
@@ -256,5 +344,17 @@ mod tests {
         assert!(format!("{:#}", parse_to("10.96.0.10").unwrap_err()).contains("expected IP:PORT"));
         assert!(format!("{:#}", parse_to("web:80").unwrap_err()).contains("not an IPv4 address"));
         assert!(format!("{:#}", parse_to("10.96.0.10:http").unwrap_err()).contains("not a port number"));
+    }
+
+    #[test]
+    fn latency_percentiles_come_from_the_sorted_answers() {
+        assert!(Latency::of(Vec::new()).is_none());
+        let l = Latency::of((1..=100).rev().map(f64::from).collect()).unwrap();
+        assert_eq!(
+            (l.samples, l.p50, l.p90, l.p99, l.max),
+            (100, 51.0, 90.0, 99.0, 100.0)
+        );
+        let one = Latency::of(vec![0.4]).unwrap();
+        assert_eq!((one.p50, one.p99, one.max), (0.4, 0.4, 0.4));
     }
 }

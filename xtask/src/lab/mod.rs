@@ -28,7 +28,7 @@ mod http;
 mod http_probe;
 mod kubeproxy;
 mod layout;
-mod load;
+pub(crate) mod load;
 mod manifests;
 mod matrix;
 pub(crate) mod netns;

@@ -1,0 +1,158 @@
+//! The lab as the end-to-end benchmark drives it: `xtask lab --name benche2e …` as child processes
+//! (the same commands a person would type, with `--json`), and kubectl inside the control plane's
+//! netns for what the bench creates at scale.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::lab::load::LoadReport;
+
+/// The bench's own lab name, so it never collides with a lab someone else runs.
+pub const LAB: &str = "benche2e";
+
+/// Runs `xtask lab --name LAB ARGS…`, returns its stdout.
+pub fn lab(args: &[String]) -> Result<String> {
+    let exe = std::env::current_exe().context("finding xtask's own binary")?;
+    let out = Command::new(exe)
+        .args(["lab", "--name", LAB])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running xtask lab")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        bail!(
+            "`lab {}` failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// What `lab load` is asked for.
+pub struct Load<'a> {
+    pub from: &'a str,
+    pub to: String,
+    pub rate: u32,
+    pub workers: u32,
+    pub seconds: f64,
+    pub timeout_ms: u64,
+    pub until_answered_by: Option<&'a str>,
+}
+
+pub fn load(l: &Load) -> Result<LoadReport> {
+    let mut args = strings(&["load", "--json", "--from", l.from, "--to", &l.to]);
+    args.extend([
+        "--rate".into(),
+        l.rate.to_string(),
+        "--workers".into(),
+        l.workers.to_string(),
+        "--seconds".into(),
+        l.seconds.to_string(),
+        "--timeout-ms".into(),
+        l.timeout_ms.to_string(),
+    ]);
+    if let Some(pod) = l.until_answered_by {
+        args.extend(["--until-answered-by".into(), pod.to_string()]);
+    }
+    let out = lab(&args)?;
+    serde_json::from_str(&out).context("parsing `lab load --json`")
+}
+
+/// One TCP attempt: the pod that answered, or None.
+pub fn probe_once(from: &str, to: &str) -> Result<Option<String>> {
+    let out = lab(&strings(&[
+        "probe",
+        "--json",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--count",
+        "1",
+        "--timeout-ms",
+        "1000",
+    ]))?;
+    let v: Value = serde_json::from_str(&out).context("parsing `lab probe --json`")?;
+    Ok(v["attempts"][0]["answered_by"].as_str().map(str::to_string))
+}
+
+/// kubectl with the lab's admin kubeconfig, run in the control plane's netns (the only place the
+/// apiserver's address is reached from outside the nodes).
+#[derive(Clone)]
+pub struct Kubectl {
+    pub netns: String,
+    pub bin: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    /// From `lab up --json`.
+    pub fn from_up(up: &Value) -> Result<Kubectl> {
+        let cp = &up["control_plane"];
+        let field = |k: &str| {
+            cp[k]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("`lab up --json` has no control_plane.{k}"))
+        };
+        Ok(Kubectl {
+            netns: field("netns")?,
+            bin: field("kubectl")?.into(),
+            kubeconfig: field("kubeconfig")?.into(),
+        })
+    }
+
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        run_in(&self.netns, &self.bin, &self.kubeconfig, args, stdin)
+    }
+}
+
+fn run_in(netns: &str, bin: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running kubectl")?;
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "kubectl {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            err.lines().take(5).collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
