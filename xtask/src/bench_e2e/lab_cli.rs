@@ -51,6 +51,8 @@ pub struct Load<'a> {
     pub seconds: f64,
     pub timeout_ms: u64,
     pub until_answered_by: Option<&'a str>,
+    /// For the external client: the node its service traffic enters through.
+    pub via: Option<&'a str>,
 }
 
 pub fn load(l: &Load) -> Result<LoadReport> {
@@ -67,6 +69,9 @@ pub fn load(l: &Load) -> Result<LoadReport> {
     ]);
     if let Some(pod) = l.until_answered_by {
         args.extend(["--until-answered-by".into(), pod.to_string()]);
+    }
+    if let Some(node) = l.via {
+        args.extend(["--via".into(), node.to_string()]);
     }
     let out = lab(&args)?;
     serde_json::from_str(&out).context("parsing `lab load --json`")

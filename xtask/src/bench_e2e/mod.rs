@@ -79,6 +79,11 @@ pub struct RoundResult {
     /// tc programs) is not in it: this shows work a proxy does in user space per connection.
     #[serde(default)]
     pub proxy_cpu_ms_per_1k: Option<f64>,
+    /// Answered connections per second of a saturating run from the lab's external client to this
+    /// proxy node's address and the NodePort (north-south: through the node's own datapath to the
+    /// backends' node, SNATed to the proxy node).
+    #[serde(default)]
+    pub nodeport_conn_per_s: Option<f64>,
 }
 
 /// Time until the last Service of a size carries traffic through one proxy.
@@ -208,7 +213,8 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
                 r + 1,
                 params.rounds
             );
-            size.rounds.push(round(&params, n, r, &pids, &mut bench.notes)?);
+            let np_round = bench.sizes.len() * params.rounds + r;
+            size.rounds.push(round(&params, n, r, np_round, &pids, &mut bench.notes)?);
         }
         eprintln!(
             "xtask bench e2e: {n} services, {} EndpointSlice changes",
@@ -320,6 +326,7 @@ fn add_services(kubectl: &Kubectl, have: usize, n: usize, bench: &mut E2eBench) 
                     seconds: limit.as_secs_f64(),
                     timeout_ms: 100,
                     until_answered_by: Some("any"),
+                    via: None,
                 })
             })
         })
@@ -465,6 +472,7 @@ fn round(
     params: &Params,
     n: usize,
     r: usize,
+    np_round: usize,
     pids: &BTreeMap<String, i32>,
     notes: &mut Vec<String>,
 ) -> Result<BTreeMap<String, RoundResult>> {
@@ -486,6 +494,7 @@ fn round(
             seconds: params.load_seconds,
             timeout_ms: 1000,
             until_answered_by: None,
+            via: None,
         })?;
         let cpu = cpu_before
             .zip(pid.and_then(cpu_ms))
@@ -498,7 +507,28 @@ fn round(
             seconds: params.load_seconds,
             timeout_ms: 1000,
             until_answered_by: None,
+            via: None,
         })?;
+        let np = lab_cli::load(&Load {
+            from: "external",
+            to: format!("{}:{}", p.node_ip, objects::node_port(np_round)),
+            rate: params.saturate_rate,
+            workers: 4,
+            seconds: params.load_seconds,
+            timeout_ms: 1000,
+            until_answered_by: None,
+            via: Some(p.node),
+        })?;
+        if np.failed > 0 {
+            notes.push(format!(
+                "{n} services, round {}, {}: {} of {} NodePort attempts from outside failed ({:?})",
+                r + 1,
+                p.mode,
+                np.failed,
+                np.attempts,
+                np.outcomes
+            ));
+        }
         if sat.failed + lat.failed > 0 {
             notes.push(format!(
                 "{n} services, round {}, {}: {} of {} saturating and {} of {} latency attempts failed ({:?})",
@@ -521,6 +551,7 @@ fn round(
                 latency_p99_ms: lat.latency_ms.as_ref().map(|l| l.p99),
                 latency_failed: lat.failed,
                 proxy_cpu_ms_per_1k: cpu,
+                nodeport_conn_per_s: Some(np.answered as f64 / np.seconds.max(1e-9)),
             },
         );
     }
@@ -553,6 +584,7 @@ fn change(
                     seconds: 30.0,
                     timeout_ms: 200,
                     until_answered_by: Some(&pod),
+                    via: None,
                 })
             })
         })

@@ -11,6 +11,17 @@ pub const CHURN_SERVICE: &str = "echo";
 pub const CHURN_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 15, 1);
 pub const BACKENDS: usize = 10;
 pub const SERVICE_PORT: u16 = 80;
+/// NodePort Services (externalTrafficPolicy Cluster) over the same backends: the north-south
+/// measurement from the lab's external client through each proxy node's address. Each round takes
+/// the next one: the client's connections of one round leave TIME_WAIT entries towards its
+/// destination, which would slow the next round's port search if it used the same one.
+pub const NODEPORT_SERVICES: usize = 32;
+pub const NODE_PORT: u16 = 30080;
+
+/// The node port of NodePort Service `i` (round `i`, modulo their number).
+pub fn node_port(i: usize) -> u16 {
+    NODE_PORT + (i % NODEPORT_SERVICES) as u16
+}
 const TARGET_PORT: u16 = 8080;
 /// The bench's Services take ClusterIPs from 10.96.16.0 up, clear of 10.96.0.1 (`kubernetes`).
 const FIRST_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 16, 0);
@@ -140,6 +151,16 @@ pub fn lab_file() -> String {
          spec:\n  clusterIP: {CHURN_VIP}\n  ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {TARGET_PORT}, protocol: TCP}}]\n---\n"
     );
     s.push_str(&churn_slice(0));
+    for i in 0..NODEPORT_SERVICES {
+        let _ = write!(
+            s,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web-nodeport-{i}, namespace: {NAMESPACE}}}\n\
+             spec:\n  type: NodePort\n  clusterIP: 10.96.15.{}\n  selector: {{app: web}}\n  \
+             ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {TARGET_PORT}, nodePort: {}, protocol: TCP}}]\n",
+            10 + i,
+            node_port(i)
+        );
+    }
     s
 }
 
@@ -188,7 +209,17 @@ mod tests {
             .map(|d| serde_yaml::from_str(d).unwrap())
             .collect();
         let kinds = |k: &str| docs.iter().filter(|d| d["kind"] == k).count();
-        assert_eq!((kinds("Node"), kinds("Pod"), kinds("Service")), (4, 13, 1));
+        assert_eq!(
+            (kinds("Node"), kinds("Pod"), kinds("Service")),
+            (4, 13, 1 + NODEPORT_SERVICES)
+        );
+        let ports: std::collections::BTreeSet<u64> = docs
+            .iter()
+            .filter(|d| d["spec"]["type"] == "NodePort")
+            .map(|d| d["spec"]["ports"][0]["nodePort"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ports.len(), NODEPORT_SERVICES, "distinct node ports");
+        assert!(ports.iter().all(|p| (30000..=32767).contains(p)));
         let slice: serde_yaml::Value = serde_yaml::from_str(&churn_slice(3)).unwrap();
         assert_eq!(slice["endpoints"][0]["addresses"][0], "10.244.4.13");
     }

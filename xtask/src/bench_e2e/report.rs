@@ -58,6 +58,9 @@ fn p99(r: &super::RoundResult) -> Option<f64> {
 fn cpu(r: &super::RoundResult) -> Option<f64> {
     r.proxy_cpu_ms_per_1k
 }
+fn nodeport(r: &super::RoundResult) -> Option<f64> {
+    r.nodeport_conn_per_s
+}
 
 fn cell(v: &[f64], digits: usize) -> String {
     let (m, lo, hi) = stats(v);
@@ -138,7 +141,10 @@ pub fn markdown(b: &E2eBench, charts: &[(String, String)]) -> String {
          connection is connect, one request line, the answer, close; the figure is answered \
          connections per second reached) and then a latency run at a fixed {} connections/s for {} s \
          (exchange time of each connection: connect + request + answer, p50 / p99). Each round uses \
-         another ClusterIP. The proxy's CPU is its own process's user + system time over the \
+         another ClusterIP. North-south: a saturating run from the lab's external client to the \
+         proxy node's address and the NodePort of one Service over the same backends \
+         (externalTrafficPolicy Cluster: SNAT to the proxy node, backends on the `backends` node; \
+         our path is XDP on the node device, generic XDP on the lab's veth). The proxy's CPU is its own process's user + system time over the \
          saturating run (/proc/PID/stat): work in user space per connection; the datapath's work in \
          the kernel (netfilter, tc programs) runs in softirq context and is not in it. Values are medians over rounds with min–max; ratios are medians of the \
          per-round ratios strait ÷ kube-proxy, with min–max. The client, the responders and all \
@@ -155,8 +161,13 @@ pub fn markdown(b: &E2eBench, charts: &[(String, String)]) -> String {
          |---:|---|---:|---:|---:|---:|---:|\n",
     );
     type Metric = fn(&super::RoundResult) -> Option<f64>;
-    let metrics: [(&str, Metric, usize); 4] = [
+    let metrics: [(&str, Metric, usize); 5] = [
         ("new TCP connections/s (higher is better)", conn, 0),
+        (
+            "NodePort from outside: new TCP connections/s through the proxy node (higher is better)",
+            nodeport,
+            0,
+        ),
         ("latency p50, ms", p50, 3),
         ("latency p99, ms", p99, 3),
         (
