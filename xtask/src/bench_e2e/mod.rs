@@ -214,7 +214,8 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
                 params.rounds
             );
             let np_round = bench.sizes.len() * params.rounds + r;
-            size.rounds.push(round(&params, n, r, np_round, &pids, &mut bench.notes)?);
+            size.rounds
+                .push(round(&params, n, r, np_round, &pids, &mut bench.notes)?);
         }
         eprintln!(
             "xtask bench e2e: {n} services, {} EndpointSlice changes",
