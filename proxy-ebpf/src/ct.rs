@@ -62,6 +62,19 @@ pub fn touch(entry: &mut CtEntry4, flow: &Ipv4Flow, extra: u16) {
     }
 }
 
+/// Where a reply restored through `entry` goes: the client as it sent its first packet — its own address
+/// again after SNAT (hairpin, north-south with externalTrafficPolicy Cluster), its own port again after
+/// a clash. Raw network order.
+#[inline(always)]
+pub fn reply_destination(entry: &CtEntry4, flow: &Ipv4Flow) -> (u32, u16) {
+    let addr = if entry.flags & ct_flags::SNAT != 0 {
+        entry.orig_saddr.raw()
+    } else {
+        flow.daddr
+    };
+    (addr, entry.client_port.raw())
+}
+
 /// What a new translated connection rewrites, as both of its entries record it.
 pub struct Translation<'a> {
     pub backend_id: u32,

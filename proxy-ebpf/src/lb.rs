@@ -280,12 +280,7 @@ fn rev_nat(entry: &CtEntry4) -> Option<&'static RevNat4> {
 /// client as it sent (its own address again after SNAT, its own port again after a clash).
 #[inline(always)]
 fn restore(ctx: &TcContext, flow: &mut Ipv4Flow, entry: &mut CtEntry4, rev: &RevNat4) -> Result<(), ()> {
-    let client = if entry.flags & ct_flags::SNAT != 0 {
-        entry.orig_saddr.raw()
-    } else {
-        flow.daddr
-    };
-    let client_port = entry.client_port.raw();
+    let (client, client_port) = ct::reply_destination(entry, flow);
     ct::touch(entry, flow, ct_flags::SEEN_REPLY);
     nat::rewrite(ctx, flow, End::Source, rev.addr.raw(), rev.port.raw())?;
     nat::rewrite(ctx, flow, End::Destination, client, client_port)?;

@@ -77,16 +77,12 @@ fn reply(entry: &mut CtEntry4, flow: &Ipv4Flow) -> Plan {
     let Some(rev) = (unsafe { REVNAT.get(&entry.rev_nat) }) else {
         return Plan::Drop(DropReason::NatFailed);
     };
-    let daddr = if entry.flags & ct_flags::SNAT != 0 {
-        entry.orig_saddr.raw()
-    } else {
-        flow.daddr
-    };
+    let (daddr, dport) = ct::reply_destination(entry, flow);
     let rewrite = Rewrite {
         saddr: rev.addr.raw(),
         sport: rev.port.raw(),
         daddr,
-        dport: entry.client_port.raw(),
+        dport,
     };
     ct::touch(entry, flow, ct_flags::SEEN_REPLY);
     Plan::Translate(rewrite)
