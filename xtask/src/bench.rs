@@ -591,16 +591,21 @@ fn plot(r: &Report) -> Option<String> {
         * 1.15;
     let px = |x: f64| left + (x.log10() - xmin) / (xmax - xmin).max(1e-9) * (w - left - right);
     let py = |y: f64| h - bottom - y / ymax * (h - top - bottom);
+    let frame = crate::svg_chart::Frame {
+        w,
+        h,
+        left,
+        right,
+        bottom,
+    };
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="22" font-size="14">ClusterIP path cost as a ratio to a bare tc program, same run ({} mode)</text>"#,
-        r.params.mode
+    crate::svg_chart::open(
+        &mut s,
+        frame,
+        &format!(
+            "ClusterIP path cost as a ratio to a bare tc program, same run ({} mode)",
+            r.params.mode
+        ),
     );
     // Axes, y grid and labels.
     let step = if ymax > 12.0 { 2.0 } else { 1.0 };
@@ -625,21 +630,11 @@ fn plot(r: &Report) -> Option<String> {
     let mut sizes: Vec<u32> = series.iter().flat_map(|s| s.2.iter().map(|p| p.0)).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    for n in &sizes {
-        let x = px(f64::from(*n));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#999"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{n}</text>"##,
-            h - bottom,
-            h - bottom + 5.0,
-            h - bottom + 18.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">services (3 backends each, log scale)</text>"#,
-        (left + w - right) / 2.0,
-        h - 10.0
+    crate::svg_chart::x_axis(
+        &mut s,
+        frame,
+        sizes.iter().map(|n| (px(f64::from(*n)), n.to_string())),
+        "services (3 backends each, log scale)",
     );
     for (label, color, pts) in &series {
         let path: Vec<String> = pts

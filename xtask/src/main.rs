@@ -15,6 +15,7 @@ mod k8s;
 mod lab;
 mod manifests_check;
 mod setup;
+mod svg_chart;
 mod test;
 
 use std::{

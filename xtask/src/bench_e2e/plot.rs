@@ -40,13 +40,15 @@ pub fn chart(title: &str, y_label: &str, series: &[Series]) -> Option<String> {
         left + x * (w - left - right)
     };
     let py = |y: f64| h - bottom - y / ymax * (h - top - bottom);
+    let frame = crate::svg_chart::Frame {
+        w,
+        h,
+        left,
+        right,
+        bottom,
+    };
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{left}" y="22" font-size="14">{title}</text>"#);
+    crate::svg_chart::open(&mut s, frame, title);
     for k in 0..=5 {
         let y = ymax / 1.15 * f64::from(k) / 5.0;
         let yy = py(y);
@@ -68,21 +70,11 @@ pub fn chart(title: &str, y_label: &str, series: &[Series]) -> Option<String> {
     let mut sizes: Vec<usize> = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    for n in &sizes {
-        let x = px(*n);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#999"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{n}</text>"##,
-            h - bottom,
-            h - bottom + 5.0,
-            h - bottom + 18.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">services (10 endpoints each, log scale)</text>"#,
-        (left + w - right) / 2.0,
-        h - 10.0
+    crate::svg_chart::x_axis(
+        &mut s,
+        frame,
+        sizes.iter().map(|n| (px(*n), n.to_string())),
+        "services (10 endpoints each, log scale)",
     );
     for (i, se) in series.iter().enumerate() {
         let path: Vec<String> = se
