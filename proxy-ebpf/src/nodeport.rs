@@ -167,7 +167,7 @@ fn backend(id: u32) -> Option<&'static Backend4> {
 }
 
 #[inline(always)]
-fn node_addr() -> u32 {
+pub fn node_addr() -> u32 {
     CONFIG.get(0).map_or(0, |c| c.node_addr)
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use common::{
-    lb::svc_flags,
+    lb::{SCOPE_EXTERNAL, svc_flags},
     net::{Be16, Be32, proto},
     sock::{SockRevNatKey4, SockRevNatValue4},
 };
@@ -17,6 +17,7 @@ use common::{
 use crate::{
     lb::{self, Lookup},
     maps::STRAIT_SOCK_REVNAT4_V2 as SOCK_REVNAT,
+    nodeport,
 };
 
 /// Hook return values: 1 lets the call proceed, 0 fails it (with the errno set by bpf_set_retval).
@@ -44,7 +45,8 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     }
     // user_port holds the port in network order in its first two bytes.
     let port = port as u16;
-    let frontend = match lb::lookup_frontend(addr, port, proto) {
+    let service_addr = loopback_node_port(addr, port, proto);
+    let frontend = match lb::lookup_frontend(service_addr, port, proto) {
         Lookup::NotService => return PROCEED,
         Lookup::Drop => return fail(EPERM),
         Lookup::Found(f) => f,
@@ -59,7 +61,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     }
     // The client address is not known before the socket is bound: the node is one client for
     // sessionAffinity, as kube-proxy sees it when the source is the node's address.
-    let Some((_, be)) = lb::pick(0, addr, port, proto, &frontend) else {
+    let Some((_, be)) = lb::pick(0, service_addr, port, proto, &frontend) else {
         return fail(EPERM);
     };
     let rev_nat = frontend.svc.rev_nat;
@@ -87,6 +89,25 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         (*sa).user_port = u32::from(be_port.raw());
     }
     PROCEED
+}
+
+/// `127.0.0.0/8:nodePort` from the node's own processes is served as the node's address with that
+/// nodePort, as kube-proxy's iptables mode does (route_localnet); the socket keeps the loopback
+/// address it asked for, since the rev-NAT entry records the address as the caller gave it. Other
+/// loopback ports are left alone (a local listener on 127.0.0.1 must keep working).
+#[inline(always)]
+fn loopback_node_port(addr: u32, port: u16, proto: u8) -> u32 {
+    if u32::from_be(addr) >> 24 != 127 {
+        return addr;
+    }
+    let node = nodeport::node_addr();
+    if node == 0 {
+        return addr;
+    }
+    match lb::service(node, port, proto, SCOPE_EXTERNAL, 0) {
+        Some(svc) if svc.flags & svc_flags::NODEPORT != 0 => node,
+        _ => addr,
+    }
 }
 
 /// recvmsg4 / getpeername4: a backend address seen by a translated socket becomes the VIP again.

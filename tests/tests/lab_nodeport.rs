@@ -105,8 +105,25 @@ fn node_port_cluster(lab: &Lab) {
 }
 
 /// The node's own processes reach NodePorts on their node's address (socket hooks) and on the other
-/// node's (over the segment, through that node's XDP).
+/// node's (over the segment, through that node's XDP), and on 127.0.0.1 as kube-proxy's iptables mode
+/// serves them (route_localnet), TCP and UDP; the backend sees the node's own address.
 fn node_port_from_nodes(lab: &Lab) {
+    for (from, ip) in NODES {
+        for to in ["127.0.0.1:30080/tcp", "127.0.0.1:30053/udp"] {
+            let v = lab.probe(&format!("node/{from}"), to, 12);
+            let got = answers(&v);
+            let backends: BTreeSet<&str> = got.iter().map(|(b, _)| b.as_str()).collect();
+            assert!(
+                got.iter()
+                    .all(|(b, seen)| b.starts_with("shop/web-") && seen == ip),
+                "node/{from} -> {to}: every attempt answered, backends see {ip}: {v:#}"
+            );
+            assert!(
+                backends.len() >= 2,
+                "node/{from} -> {to}: answered by more than one backend: {v:#}"
+            );
+        }
+    }
     for (from, _) in NODES {
         for (_, ip) in NODES {
             let v = lab.probe(&format!("node/{from}"), &format!("{ip}:30080/tcp"), 12);
