@@ -122,6 +122,12 @@ pub struct RunArgs {
     /// Directory on the BPF filesystem where maps are pinned.
     #[arg(long, default_value = "/sys/fs/bpf/strait")]
     pub bpffs_root: PathBuf,
+    /// Refuse to start unless /sys/fs/bpf is already a BPF filesystem, instead of mounting one. In a
+    /// container without Bidirectional mount propagation (which Kubernetes grants only to privileged
+    /// containers) a bpffs the agent mounted would die with the container, and with it every pin that
+    /// makes restarts hitless.
+    #[arg(long)]
+    pub require_host_bpffs: bool,
     /// cgroup v2 directory whose sockets the socket-level hooks will serve (never the machine's root by
     /// default in tests; in a DaemonSet, the host's cgroup2 root).
     #[arg(long)]

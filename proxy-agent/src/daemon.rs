@@ -8,6 +8,7 @@
 
 use std::{
     collections::BTreeSet,
+    path::Path,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -239,6 +240,14 @@ impl Shared {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    let bpffs = Path::new(crate::datapath::bpffs::BPFFS_MOUNT);
+    if args.require_host_bpffs && !crate::datapath::bpffs::is_bpffs(bpffs) {
+        anyhow::bail!(
+            "--require-host-bpffs: {} is not a BPF filesystem; mount one on the host (`mount -t bpf bpf {}`; systemd does it at boot) so pins outlive the agent's container",
+            bpffs.display(),
+            bpffs.display()
+        );
+    }
     let mut datapath = Datapath::load(&args.bpffs_root)?;
     datapath.attachments.xdp_mode = args.xdp_mode;
     // Ids come back from the pinned maps, so a restarted agent rewrites nothing that is still right.

@@ -40,7 +40,17 @@ mod tests {
             .iter()
             .find(|m| m.mount_path == "/sys/fs/bpf")
             .expect("bpffs mounted");
-        assert_eq!(bpffs.mount_propagation.as_deref(), Some("Bidirectional"));
+        // Bidirectional is for privileged containers only (the API server refuses it otherwise); the
+        // host's bpffs is shared as it is, and the agent refuses to mount one of its own.
+        assert_eq!(bpffs.mount_propagation.as_deref(), Some("HostToContainer"));
+        assert!(
+            c.args
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|a| a == "--require-host-bpffs"),
+            "the agent must not mount a bpffs that dies with its container"
+        );
         let caps = c
             .security_context
             .as_ref()

@@ -184,6 +184,8 @@ fn checks(cp: &ControlPlane, version: &str) -> Result<()> {
     let who = cp.kubectl(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])?;
     eprintln!("k8s smoke: as {who}: created namespace strait-smoke and NodePort service probe (port {n})");
 
+    manifests_validate(cp)?;
+
     if cp.config.controller_manager {
         // Three controllers of kube-controller-manager, each seen by what it writes.
         let checks: [(&str, &[&str], &str); 3] = [
@@ -219,6 +221,36 @@ fn checks(cp: &ControlPlane, version: &str) -> Result<()> {
             })?;
             eprintln!("k8s smoke: kube-controller-manager made {what}");
         }
+    }
+    Ok(())
+}
+
+/// The deployment manifests (`manifests/`, through their kustomization) as a user applies them:
+/// `--dry-run=client` (what the issue names; kubectl checks the objects against the server's
+/// discovery) and `--dry-run=server` (the API server validates every field strictly and runs
+/// admission, so a misspelt field or a wrong type fails here rather than in a cluster). Nothing is
+/// persisted by either.
+fn manifests_validate(cp: &ControlPlane) -> Result<()> {
+    let dir = crate::workspace_root().join("manifests");
+    let dir = dir.to_str().context("manifests path is not UTF-8")?;
+    let want = [
+        "serviceaccount/strait",
+        "clusterrole.rbac.authorization.k8s.io/strait-agent",
+        "clusterrolebinding.rbac.authorization.k8s.io/strait-agent",
+        "daemonset.apps/strait-agent",
+    ];
+    for mode in ["client", "server"] {
+        let dry_run = format!("--dry-run={mode}");
+        let out = cp.kubectl(&["apply", &dry_run, "--validate=strict", "-k", dir, "-o", "name"])?;
+        let got: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let missing: Vec<&str> = want.iter().copied().filter(|w| !got.contains(w)).collect();
+        if !missing.is_empty() {
+            bail!("kubectl apply {dry_run} -k manifests: {missing:?} not among {got:?}");
+        }
+        eprintln!(
+            "k8s smoke: kubectl apply {dry_run} -k manifests: {}",
+            got.join(" ")
+        );
     }
     Ok(())
 }
