@@ -17,6 +17,7 @@ use crate::{
         STRAIT_LB4_REVNAT_V2 as REVNAT, STRAIT_LB4_SERVICES_V2 as SERVICES,
     },
     nat::{self, End},
+    nodeport,
     parse::Ipv4Flow,
 };
 
@@ -35,6 +36,8 @@ pub enum Outcome {
     ToNetwork,
     /// Service without usable endpoints: refuse the client.
     Reject,
+    /// A LoadBalancer IP whose loadBalancerSourceRanges leave the client out: dropped, as kube-proxy.
+    OutsideSourceRanges,
     Drop,
 }
 
@@ -106,6 +109,10 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         Lookup::Found(f) => f,
     };
     let svc = frontend.svc;
+    // kube-proxy's firewall chain judges pods reaching a LoadBalancer IP by their own address too.
+    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !nodeport::source_allowed(svc.rev_nat, flow.saddr) {
+        return Outcome::OutsideSourceRanges;
+    }
     if svc.count == 0 {
         return if svc.flags & svc_flags::REJECT != 0 {
             Outcome::Reject

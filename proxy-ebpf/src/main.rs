@@ -86,6 +86,12 @@ pub fn tc_from_pod(ctx: TcContext) -> i32 {
             );
             return reject::refuse(&ctx, &flow);
         }
+        Outcome::OutsideSourceRanges => {
+            cx.service_addr = service_addr;
+            cx.service_port = service_port;
+            events::report(&flow, &cx, verdict::DROPPED, DropReason::SourceRange, 0, 0, 0);
+            return drop(DropReason::SourceRange);
+        }
         Outcome::Drop => return drop(DropReason::NoBackend),
     }
     if flow.daddr != service_addr || flow.dport != service_port {
@@ -130,7 +136,9 @@ pub fn tc_to_pod(ctx: TcContext) -> i32 {
     match lb::to_pod(&ctx, &mut flow) {
         Outcome::Pass => TC_ACT_OK,
         Outcome::RedirectBack => redirect_back(&ctx),
-        Outcome::Reject | Outcome::Drop | Outcome::ToNetwork => drop(DropReason::NatFailed),
+        Outcome::Reject | Outcome::Drop | Outcome::ToNetwork | Outcome::OutsideSourceRanges => {
+            drop(DropReason::NatFailed)
+        }
     }
 }
 

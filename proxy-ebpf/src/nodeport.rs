@@ -171,8 +171,10 @@ pub fn node_addr() -> u32 {
     CONFIG.get(0).map_or(0, |c| c.node_addr)
 }
 
+/// loadBalancerSourceRanges: whether `saddr` is in a range of the frontend (rev-NAT id). Shared by
+/// every client: outside (here), pods (`lb::from_pod`) and the node itself (`sock`).
 #[inline(always)]
-fn source_allowed(rev_nat: u32, saddr: u32) -> bool {
+pub fn source_allowed(rev_nat: u32, saddr: u32) -> bool {
     let key = Key::new(
         64,
         SourceRangeKey4 {

@@ -51,6 +51,13 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         Lookup::Drop => return fail(EPERM),
         Lookup::Found(f) => f,
     };
+    // loadBalancerSourceRanges: the socket has no source yet, so the node is judged by its own address,
+    // the source its packets would get. Refused at once (EPERM) rather than left to time out.
+    if frontend.svc.flags & svc_flags::SOURCE_RANGES != 0
+        && !nodeport::source_allowed(frontend.svc.rev_nat, nodeport::node_addr())
+    {
+        return fail(EPERM);
+    }
     if frontend.svc.count == 0 {
         let errno = if frontend.svc.flags & svc_flags::REJECT != 0 {
             ECONNREFUSED

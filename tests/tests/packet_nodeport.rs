@@ -20,6 +20,8 @@ use tests::{
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
 const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
@@ -213,6 +215,46 @@ fn source_ranges_drop_outsiders_and_maglev_decides_the_backend() {
     );
     assert_eq!(out.action, XDP_DROP, "outside loadBalancerSourceRanges");
     assert_eq!(dp.drops(DropReason::SourceRange), before + 1);
+}
+
+/// kube-proxy's firewall judges every client of a LoadBalancer IP by loadBalancerSourceRanges, pods
+/// included; the Service's ClusterIP stays open to them.
+#[test]
+fn pods_reaching_a_load_balancer_ip_are_judged_by_its_source_ranges() {
+    if !privilege::require("pods_reaching_a_load_balancer_ip_are_judged_by_its_source_ranges") {
+        return;
+    }
+    let mut dp = load("np-lb-pod", 0);
+    let backend = Ipv4Addr::new(10, 244, 2, 11);
+    let mut lb = TestService::new(LB_IP, 80, PROTO_TCP, 5);
+    lb.flags = svc_flags::LOADBALANCER | svc_flags::SOURCE_RANGES;
+    lb.backends.push((backend, 8080));
+    dp.add_service(&lb);
+    let cluster_ip = Ipv4Addr::new(10, 96, 0, 20);
+    let mut cip = TestService::new(cluster_ip, 80, PROTO_TCP, 6);
+    cip.backends.push((backend, 8080));
+    dp.add_service(&cip);
+    dp.add_source_range(5, Ipv4Addr::new(10, 244, 1, 0), 24);
+
+    let inside = Ipv4Addr::new(10, 244, 1, 5);
+    let out = dp.run("tc_from_pod", &Ipv4Packet::tcp(inside, 42000, LB_IP, 80).build());
+    assert_eq!(out.action, TC_ACT_OK, "a pod inside the ranges");
+    let seen = packet::read(&out.packet);
+    assert_eq!((seen.src, seen.dst, seen.dport), (inside, backend, 8080));
+    assert_checksums(&out.packet, "pod inside the ranges");
+
+    let outside = Ipv4Addr::new(10, 244, 3, 5);
+    let before = dp.drops(DropReason::SourceRange);
+    let out = dp.run("tc_from_pod", &Ipv4Packet::tcp(outside, 42001, LB_IP, 80).build());
+    assert_eq!(out.action, TC_ACT_SHOT, "a pod outside the ranges");
+    assert_eq!(dp.drops(DropReason::SourceRange), before + 1);
+
+    let out = dp.run(
+        "tc_from_pod",
+        &Ipv4Packet::tcp(outside, 42002, cluster_ip, 80).build(),
+    );
+    assert_eq!(out.action, TC_ACT_OK, "the ClusterIP is not guarded");
+    assert_eq!(packet::read(&out.packet).dst, backend);
 }
 
 #[test]
