@@ -87,6 +87,7 @@ fn argv(paths: &Paths, state: &State, n: &NodeState, bin: &Path) -> Vec<OsString
         "--xdp-mode".into(),
         "generic".into(),
     ]);
+    v.extend(state.agent_args.iter().map(OsString::from));
     v
 }
 
