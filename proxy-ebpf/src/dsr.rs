@@ -84,7 +84,8 @@ pub fn tc_insert(
 ) -> Result<(), ()> {
     let old: [u8; IP_FIXED] = ctx.load(ETH_HLEN).map_err(|_| ())?;
     let grown = dsr::grown_header(&old, &option_for(frontend_addr, frontend_port)).ok_or(())?;
-    // Room is made at the start of the network header, so the old fixed header now sits OPT further.
+    // BPF_ADJ_ROOM_NET makes room right after the fixed IPv4 header, where the option goes; the grown
+    // header is written over the fixed header and the new room together.
     ctx.adjust_room(OPT as i32, BPF_ADJ_ROOM_NET, 0).map_err(|_| ())?;
     ctx.store(ETH_HLEN, &grown, u64::from(BPF_F_RECOMPUTE_CSUM))
         .map_err(|_| ())?;
@@ -147,13 +148,13 @@ fn record(flow: &Ipv4Flow, frontend: Frontend) {
     let _ = CT4.insert(&reply, &entry, 0);
 }
 
-/// Takes the option out: the shrunk fixed header is written just before the stack's view of the network
-/// header ends up, then the first OPT bytes of the network header are removed.
+/// Takes the option out: the shrunk fixed header replaces the old one, then BPF_ADJ_ROOM_NET removes the
+/// OPT bytes right after it, which are the option.
 #[inline(always)]
 fn strip(ctx: &TcContext, flow: &mut Ipv4Flow, option: &[u8; OPT]) -> Result<(), ()> {
     let old: [u8; IP_FIXED] = ctx.load(ETH_HLEN).map_err(|_| ())?;
     let shrunk = dsr::shrunk_header(&old, option).ok_or(())?;
-    ctx.store(ETH_HLEN + OPT, &shrunk, u64::from(BPF_F_RECOMPUTE_CSUM))
+    ctx.store(ETH_HLEN, &shrunk, u64::from(BPF_F_RECOMPUTE_CSUM))
         .map_err(|_| ())?;
     ctx.adjust_room(-(OPT as i32), BPF_ADJ_ROOM_NET, 0)
         .map_err(|_| ())?;

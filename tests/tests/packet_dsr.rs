@@ -113,7 +113,10 @@ fn entry_node_dnats_only_and_carries_the_frontend_in_an_ip_option() {
             Some((NODE, 30080)),
             "proto {proto}: the frontend"
         );
-        assert_eq!((out.packet[..6], out.packet[6..12]), (PEER_MAC[..], NODE_MAC[..]));
+        assert_eq!(
+            (&out.packet[..6], &out.packet[6..12]),
+            (&PEER_MAC[..], &NODE_MAC[..])
+        );
         assert_checksums(&out.packet, "first packet");
 
         // Later packets of the flow keep their backend; a TCP connection's need no option (the
