@@ -216,15 +216,20 @@ fn tc_inserts_the_option_for_what_xdp_leaves_and_snat_mode_adds_none() {
         assert_checksums(&out.packet, "tc request");
     }
 
-    // The same service in SNAT mode (the default): translated as before, no option.
-    let mut snat = load("dsr-tc-snat", 0);
-    let mut svc = TestService::new(NODE, 30090, PROTO_TCP, 10);
+    // SNAT mode (the default), read at run time from the config: translated as before, no option.
+    dp.set_datapath_config(DatapathConfig {
+        flags: 0,
+        maglev_size: 0,
+        node_addr: u32::from_ne_bytes(NODE.octets()),
+        _pad: 0,
+    });
+    let mut svc = TestService::new(NODE, 30091, PROTO_TCP, 12);
     svc.flags = svc_flags::NODEPORT;
     svc.backends.push((REMOTE_BACKEND, 7777));
-    snat.add_service(&svc);
-    let out = snat.run(
+    dp.add_service(&svc);
+    let out = dp.run(
         "tc_from_node",
-        &Ipv4Packet::tcp(CLIENT, 40010, NODE, 30090).build(),
+        &Ipv4Packet::tcp(CLIENT, 40010, NODE, 30091).build(),
     );
     assert_eq!(out.action, TC_ACT_REDIRECT);
     let seen = packet::read(&out.packet);
