@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_bad_nodeport_mode_names_the_flag_and_the_choices() {
-        let err = run_args(&["--nodeport-mode", "tunnel"]).err().expect("rejected");
+        let err = run_args(&["--nodeport-mode", "tunnel"]).expect_err("rejected");
         let text = err.to_string();
         assert!(
             text.contains("'tunnel'") && text.contains("--nodeport-mode"),
