@@ -5,6 +5,10 @@ pub mod config_flags {
     /// `--policy-established=keep`: a connection a policy once allowed stays allowed when the policy
     /// changes. Default (flag clear) is `revoke`: every packet of the forward direction is checked.
     pub const KEEP_ESTABLISHED: u32 = 1 << 0;
+    /// `--nodeport-mode=dsr`: external traffic (externalTrafficPolicy Cluster) for a backend on another
+    /// node keeps the client's address and carries the frontend to the backend's node in an IPv4 option
+    /// (`common::dsr`); the backend's node answers the client directly. Clear: SNAT to this node.
+    pub const NODEPORT_DSR: u32 = 1 << 1;
 }
 
 #[repr(C)]

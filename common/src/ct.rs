@@ -51,6 +51,11 @@ pub mod ct_flags {
     /// where they arrive: on the node's device from a backend elsewhere, or leaving a local backend's veth.
     /// With SNAT (externalTrafficPolicy Cluster) `orig_saddr` holds the external client's address.
     pub const NODEPORT: u16 = 1 << 9;
+    /// North-south in direct server return: the backend's answer goes from its own node straight to the
+    /// client. On the entry node both entries carry it (the reply entry only ever sees a reply if the
+    /// route changes, so `SEEN_REPLY` stays clear); on the backend's node the reply entry (backend →
+    /// client) carries it, with the frontend the client addressed in `orig_saddr` and `wire_port`.
+    pub const DSR: u16 = 1 << 10;
 }
 
 #[repr(C)]
@@ -68,10 +73,12 @@ pub struct CtEntry4 {
     pub backend_port: Be16,
     pub flags: u16,
     /// With SNAT: the client's own address, which its source was rewritten from (hairpin: the backend
-    /// itself; north-south: the external client).
+    /// itself; north-south: the external client). A DSR reply entry on the backend's node: the frontend
+    /// address the reply must leave from.
     pub orig_saddr: Be32,
     /// The client's source port as the client sent it, and as it leaves this node (they differ only
     /// with PORT_SNAT). Both entries of a connection carry both, so each direction can restore the other.
+    /// A DSR reply entry on the backend's node: `wire_port` is the frontend port the reply leaves from.
     pub client_port: Be16,
     pub wire_port: Be16,
 }

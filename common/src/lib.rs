@@ -7,7 +7,9 @@
 
 pub mod affinity;
 pub mod config;
+pub mod csum;
 pub mod ct;
+pub mod dsr;
 pub mod event;
 pub mod lb;
 pub mod net;

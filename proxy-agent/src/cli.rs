@@ -154,6 +154,12 @@ pub struct RunArgs {
     /// backend for an even spread; the same on every node, or nodes pick different backends).
     #[arg(long, default_value_t = crate::lb::maglev::TableSize::default())]
     pub maglev_table_size: crate::lb::maglev::TableSize,
+    /// How a NodePort / externalIP / LoadBalancer connection (externalTrafficPolicy Cluster) reaches a
+    /// backend on another node: `snat` rewrites the client's address to this node's, so the answer comes
+    /// back through here; `dsr` keeps the client's address and carries the frontend in an IPv4 option, so
+    /// the backend's node answers the client directly (every node must run a strait datapath).
+    #[arg(long, value_enum, default_value_t = NodePortMode::Snat)]
+    pub nodeport_mode: NodePortMode,
 }
 
 #[derive(Subcommand)]
@@ -216,6 +222,30 @@ pub enum PolicyEstablished {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NodePortMode {
+    Snat,
+    Dsr,
+}
+
+impl NodePortMode {
+    /// The mode a datapath config flag word selects.
+    pub fn of_flags(flags: u32) -> Self {
+        if flags & common::config::config_flags::NODEPORT_DSR != 0 {
+            Self::Dsr
+        } else {
+            Self::Snat
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Snat => "snat",
+            Self::Dsr => "dsr",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
     Json,
@@ -269,5 +299,47 @@ pub fn write_stdout(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command, NodePortMode};
+
+    fn run_args(extra: &[&str]) -> Result<super::RunArgs, clap::Error> {
+        let mut argv = vec!["proxy-agent", "run", "--node", "n1"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            _ => unreachable!("parsed `run`"),
+        }
+    }
+
+    #[test]
+    fn nodeport_mode_defaults_to_snat_and_takes_dsr() {
+        assert_eq!(run_args(&[]).unwrap().nodeport_mode, NodePortMode::Snat);
+        let dsr = run_args(&["--nodeport-mode", "dsr"]).unwrap().nodeport_mode;
+        assert_eq!(dsr, NodePortMode::Dsr);
+        assert_eq!(
+            NodePortMode::of_flags(common::config::config_flags::NODEPORT_DSR),
+            dsr
+        );
+        assert_eq!(
+            NodePortMode::of_flags(common::config::config_flags::KEEP_ESTABLISHED),
+            NodePortMode::Snat
+        );
+    }
+
+    #[test]
+    fn a_bad_nodeport_mode_names_the_flag_and_the_choices() {
+        let err = run_args(&["--nodeport-mode", "tunnel"]).expect_err("rejected");
+        let text = err.to_string();
+        assert!(
+            text.contains("'tunnel'") && text.contains("--nodeport-mode"),
+            "{text}"
+        );
+        assert!(text.contains("snat") && text.contains("dsr"), "{text}");
     }
 }

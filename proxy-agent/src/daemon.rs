@@ -121,7 +121,12 @@ impl Shared {
             pin_dir: inner.datapath.pin_dir.display().to_string(),
             object_bytes: Datapath::object_size(),
             sync: inner.sync.clone(),
-            lb: inner.lb.clone(),
+            lb: LbView {
+                nodeport_mode: crate::cli::NodePortMode::of_flags(inner.config.flags)
+                    .name()
+                    .to_string(),
+                ..inner.lb.clone()
+            },
             conntrack: crate::datapath::conntrack::stats(),
             endpoints: inner
                 .endpoints
@@ -255,6 +260,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut flags = 0;
     if args.policy_established == crate::cli::PolicyEstablished::Keep {
         flags |= common::config::config_flags::KEEP_ESTABLISHED;
+    }
+    if args.nodeport_mode == crate::cli::NodePortMode::Dsr {
+        flags |= common::config::config_flags::NODEPORT_DSR;
     }
     // The node address for SNAT is filled in once the Node is known (see `reconcile_services`).
     let config = common::config::DatapathConfig {

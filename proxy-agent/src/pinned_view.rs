@@ -34,9 +34,12 @@ pub struct CtRow {
     /// After a reply-tuple clash: the client's own port and the one it leaves with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<(u16, u16)>,
+    /// A DSR reply entry on the backend's node: the frontend (on the entry node) the answer leaves from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<String>,
 }
 
-const FLAG_NAMES: [(u16, &str); 10] = [
+const FLAG_NAMES: [(u16, &str); 11] = [
     (ct_flags::FORWARD, "forward"),
     (ct_flags::REPLY, "reply"),
     (ct_flags::SEEN_FIN, "fin"),
@@ -47,6 +50,7 @@ const FLAG_NAMES: [(u16, &str); 10] = [
     (ct_flags::INGRESS_OK, "ingress-ok"),
     (ct_flags::PORT_SNAT, "port-snat"),
     (ct_flags::NODEPORT, "north-south"),
+    (ct_flags::DSR, "dsr"),
 ];
 
 /// Pure: one conntrack entry as a row, `now_ns` on the entries' clock (CLOCK_MONOTONIC).
@@ -55,7 +59,7 @@ pub fn ct_row(k: &CtKey4, e: &CtEntry4, now_ns: u64) -> CtRow {
     let translated = e.backend_port.get() != 0;
     let direction = if e.flags & ct_flags::FORWARD != 0 {
         "forward"
-    } else if e.flags & ct_flags::REPLY != 0 && e.rev_nat != 0 {
+    } else if e.flags & ct_flags::REPLY != 0 && (e.rev_nat != 0 || e.flags & ct_flags::DSR != 0) {
         "reply"
     } else {
         "policy"
@@ -74,6 +78,8 @@ pub fn ct_row(k: &CtKey4, e: &CtEntry4, now_ns: u64) -> CtRow {
         rev_nat: e.rev_nat,
         idle_s: now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000,
         ports: (e.flags & ct_flags::PORT_SNAT != 0).then(|| (e.client_port.get(), e.wire_port.get())),
+        frontend: (e.flags & ct_flags::DSR != 0 && e.orig_saddr.raw() != 0)
+            .then(|| format!("{}:{}", addr(e.orig_saddr), e.wire_port.get())),
     }
 }
 
@@ -86,6 +92,9 @@ pub fn render_ct(rows: &[CtRow]) -> String {
         let mut flags = r.flags.join(",");
         if let Some((client, wire)) = r.ports {
             let _ = write!(flags, " (port {client} -> {wire})");
+        }
+        if let Some(frontend) = &r.frontend {
+            let _ = write!(flags, " (from {frontend})");
         }
         let _ = writeln!(
             s,
@@ -215,6 +224,25 @@ mod tests {
         assert_eq!(r.flags, vec!["reply", "seen-reply", "port-snat"]);
         let table = render_ct(&[r]);
         assert!(table.contains("(port 40000 -> 51000)"), "{table}");
+    }
+
+    #[test]
+    fn a_dsr_reply_entry_names_the_frontend_it_answers_from() {
+        let e = CtEntry4 {
+            backend_addr: Be32::from_octets([10, 244, 2, 11]),
+            backend_port: Be16::new(8080),
+            flags: ct_flags::REPLY | ct_flags::NODEPORT | ct_flags::DSR,
+            orig_saddr: Be32::from_octets([10, 0, 0, 10]),
+            client_port: Be16::new(40000),
+            wire_port: Be16::new(30080),
+            ..Default::default()
+        };
+        let r = ct_row(&CtKey4::default(), &e, 0);
+        assert_eq!(r.direction, "reply");
+        assert_eq!(r.flags, vec!["reply", "north-south", "dsr"]);
+        assert_eq!(r.frontend.as_deref(), Some("10.0.0.10:30080"));
+        let table = render_ct(&[r]);
+        assert!(table.contains("(from 10.0.0.10:30080)"), "{table}");
     }
 
     #[test]

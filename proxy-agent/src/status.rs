@@ -75,6 +75,9 @@ pub struct LbView {
     pub total_ops: u64,
     /// Frontends left out because a map or id space is full.
     pub unfit: Vec<String>,
+    /// `--nodeport-mode`: `snat` or `dsr`, as written to the datapath.
+    #[serde(default)]
+    pub nodeport_mode: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -172,8 +175,8 @@ pub fn render_table(v: &StatusView) -> String {
     }
     let _ = writeln!(
         s,
-        "Services:     {} frontends programmed, {} map operations so far",
-        v.lb.frontends, v.lb.total_ops
+        "Services:     {} frontends programmed, {} map operations so far, NodePort mode {}",
+        v.lb.frontends, v.lb.total_ops, v.lb.nodeport_mode
     );
     for u in &v.lb.unfit {
         let _ = writeln!(s, "  does not fit: {u}");
@@ -385,10 +388,20 @@ mod tests {
                 },
             )]
             .into(),
+            lb: LbView {
+                nodeport_mode: "dsr".into(),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let table = render_table(&view);
         assert!(table.contains("lxc12345678"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("Services:") && l.ends_with("NodePort mode dsr")),
+            "{table}"
+        );
         assert!(table.contains("app/web"));
         assert!(
             table

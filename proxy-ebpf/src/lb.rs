@@ -73,11 +73,21 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     let forward = ct::key_of(flow);
     if let Some(entry) = ct::lookup(&forward) {
         if entry.flags & ct_flags::NODEPORT != 0 && entry.flags & ct_flags::REPLY != 0 {
-            // A local backend answering a client outside the node: restored here, then routed out.
-            let Some(rev) = rev_nat(entry) else {
-                return Outcome::Drop;
+            // A local backend answering a client outside the node: restored here, then routed out. With
+            // DSR the frontend (on another node) is in the entry itself.
+            let rev = if entry.flags & ct_flags::DSR != 0 {
+                RevNat4 {
+                    addr: entry.orig_saddr,
+                    port: entry.wire_port,
+                    _pad: 0,
+                }
+            } else {
+                match rev_nat(entry) {
+                    Some(rev) => *rev,
+                    None => return Outcome::Drop,
+                }
             };
-            return match restore(ctx, flow, entry, rev) {
+            return match restore(ctx, flow, entry, &rev) {
                 Ok(()) => Outcome::ToNetwork,
                 Err(()) => Outcome::Drop,
             };

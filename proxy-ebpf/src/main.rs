@@ -3,6 +3,7 @@
 #![no_main]
 
 mod ct;
+mod dsr;
 mod events;
 mod fib;
 mod lb;
@@ -227,18 +228,46 @@ pub fn xdp_node(ctx: XdpContext) -> u32 {
             out.sport = to.sport;
             out.daddr = to.daddr;
             out.dport = to.dport;
+            if to.dsr {
+                out.ip_len += common::dsr::OPTION_LEN as u16;
+            }
             // Only a next hop out of this same device can be reached with XDP_TX; a local backend (its
             // veth) or an unresolved neighbour is left to tc, which decides the same (conntrack).
             match fib::xdp_next_hop(&ctx, &out) {
                 Some((ifindex, smac, dmac)) if ifindex == ctx.ingress_ifindex() as u32 => {
-                    match xdp_nat::apply(&ctx, &flow, &to, &smac, &dmac) {
-                        Ok(()) => xdp_action::XDP_TX,
-                        Err(()) => xdp_action::XDP_PASS,
-                    }
+                    xdp_translate(&ctx, flow, &to, &smac, &dmac)
                 }
                 _ => xdp_action::XDP_PASS,
             }
         }
+    }
+}
+
+/// Rewrites a north-south packet for XDP_TX, the DSR option first (it moves the headers the rewrite
+/// then finds at their new offsets).
+#[inline(always)]
+fn xdp_translate(
+    ctx: &XdpContext,
+    mut flow: parse::Ipv4Flow,
+    to: &nodeport::Rewrite,
+    smac: &[u8; 6],
+    dmac: &[u8; 6],
+) -> u32 {
+    if to.dsr {
+        let (frontend_addr, frontend_port) = (flow.daddr, flow.dport);
+        if dsr::xdp_insert(ctx, &mut flow, frontend_addr, frontend_port).is_err() {
+            // The headers may have moved already: the packet cannot go on as it was.
+            events::count_drop(DropReason::NatFailed);
+            return xdp_action::XDP_DROP;
+        }
+    }
+    match xdp_nat::apply(ctx, &flow, to, smac, dmac) {
+        Ok(()) => xdp_action::XDP_TX,
+        Err(()) if to.dsr => {
+            events::count_drop(DropReason::NatFailed);
+            xdp_action::XDP_DROP
+        }
+        Err(()) => xdp_action::XDP_PASS,
     }
 }
 
@@ -252,13 +281,18 @@ pub fn tc_from_node(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     match nodeport::plan(&flow) {
-        nodeport::Plan::Pass => TC_ACT_OK,
+        // Not a frontend, but possibly a DSR packet for a backend of this node.
+        nodeport::Plan::Pass => dsr::deliver(&ctx, &mut flow),
         nodeport::Plan::Reject => {
             events::count_drop(DropReason::ServiceRejected);
             reject::refuse(&ctx, &flow)
         }
         nodeport::Plan::Drop(reason) => drop(reason),
         nodeport::Plan::Translate(to) => {
+            let (frontend_addr, frontend_port) = (flow.daddr, flow.dport);
+            if to.dsr && dsr::tc_insert(&ctx, &mut flow, frontend_addr, frontend_port).is_err() {
+                return drop(DropReason::NatFailed);
+            }
             if nat::rewrite(&ctx, &mut flow, nat::End::Destination, to.daddr, to.dport).is_err()
                 || nat::rewrite(&ctx, &mut flow, nat::End::Source, to.saddr, to.sport).is_err()
                 || nat::finish(&ctx, &mut flow).is_err()

@@ -5,9 +5,10 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use common::{
+    config::config_flags,
     ct::{CtEntry4, CtKey4, ct_flags},
     event::DropReason,
-    lb::{Backend4, MAGLEV_MAX, SCOPE_EXTERNAL, SourceRangeKey4, svc_flags},
+    lb::{Backend4, MAGLEV_MAX, SCOPE_EXTERNAL, SourceRangeKey4, backend_flags, svc_flags},
     net::{Be16, Be32, proto},
 };
 
@@ -28,6 +29,8 @@ pub struct Rewrite {
     pub sport: u16,
     pub daddr: u32,
     pub dport: u16,
+    /// Direct server return: the packet also carries the frontend it was addressed to (`dsr`).
+    pub dsr: bool,
 }
 
 pub enum Plan {
@@ -62,6 +65,7 @@ pub fn plan(flow: &Ipv4Flow) -> Plan {
                 sport: entry.wire_port.raw(),
                 daddr: entry.backend_addr.raw(),
                 dport: entry.backend_port.raw(),
+                dsr: entry.flags & ct_flags::DSR != 0 && crate::dsr::carries_option(flow),
             };
             ct::touch(entry, flow, 0);
             return Plan::Translate(rewrite);
@@ -83,6 +87,7 @@ fn reply(entry: &mut CtEntry4, flow: &Ipv4Flow) -> Plan {
         sport: rev.port.raw(),
         daddr,
         dport,
+        dsr: false,
     };
     ct::touch(entry, flow, ct_flags::SEEN_REPLY);
     Plan::Translate(rewrite)
@@ -120,13 +125,14 @@ fn new_connection(flow: &Ipv4Flow, forward: &CtKey4) -> Plan {
         return Plan::Drop(DropReason::NoBackend);
     };
     // externalTrafficPolicy Local keeps the client's address; Cluster SNATs to this node so the
-    // backend's answer comes back through here to be reverse-translated.
-    let snat_addr = if svc.flags & svc_flags::EXT_POLICY_LOCAL != 0 {
-        0
-    } else {
-        node_addr()
-    };
-    if svc.flags & svc_flags::EXT_POLICY_LOCAL == 0 && snat_addr == 0 {
+    // backend's answer comes back through here to be reverse-translated, unless the backend is on another
+    // node and DSR is on: then the client's address is kept too and the backend's node answers directly.
+    let local_policy = svc.flags & svc_flags::EXT_POLICY_LOCAL != 0;
+    let dsr = !local_policy
+        && be.flags & backend_flags::LOCAL == 0
+        && datapath_flags() & config_flags::NODEPORT_DSR != 0;
+    let snat_addr = if local_policy || dsr { 0 } else { node_addr() };
+    if !local_policy && !dsr && snat_addr == 0 {
         return Plan::Drop(DropReason::NatFailed);
     }
     let mut reply = CtKey4 {
@@ -137,8 +143,15 @@ fn new_connection(flow: &Ipv4Flow, forward: &CtKey4) -> Plan {
         proto: flow.proto,
         _pad: [0; 3],
     };
-    let Some(wire_port) = ct::wire_port(&mut reply, svc.rev_nat) else {
-        return Plan::Drop(DropReason::ConntrackFull);
+    // With DSR the answer is matched on the backend's node by the port the client sent, so it is never
+    // reallocated here; the reply entry kept on this node is the record of the translation only.
+    let wire_port = if dsr {
+        flow.sport
+    } else {
+        let Some(port) = ct::wire_port(&mut reply, svc.rev_nat) else {
+            return Plan::Drop(DropReason::ConntrackFull);
+        };
+        port
     };
     let translation = ct::Translation {
         backend_id,
@@ -147,7 +160,11 @@ fn new_connection(flow: &Ipv4Flow, forward: &CtKey4) -> Plan {
         snat_from: if snat_addr != 0 { flow.saddr } else { 0 },
         client_port: flow.sport,
         wire_port,
-        extra_flags: ct_flags::NODEPORT,
+        extra_flags: if dsr {
+            ct_flags::NODEPORT | ct_flags::DSR
+        } else {
+            ct_flags::NODEPORT
+        },
     };
     if ct::create(forward, &reply, &translation).is_err() {
         return Plan::Drop(DropReason::ConntrackFull);
@@ -157,6 +174,7 @@ fn new_connection(flow: &Ipv4Flow, forward: &CtKey4) -> Plan {
         sport: wire_port,
         daddr: be.addr.raw(),
         dport: be.port.raw(),
+        dsr: dsr && crate::dsr::carries_option(flow),
     })
 }
 
@@ -164,6 +182,11 @@ fn new_connection(flow: &Ipv4Flow, forward: &CtKey4) -> Plan {
 fn backend(id: u32) -> Option<&'static Backend4> {
     // SAFETY: read-only use of a map value.
     unsafe { BACKENDS.get(&id) }
+}
+
+#[inline(always)]
+fn datapath_flags() -> u32 {
+    CONFIG.get(0).map_or(0, |c| c.flags)
 }
 
 #[inline(always)]

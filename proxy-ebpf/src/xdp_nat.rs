@@ -3,39 +3,15 @@
 //! arithmetic assumes (a CHECKSUM_PARTIAL packet from a local socket never reaches a node device's XDP).
 
 use aya_ebpf::programs::XdpContext;
-use common::net::proto;
+use common::{
+    csum::{diff16, diff32, updated},
+    net::proto,
+};
 
 use crate::{
     nodeport::Rewrite,
     parse::{ETH_HLEN, Ipv4Flow, ptr_at},
 };
-
-/// One's-complement sum of 64-bit partial sums folded to 16 bits.
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
-/// A checksum after fields whose one's-complement difference is `diff` changed.
-#[inline(always)]
-fn updated(csum: u16, diff: u64) -> u16 {
-    !fold(u64::from(!csum) + diff)
-}
-
-#[inline(always)]
-fn diff32(old: u32, new: u32) -> u64 {
-    u64::from(!old) + u64::from(new)
-}
-
-#[inline(always)]
-fn diff16(old: u16, new: u16) -> u64 {
-    u64::from(!old) + u64::from(new)
-}
 
 /// Rewrites addresses, ports, checksums and MAC addresses. Every bound is checked before the first
 /// write, so an error leaves the packet untouched.

@@ -297,6 +297,14 @@ impl TestDatapath {
         });
     }
 
+    /// Marks backend `id` as running on this node, as the agent does for local endpoints.
+    pub fn mark_backend_local(&mut self, id: u32) {
+        let mut backends = self.hash_map::<u32, Backend4>(map_names::LB4_BACKENDS);
+        let mut be = backends.get(&id, 0).expect("backend to mark local");
+        be.flags |= common::lb::backend_flags::LOCAL;
+        backends.insert(id, be, 0).unwrap();
+    }
+
     pub fn set_datapath_config(&mut self, config: DatapathConfig) {
         let map = self
             .datapath

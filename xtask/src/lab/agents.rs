@@ -87,6 +87,7 @@ fn argv(paths: &Paths, state: &State, n: &NodeState, bin: &Path) -> Vec<OsString
         "--xdp-mode".into(),
         "generic".into(),
     ]);
+    v.extend(state.agent_args.iter().map(OsString::from));
     v
 }
 
@@ -268,4 +269,33 @@ pub fn start_all(paths: &Paths, state: &mut State, bin: &Path) -> Result<()> {
     }
     state.agent_bin = Some(bin.to_path_buf());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::{layout::layout, spec};
+
+    const FILE: &str = "
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.10}]}
+";
+
+    #[test]
+    fn agent_args_follow_the_labs_own() {
+        let paths = Paths::new("t");
+        let cluster = spec::validate(spec::parse(FILE).unwrap()).unwrap();
+        let mut state = layout(&paths, &cluster, None).unwrap();
+        let plain = argv(&paths, &state, &state.nodes[0], Path::new("/bin/agent"));
+        state.agent_args = vec!["--nodeport-mode=dsr".into()];
+        let with = argv(&paths, &state, &state.nodes[0], Path::new("/bin/agent"));
+        assert_eq!(with.len(), plain.len() + 1);
+        assert_eq!(with[..plain.len()], plain[..]);
+        assert_eq!(with.last().unwrap(), "--nodeport-mode=dsr");
+        // A relaid-out lab (apply) keeps them.
+        let again = layout(&paths, &cluster, Some(&state)).unwrap();
+        assert_eq!(again.agent_args, state.agent_args);
+    }
 }

@@ -130,6 +130,7 @@ pub fn layout(paths: &Paths, cluster: &Cluster, previous: Option<&State>) -> Res
             default_via,
         },
         agent_bin: previous.and_then(|p| p.agent_bin.clone()),
+        agent_args: previous.map(|p| p.agent_args.clone()).unwrap_or_default(),
         control_plane,
     })
 }

@@ -102,6 +102,9 @@ pub struct State {
     pub external: ExternalState,
     /// Agent binary when agents run; `None` after `up --no-agent`.
     pub agent_bin: Option<PathBuf>,
+    /// `lab up --agent-arg`: extra arguments every node's agent runs with (also after a restart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_args: Vec<String>,
     /// `lab up --control-plane real`: the etcd, kube-apiserver and kube-controller-manager the nodes
     /// read; `None`: the agents read `manifests/` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]

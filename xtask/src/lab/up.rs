@@ -33,6 +33,9 @@ pub struct UpArgs {
     /// Build the lab without agents (plain routing between pods).
     #[arg(long)]
     pub no_agent: bool,
+    /// An extra argument for every node's agent (repeat for more), e.g. `--agent-arg=--nodeport-mode=dsr`.
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
     /// A client address for the external client, besides those of the file's ExternalClient
     /// (repeat for more): `--from external:IP` sends from it.
     #[arg(long = "external-address", value_name = "IP")]
@@ -67,6 +70,7 @@ pub fn command(paths: &Paths, args: UpArgs) -> Result<()> {
     let cluster = spec::validate(objects)?;
     let mut state = layout::layout(paths, &cluster, None)?;
     set_proxies(&mut state, &args.proxies, args.control_plane)?;
+    state.agent_args = args.agent_args.clone();
     let built = match args.control_plane {
         ControlPlane::Manifests => None,
         ControlPlane::Real => {
