@@ -11,10 +11,10 @@
 //! (`control`), `down` removes everything. With `--control-plane real`: `cplane` runs etcd,
 //! kube-apiserver and kube-controller-manager in the lab, `api` puts the objects through it,
 //! `kubeproxy` runs upstream kube-proxy on chosen nodes, `cplane_cmd` holds `lab control-plane`,
-//! `lab kubeconfig` and `lab kubectl`.
+//! `lab kubeconfig` and `lab kubectl`, `proxy_cmd` stops, cleans and starts any node's proxy.
 
 mod agents;
-mod api;
+pub(crate) mod api;
 mod apply;
 mod cgroup;
 mod conn;
