@@ -5,8 +5,10 @@
 //! backends on a fourth node): how long until the new Services carry traffic through each proxy,
 //! new TCP connections per second and the exchange time from each proxy node's client pod to a
 //! ClusterIP (rounds interleaved over the proxies), and how long one EndpointSlice change takes to
-//! reach each datapath. Every figure comes from the lab's own commands (`lab load`, `lab probe`).
+//! reach each datapath, and how long each proxy takes from a start after its own cleanup until it
+//! serves the size's Services (`cold`). Every figure comes from the lab's own commands (`lab load`, `lab probe`).
 
+pub mod cold;
 pub mod lab_cli;
 pub mod objects;
 pub mod plot;
@@ -38,6 +40,9 @@ pub struct Params {
     /// Fixed rate of the latency runs, well below saturation, so latency is not queueing.
     pub latency_rate: u32,
     pub change_reps: usize,
+    /// Cold starts of each proxy per size (rounds interleaved over the proxies).
+    #[serde(default)]
+    pub cold_rounds: usize,
 }
 
 impl Params {
@@ -50,6 +55,7 @@ impl Params {
                 saturate_rate: 20_000,
                 latency_rate: 300,
                 change_reps: 3,
+                cold_rounds: 3,
             }
         } else {
             Params {
@@ -59,6 +65,7 @@ impl Params {
                 saturate_rate: 20_000,
                 latency_rate: 300,
                 change_reps: 5,
+                cold_rounds: 3,
             }
         }
     }
@@ -119,6 +126,9 @@ pub struct SizeResult {
     /// not in `change_ms`, whose median therefore flatters that proxy.
     #[serde(default)]
     pub change_missed: BTreeMap<String, usize>,
+    /// Proxy mode → its starts from cold with the size's Services in the API.
+    #[serde(default)]
+    pub cold: BTreeMap<String, cold::Cold>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,7 +200,7 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
         wall_seconds: 0.0,
         loadavg: vec![loadavg()],
     };
-    let pids = check_proxies(&up_json, &mut bench.checks)?;
+    let mut pids = check_proxies(&up_json, &mut bench.checks)?;
     let mut churn_backend = 0;
     let mut have = 0;
     for &n in &params.sizes {
@@ -241,6 +251,7 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
             }
             churn_backend = next;
         }
+        size.cold = cold::measure(n, params.cold_rounds, &mut pids, &mut bench.notes)?;
         bench.sizes.push(size);
     }
     drop(guard);
@@ -391,6 +402,7 @@ fn add_services(kubectl: &Kubectl, have: usize, n: usize, bench: &mut E2eBench) 
         change_ms: BTreeMap::new(),
         change_kubectl_ms: Vec::new(),
         change_missed: BTreeMap::new(),
+        cold: BTreeMap::new(),
     })
 }
 
