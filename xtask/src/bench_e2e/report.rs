@@ -98,10 +98,17 @@ fn cold(size: &SizeResult, mode: &str) -> Vec<f64> {
 /// Cold-start times of a proxy, and how many starts did not serve the sample within the bound.
 fn cold_cell(size: &SizeResult, mode: &str) -> String {
     let base = cell(&cold(size, mode), 0);
-    match size.cold.get(mode).map(|c| c.missed) {
-        Some(k) if k > 0 => format!("{base}; {k} more not serving within the bound"),
-        _ => base,
+    let Some(c) = size.cold.get(mode) else {
+        return base;
+    };
+    let mut out = base;
+    if c.missed > 0 {
+        let _ = write!(out, "; {} more not serving within the bound", c.missed);
     }
+    if c.invalid > 0 {
+        let _ = write!(out, "; {} left out (answered before the start)", c.invalid);
+    }
+    out
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -244,7 +251,7 @@ pub fn markdown(b: &E2eBench, charts: &[(String, String)]) -> String {
          (the last created, the middle, the first) from 1.5 s before the start; the time is from \
          the process's start until all three had answered through it: it includes the process \
          starting, listing the API, and for our agent loading and verifying its BPF programs. A \
-         first answer before the start fails the run (the cleanup would have left a datapath).\n",
+         first answer before the start leaves the round out (said in the notes).\n",
         b.params.cold_rounds
     );
     s.push_str(
