@@ -43,7 +43,7 @@ pub fn sample(n: usize) -> Vec<usize> {
 
 /// How long a proxy may take from start to serving `n` Services before the round counts as missed.
 fn bound(n: usize) -> Duration {
-    Duration::from_secs_f64((60.0 + n as f64 * 0.006).min(300.0))
+    Duration::from_secs_f64((60.0 + n as f64 * 0.012).min(300.0))
 }
 
 /// `rounds` cold starts of every proxy at `n` Services (order rotated by round). `pids` is updated

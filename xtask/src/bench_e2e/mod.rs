@@ -168,9 +168,16 @@ pub fn kubernetes_cached() -> Result<bool> {
     Ok(crate::k8s::build::lookup(&root, &version)?.is_some())
 }
 
-pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
+/// `sizes`: the Service counts, or empty for the mode's.
+pub fn run(agent: &Path, quick: bool, sizes: &[usize]) -> Result<E2eBench> {
     let started = Instant::now();
-    let params = Params::new(quick);
+    let mut params = Params::new(quick);
+    if !sizes.is_empty() {
+        if sizes.windows(2).any(|w| w[0] >= w[1]) || sizes[0] == 0 {
+            bail!("--e2e-sizes {sizes:?}: sizes must be above 0 and increasing (each adds Services)");
+        }
+        params.sizes = sizes.to_vec();
+    }
     let dir = std::env::temp_dir().join(format!("strait-bench-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("lab.yaml");
@@ -632,7 +639,7 @@ fn change(
 /// The end-to-end part of `cargo xtask bench`: runs it and writes `e2e.json` and the charts into
 /// `dir`. Returns the report's section, and the error if the part failed (the section then says
 /// what failed instead of showing figures).
-pub fn write(dir: &Path, quick: bool) -> Result<(String, Option<anyhow::Error>)> {
+pub fn write(dir: &Path, quick: bool, sizes: &[usize]) -> Result<(String, Option<anyhow::Error>)> {
     if !kubernetes_cached()? {
         let note = "\n## End to end: our agent vs upstream kube-proxy\n\nNot measured: no cached \
                     Kubernetes build for the lab's real control plane (run `cargo xtask k8s build`, \
@@ -649,7 +656,7 @@ pub fn write(dir: &Path, quick: bool) -> Result<(String, Option<anyhow::Error>)>
         bail!("building proxy-agent failed");
     }
     let agent = crate::target_dir().join("release/proxy-agent");
-    match run(&agent, quick) {
+    match run(&agent, quick, sizes) {
         Ok(b) => {
             std::fs::write(dir.join("e2e.json"), serde_json::to_string_pretty(&b)?)?;
             let mut files = Vec::new();
