@@ -4,7 +4,8 @@
 //! manifests/rbac.yaml. Checked with real traffic: the ClusterIP scenario, a NetworkPolicy applied
 //! with `kubectl apply -f`, an apiserver outage (the datapath keeps serving, the agent catches up
 //! afterwards), one agent cut off from the apiserver while a Service is created (it catches up when the
-//! link heals), and upstream kube-proxy in iptables and nftables mode on the same lab.
+//! link heals), and upstream kube-proxy in iptables and nftables mode on the same lab, stopped with its
+//! own cleanup and started again (`lab proxy stop --cleanup`, `lab proxy start`).
 //!
 //! Needs the binaries of `cargo xtask k8s build` in its cache; without them each test says so in
 //! one line and passes (see docs/control-plane.md for why CI runs them only with a warm cache).
@@ -411,6 +412,53 @@ fn upstream_kube_proxy_in_iptables_and_nftables_mode_serves_the_clusterip_scenar
     for from in ["shop/client-1", "shop/client-2"] {
         let api = lab.probe(from, "10.96.0.30:80/tcp", 30);
         assert_served_by(&api, 30, &["shop/api-1", "shop/api-2"], &format!("{from} api"));
+    }
+
+    // `lab proxy stop --cleanup` runs kube-proxy --cleanup: no rules of either mode stay and the
+    // ClusterIP goes unanswered; `lab proxy start` brings kube-proxy back and it serves again
+    // (what the end-to-end benchmark's cold start does).
+    for (node, client) in [("n1", "shop/client-1"), ("n2", "shop/client-2")] {
+        let stop = lab.json(&["proxy", "stop", node, "--cleanup", "--json"]);
+        let pid = stop["pid"].as_i64().expect("pid");
+        assert!(!running(pid), "kube-proxy of {node} (pid {pid}) still runs");
+        assert!(stop["cleanup_ms"].as_f64().is_some(), "{stop:#}");
+        let ipt = lab.run(&["exec", &format!("node/{node}"), "--", "iptables-save"]);
+        let ipt = String::from_utf8_lossy(&ipt.stdout).into_owned();
+        assert!(!ipt.contains("KUBE-SVC-"), "{node}: iptables rules left:\n{ipt}");
+        let nft = lab.run(&["exec", &format!("node/{node}"), "--", "nft", "list", "tables"]);
+        let nft = String::from_utf8_lossy(&nft.stdout).into_owned();
+        assert!(!nft.contains("kube-proxy"), "{node}: nftables table left:\n{nft}");
+        let none = lab.json(&[
+            "probe",
+            "--from",
+            client,
+            "--to",
+            "10.96.0.10:80/tcp",
+            "--count",
+            "3",
+            "--timeout-ms",
+            "300",
+            "--json",
+        ]);
+        let web: u64 = WEB
+            .iter()
+            .map(|w| summary(&none).get(*w).copied().unwrap_or(0))
+            .sum();
+        assert_eq!(web, 0, "{node}: served with kube-proxy stopped: {none:#}");
+        let start = lab.json(&["proxy", "start", node, "--json"]);
+        assert_ne!(start["pid"].as_i64(), Some(pid), "{start:#}");
+        let back = until(&lab, client, "10.96.0.10:80/tcp", Duration::from_secs(60), |p| {
+            WEB.iter()
+                .map(|w| summary(p).get(*w).copied().unwrap_or(0))
+                .sum::<u64>()
+                == 12
+        });
+        assert_served_by(
+            &back,
+            12,
+            &WEB,
+            &format!("{client} after kube-proxy of {node} restarted"),
+        );
     }
 
     let down = lab.down();

@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Leave out the end-to-end comparison with kube-proxy in the lab (real control plane).
     #[arg(long)]
     pub skip_e2e: bool,
+    /// Service counts of the end-to-end part instead of the mode's (`--e2e-sizes 10000`: one size,
+    /// all its Services created at once).
+    #[arg(long, value_delimiter = ',', conflicts_with = "skip_e2e")]
+    pub e2e_sizes: Vec<usize>,
     /// Do not measure: write the report from a results.json of an earlier run.
     #[arg(long, value_name = "RESULTS_JSON")]
     pub from_json: Option<PathBuf>,
@@ -122,7 +126,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         md.push_str(&bench_agent(args, &dir)?);
     }
     let e2e_failed = if args.from_json.is_none() && !args.skip_e2e {
-        let (section, failed) = crate::bench_e2e::write(&dir, args.quick)?;
+        let (section, failed) = crate::bench_e2e::write(&dir, args.quick, &args.e2e_sizes)?;
         println!("{section}");
         md.push_str(&section);
         failed

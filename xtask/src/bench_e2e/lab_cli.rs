@@ -3,8 +3,7 @@
 //! netns for what the bench creates at scale.
 
 use std::{
-    io::Write,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
@@ -122,42 +121,8 @@ impl Kubectl {
     }
 
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        run_in(&self.netns, &self.bin, &self.kubeconfig, args, stdin)
+        // No request timeout: a create of thousands of Services may take the apiserver longer than
+        // the lab's 10 s.
+        crate::lab::api::kubectl_in(&self.netns, &self.bin, &self.kubeconfig, None, args, stdin)
     }
-}
-
-fn run_in(netns: &str, bin: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(bin)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running kubectl")?;
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .context("kubectl stdin")?
-            .write_all(text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "kubectl {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            err.lines().take(5).collect::<Vec<_>>().join("\n")
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -5,8 +5,10 @@
 //! backends on a fourth node): how long until the new Services carry traffic through each proxy,
 //! new TCP connections per second and the exchange time from each proxy node's client pod to a
 //! ClusterIP (rounds interleaved over the proxies), and how long one EndpointSlice change takes to
-//! reach each datapath. Every figure comes from the lab's own commands (`lab load`, `lab probe`).
+//! reach each datapath, and how long each proxy takes from a start after its own cleanup until it
+//! serves the size's Services (`cold`). Every figure comes from the lab's own commands (`lab load`, `lab probe`).
 
+pub mod cold;
 pub mod lab_cli;
 pub mod objects;
 pub mod plot;
@@ -38,6 +40,9 @@ pub struct Params {
     /// Fixed rate of the latency runs, well below saturation, so latency is not queueing.
     pub latency_rate: u32,
     pub change_reps: usize,
+    /// Cold starts of each proxy per size (rounds interleaved over the proxies).
+    #[serde(default)]
+    pub cold_rounds: usize,
 }
 
 impl Params {
@@ -50,6 +55,7 @@ impl Params {
                 saturate_rate: 20_000,
                 latency_rate: 300,
                 change_reps: 3,
+                cold_rounds: 3,
             }
         } else {
             Params {
@@ -59,6 +65,7 @@ impl Params {
                 saturate_rate: 20_000,
                 latency_rate: 300,
                 change_reps: 5,
+                cold_rounds: 3,
             }
         }
     }
@@ -119,6 +126,9 @@ pub struct SizeResult {
     /// not in `change_ms`, whose median therefore flatters that proxy.
     #[serde(default)]
     pub change_missed: BTreeMap<String, usize>,
+    /// Proxy mode → its starts from cold with the size's Services in the API.
+    #[serde(default)]
+    pub cold: BTreeMap<String, cold::Cold>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,9 +168,16 @@ pub fn kubernetes_cached() -> Result<bool> {
     Ok(crate::k8s::build::lookup(&root, &version)?.is_some())
 }
 
-pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
+/// `sizes`: the Service counts, or empty for the mode's.
+pub fn run(agent: &Path, quick: bool, sizes: &[usize]) -> Result<E2eBench> {
     let started = Instant::now();
-    let params = Params::new(quick);
+    let mut params = Params::new(quick);
+    if !sizes.is_empty() {
+        if sizes.windows(2).any(|w| w[0] >= w[1]) || sizes[0] == 0 {
+            bail!("--e2e-sizes {sizes:?}: sizes must be above 0 and increasing (each adds Services)");
+        }
+        params.sizes = sizes.to_vec();
+    }
     let dir = std::env::temp_dir().join(format!("strait-bench-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("lab.yaml");
@@ -190,7 +207,7 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
         wall_seconds: 0.0,
         loadavg: vec![loadavg()],
     };
-    let pids = check_proxies(&up_json, &mut bench.checks)?;
+    let mut pids = check_proxies(&up_json, &mut bench.checks)?;
     let mut churn_backend = 0;
     let mut have = 0;
     for &n in &params.sizes {
@@ -241,6 +258,7 @@ pub fn run(agent: &Path, quick: bool) -> Result<E2eBench> {
             }
             churn_backend = next;
         }
+        size.cold = cold::measure(n, params.cold_rounds, &mut pids, &mut bench.notes)?;
         bench.sizes.push(size);
     }
     drop(guard);
@@ -391,6 +409,7 @@ fn add_services(kubectl: &Kubectl, have: usize, n: usize, bench: &mut E2eBench) 
         change_ms: BTreeMap::new(),
         change_kubectl_ms: Vec::new(),
         change_missed: BTreeMap::new(),
+        cold: BTreeMap::new(),
     })
 }
 
@@ -620,7 +639,7 @@ fn change(
 /// The end-to-end part of `cargo xtask bench`: runs it and writes `e2e.json` and the charts into
 /// `dir`. Returns the report's section, and the error if the part failed (the section then says
 /// what failed instead of showing figures).
-pub fn write(dir: &Path, quick: bool) -> Result<(String, Option<anyhow::Error>)> {
+pub fn write(dir: &Path, quick: bool, sizes: &[usize]) -> Result<(String, Option<anyhow::Error>)> {
     if !kubernetes_cached()? {
         let note = "\n## End to end: our agent vs upstream kube-proxy\n\nNot measured: no cached \
                     Kubernetes build for the lab's real control plane (run `cargo xtask k8s build`, \
@@ -637,7 +656,7 @@ pub fn write(dir: &Path, quick: bool) -> Result<(String, Option<anyhow::Error>)>
         bail!("building proxy-agent failed");
     }
     let agent = crate::target_dir().join("release/proxy-agent");
-    match run(&agent, quick) {
+    match run(&agent, quick, sizes) {
         Ok(b) => {
             std::fs::write(dir.join("e2e.json"), serde_json::to_string_pretty(&b)?)?;
             let mut files = Vec::new();

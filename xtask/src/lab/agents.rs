@@ -68,7 +68,7 @@ pub fn resolve_bin(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn argv(paths: &Paths, state: &State, n: &NodeState, bin: &Path) -> Vec<OsString> {
+pub(super) fn argv(paths: &Paths, state: &State, n: &NodeState, bin: &Path) -> Vec<OsString> {
     let source: [OsString; 2] = match &state.control_plane {
         Some(cp) => ["--kubeconfig".into(), cp.agent_kubeconfig.clone().into()],
         None => ["--manifests".into(), paths.manifests().into()],

@@ -8,6 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write,
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -63,12 +64,30 @@ pub fn kubectl_stdin(cp: &ControlPlaneState, args: &[&str], input: &str) -> Resu
 }
 
 fn run(cp: &ControlPlaneState, args: &[&str], input: Option<&str>) -> Result<String> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &cp.netns])
-        .arg(&cp.kubectl)
+    kubectl_in(&cp.netns, &cp.kubectl, &cp.kubeconfig, Some("10s"), args, input)
+}
+
+/// kubectl with `kubeconfig` inside `netns` (`ip netns exec`), `input` on its stdin; stdout, or an
+/// error with kubectl's exit status and the first lines of its stderr. `request_timeout` bounds each
+/// request (`--request-timeout`); None keeps kubectl's default (none), for bulk creates that the
+/// apiserver takes long to answer.
+pub(crate) fn kubectl_in(
+    netns: &str,
+    kubectl: &Path,
+    kubeconfig: &Path,
+    request_timeout: Option<&str>,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(kubectl)
         .arg("--kubeconfig")
-        .arg(&cp.kubeconfig)
-        .args(["--request-timeout", "10s"])
+        .arg(kubeconfig);
+    if let Some(t) = request_timeout {
+        cmd.args(["--request-timeout", t]);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -78,7 +97,7 @@ fn run(cp: &ControlPlaneState, args: &[&str], input: Option<&str>) -> Result<Str
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("running {}", cp.kubectl.display()))?;
+        .with_context(|| format!("running {}", kubectl.display()))?;
     if let Some(text) = input {
         child
             .stdin
@@ -88,10 +107,12 @@ fn run(cp: &ControlPlaneState, args: &[&str], input: Option<&str>) -> Result<Str
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
         bail!(
-            "kubectl {}: {}",
+            "kubectl {} failed ({}): {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            out.status,
+            err.trim().lines().take(5).collect::<Vec<_>>().join("\n")
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

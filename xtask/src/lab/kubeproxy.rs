@@ -56,17 +56,8 @@ pub fn start_all(paths: &Paths, state: &mut State) -> Result<()> {
         let Some(mode) = n.proxy.kube_proxy_mode() else {
             continue;
         };
-        // A real node's default route lets its own sockets' packets to a ClusterIP reach
-        // kube-proxy's OUTPUT DNAT (routing comes first, and fails without a route); lab nodes
-        // have no default route, so the service range gets one. Our agent needs none: its socket
-        // hooks rewrite the address at connect.
-        netns::ip_batch(
-            &n.netns,
-            &[format!("route replace {} dev eth0", super::cplane::SERVICE_CIDR)],
-        )?;
         let dir = super::layout::node_dir(&n.name);
-        let mut child =
-            process::spawn_detached(paths, &log_name(&dir), &n.netns, &n.cgroup, &argv(&cp, n, mode))?;
+        let mut child = spawn(paths, &cp, n, mode)?;
         state.nodes[i].kube_proxy_pid = Some(child.id() as i32);
         state.save(paths)?;
         let n = &state.nodes[i];
@@ -74,6 +65,25 @@ pub fn start_all(paths: &Paths, state: &mut State) -> Result<()> {
         eprintln!("kube-proxy ({mode}) runs on node {} (pid {})", n.name, child.id());
     }
     Ok(())
+}
+
+/// Starts kube-proxy in `mode` on node `n`, detached; returns at once (its rules come later).
+pub(super) fn spawn(
+    paths: &Paths,
+    cp: &ControlPlaneState,
+    n: &NodeState,
+    mode: &str,
+) -> Result<std::process::Child> {
+    // A real node's default route lets its own sockets' packets to a ClusterIP reach
+    // kube-proxy's OUTPUT DNAT (routing comes first, and fails without a route); lab nodes
+    // have no default route, so the service range gets one. Our agent needs none: its socket
+    // hooks rewrite the address at connect.
+    netns::ip_batch(
+        &n.netns,
+        &[format!("route replace {} dev eth0", super::cplane::SERVICE_CIDR)],
+    )?;
+    let dir = super::layout::node_dir(&n.name);
+    process::spawn_detached(paths, &log_name(&dir), &n.netns, &n.cgroup, &argv(cp, n, mode))
 }
 
 fn wait_healthy(paths: &Paths, n: &NodeState, dir: &str, child: &mut std::process::Child) -> Result<()> {

@@ -11,10 +11,10 @@
 //! (`control`), `down` removes everything. With `--control-plane real`: `cplane` runs etcd,
 //! kube-apiserver and kube-controller-manager in the lab, `api` puts the objects through it,
 //! `kubeproxy` runs upstream kube-proxy on chosen nodes, `cplane_cmd` holds `lab control-plane`,
-//! `lab kubeconfig` and `lab kubectl`.
+//! `lab kubeconfig` and `lab kubectl`, `proxy_cmd` stops, cleans and starts any node's proxy.
 
 mod agents;
-mod api;
+pub(crate) mod api;
 mod apply;
 mod cgroup;
 mod conn;
@@ -36,6 +36,7 @@ mod plan;
 mod pods;
 mod probe;
 pub(crate) mod process;
+mod proxy_cmd;
 pub mod responder;
 mod sctp;
 mod sockets;
@@ -93,6 +94,9 @@ pub enum LabCommand {
     /// Node agents: `restart NODE [--signal kill|term] [--agent-bin PATH]`.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Any node's proxy (our agent or kube-proxy): `stop NODE [--cleanup]`, `start NODE`.
+    #[command(subcommand)]
+    Proxy(proxy_cmd::ProxyCommand),
     /// The real control plane: `start|stop|restart COMPONENT` (etcd, kube-apiserver,
     /// kube-controller-manager).
     #[command(subcommand, name = "control-plane")]
@@ -173,6 +177,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCommand::LoadWorker(a) => load::worker(a),
         LabCommand::Load(a) => load::command(&paths, a),
         LabCommand::Agent(AgentCommand::Restart(a)) => agents::restart(&paths, a),
+        LabCommand::Proxy(c) => proxy_cmd::command(&paths, c),
         LabCommand::ControlPlane(c) => cplane_cmd::command(&paths, c),
         LabCommand::Kubeconfig => cplane_cmd::kubeconfig(&paths),
         LabCommand::Kubectl(a) => cplane_cmd::kubectl(&paths, &a),

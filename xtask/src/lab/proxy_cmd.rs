@@ -1,0 +1,323 @@
+//! `lab proxy stop NODE [--cleanup]` and `lab proxy start NODE`: whichever proxy a node runs (our
+//! agent, kube-proxy iptables or nftables), stopped and started the same way, so a programming-from-
+//! cold measurement treats all three alike. `--cleanup` runs the proxy's own cleanup after the stop
+//! (`proxy-agent cleanup`, `kube-proxy --cleanup`) and checks that nothing of its datapath is left.
+
+use std::{
+    ffi::OsString,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::{
+    agents, kubeproxy, process,
+    state::{NodeState, Paths, Proxy, State},
+};
+use crate::lab::load::unix_ms;
+
+/// A proxy still running this long after SIGTERM gets SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// A started proxy still running after this long is taken as started.
+const SETTLE: Duration = Duration::from_millis(1000);
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ProxyCommand {
+    /// SIGTERM the node's proxy (SIGKILL after 10 s); with --cleanup, then remove its datapath.
+    Stop(StopArgs),
+    /// Start the node's proxy again (the lab's agent binary, or kube-proxy in the node's mode).
+    Start(StartArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StopArgs {
+    pub node: String,
+    /// Run the proxy's own cleanup after it stopped and check that its datapath is gone.
+    #[arg(long)]
+    pub cleanup: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    pub node: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StopReport {
+    pub node: String,
+    pub proxy: Proxy,
+    pub pid: Option<i32>,
+    pub stop_ms: f64,
+    /// The cleanup's own output (ours: its JSON report; kube-proxy: its log lines).
+    pub cleanup: Option<String>,
+    pub cleanup_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StartReport {
+    pub node: String,
+    pub proxy: Proxy,
+    pub pid: i32,
+    /// When the process was spawned (Unix ms): programming from cold counts from here.
+    pub started_unix_ms: u64,
+}
+
+pub fn command(paths: &Paths, c: ProxyCommand) -> Result<()> {
+    match c {
+        ProxyCommand::Stop(a) => {
+            let r = stop(paths, &a.node, a.cleanup)?;
+            let human = format!(
+                "{} of node {} stopped (pid {}) in {:.0} ms{}\n",
+                name(r.proxy)?,
+                r.node,
+                r.pid.map_or("none".into(), |p| p.to_string()),
+                r.stop_ms,
+                r.cleanup_ms
+                    .map_or(String::new(), |ms| format!(", cleaned up in {ms:.0} ms"))
+            );
+            super::output(a.json, &human, &r)
+        }
+        ProxyCommand::Start(a) => {
+            let r = start(paths, &a.node)?;
+            let human = format!("{} of node {} started (pid {})\n", name(r.proxy)?, r.node, r.pid);
+            super::output(a.json, &human, &r)
+        }
+    }
+}
+
+/// The proxy as `lab up --proxy` names it.
+fn name(p: Proxy) -> Result<String> {
+    Ok(serde_json::to_value(p)?.as_str().unwrap_or_default().to_string())
+}
+
+fn node_index(state: &State, node: &str) -> Result<usize> {
+    state
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .with_context(|| format!("no node {node} in lab {}", state.name))
+}
+
+fn stop(paths: &Paths, node: &str, cleanup: bool) -> Result<StopReport> {
+    let mut state = State::load(paths)?;
+    let idx = node_index(&state, node)?;
+    let n = state.nodes[idx].clone();
+    let pid = match n.proxy {
+        Proxy::Strait => n.agent_pid,
+        _ => n.kube_proxy_pid,
+    }
+    .filter(|&p| process::alive(p));
+    let t = Instant::now();
+    if let Some(p) = pid {
+        process::terminate(&[p], STOP_GRACE);
+        if process::alive(p) {
+            bail!("the proxy of node {node} (pid {p}) survived SIGKILL");
+        }
+    }
+    let stop_ms = t.elapsed().as_secs_f64() * 1000.0;
+    match n.proxy {
+        Proxy::Strait => state.nodes[idx].agent_pid = None,
+        _ => state.nodes[idx].kube_proxy_pid = None,
+    }
+    state.save(paths)?;
+    let mut report = StopReport {
+        node: node.to_string(),
+        proxy: n.proxy,
+        pid,
+        stop_ms,
+        cleanup: None,
+        cleanup_ms: None,
+    };
+    if cleanup {
+        let t = Instant::now();
+        let out = match n.proxy.kube_proxy_mode() {
+            None => {
+                let bin = state
+                    .agent_bin
+                    .clone()
+                    .context("this lab runs no agents (it was started with --no-agent)")?;
+                let out = in_node(
+                    paths,
+                    &n,
+                    &[
+                        bin.into(),
+                        "cleanup".into(),
+                        "--bpffs-root".into(),
+                        n.bpffs_root.clone().into(),
+                        "-o".into(),
+                        "json".into(),
+                    ],
+                )?;
+                if n.bpffs_root.exists() {
+                    bail!(
+                        "node {node}: {} still exists after proxy-agent cleanup",
+                        n.bpffs_root.display()
+                    );
+                }
+                out
+            }
+            Some(mode) => {
+                let cp = state
+                    .control_plane
+                    .as_ref()
+                    .context("kube-proxy needs --control-plane real")?;
+                in_node(
+                    paths,
+                    &n,
+                    &[
+                        cp.kube_proxy_bin.clone().into(),
+                        "--cleanup".into(),
+                        format!("--proxy-mode={mode}").into(),
+                    ],
+                )?
+            }
+        };
+        report.cleanup_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+        report.cleanup = Some(out);
+        let left = datapath_left(paths, &n)?;
+        if !left.is_empty() {
+            bail!(
+                "node {node}: after the cleanup of {} there is still: {}",
+                name(n.proxy)?,
+                left.join("; ")
+            );
+        }
+    }
+    Ok(report)
+}
+
+fn start(paths: &Paths, node: &str) -> Result<StartReport> {
+    let mut state = State::load(paths)?;
+    let idx = node_index(&state, node)?;
+    let n = state.nodes[idx].clone();
+    let running = match n.proxy {
+        Proxy::Strait => n.agent_pid,
+        _ => n.kube_proxy_pid,
+    };
+    if let Some(p) = running.filter(|&p| process::alive(p)) {
+        bail!("the proxy of node {node} already runs (pid {p}): `lab proxy stop {node}` first");
+    }
+    let started_unix_ms = unix_ms();
+    let (mut child, log) = match n.proxy.kube_proxy_mode() {
+        None => {
+            let bin = state
+                .agent_bin
+                .clone()
+                .context("this lab runs no agents (it was started with --no-agent)")?;
+            let argv = agents::argv(paths, &state, &n, &bin);
+            let log = agents::log_name(&super::layout::node_dir(&n.name));
+            (
+                process::spawn_detached(paths, &log, &n.netns, &n.cgroup, &argv)?,
+                log,
+            )
+        }
+        Some(mode) => {
+            let cp = state
+                .control_plane
+                .as_ref()
+                .context("kube-proxy needs --control-plane real")?;
+            let log = kubeproxy::log_name(&super::layout::node_dir(&n.name));
+            (kubeproxy::spawn(paths, cp, &n, mode)?, log)
+        }
+    };
+    let pid = child.id() as i32;
+    match n.proxy {
+        Proxy::Strait => state.nodes[idx].agent_pid = Some(pid),
+        _ => state.nodes[idx].kube_proxy_pid = Some(pid),
+    }
+    state.save(paths)?;
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            let log = paths.log(&log);
+            bail!(
+                "the proxy of node {node} exited ({status}); its log {} ends:\n    {}",
+                log.display(),
+                process::log_tail(&log, 10)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(StartReport {
+        node: node.to_string(),
+        proxy: n.proxy,
+        pid,
+        started_unix_ms,
+    })
+}
+
+/// Runs `argv` to completion in the node's netns and cgroup (`lab exec`); its stdout and stderr,
+/// or an error naming the command and its output.
+fn in_node(paths: &Paths, n: &NodeState, argv: &[OsString]) -> Result<String> {
+    let exe = std::env::current_exe().context("finding the xtask executable")?;
+    let out = Command::new(exe)
+        .args(["lab", "--name", &paths.lab, "exec"])
+        .arg(format!("node/{}", n.name))
+        .arg("--")
+        .args(argv)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {:?} on node {}", argv[0], n.name))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!(
+            "{} on node {} failed ({}): {}",
+            Path::new(&argv[0]).display(),
+            n.name,
+            out.status,
+            text.trim()
+        );
+    }
+    Ok(text)
+}
+
+/// What is left of any proxy's datapath in the node's netns: kube-proxy's iptables chains and
+/// nftables tables, our tc and XDP programs (`bpftool net show`).
+fn datapath_left(paths: &Paths, n: &NodeState) -> Result<Vec<String>> {
+    let mut left = Vec::new();
+    let iptables = in_node(paths, n, &["iptables-save".into()])?;
+    let chains = iptables
+        .lines()
+        .filter(|l| l.starts_with(":KUBE-SVC-") || l.starts_with(":KUBE-SERVICES"))
+        .count();
+    if chains > 0 {
+        left.push(format!("{chains} kube-proxy iptables chains"));
+    }
+    let tables = in_node(paths, n, &["nft".into(), "list".into(), "tables".into()])?;
+    left.extend(
+        tables
+            .lines()
+            .filter(|l| l.trim_end().ends_with(" kube-proxy"))
+            .map(|l| format!("nftables {}", l.trim())),
+    );
+    let net: serde_json::Value = serde_json::from_str(&in_node(
+        paths,
+        n,
+        &["bpftool".into(), "-j".into(), "net".into(), "show".into()],
+    )?)
+    .context("parsing `bpftool -j net show`")?;
+    for kind in ["xdp", "tc"] {
+        let attached: usize = net
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v[kind].as_array())
+            .map(Vec::len)
+            .sum();
+        if attached > 0 {
+            left.push(format!("{attached} {kind} BPF programs attached"));
+        }
+    }
+    Ok(left)
+}
