@@ -1,5 +1,11 @@
 //! The cluster state the agent acts on, whichever source it came from (API server or manifests).
 //! Everything downstream of a source sees only this type.
+//!
+//! Objects are shared (`Arc`): a pass that keeps most of the cluster as it was copies pointers, not
+//! objects, and an unchanged object is the same allocation from one pass to the next, which is how the
+//! service planner tells cheaply which Services a change touched.
+
+use std::sync::Arc;
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service},
@@ -9,16 +15,16 @@ use k8s_openapi::api::{
 
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub nodes: Vec<Node>,
-    pub namespaces: Vec<Namespace>,
-    pub pods: Vec<Pod>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub network_policies: Vec<NetworkPolicy>,
+    pub nodes: Vec<Arc<Node>>,
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub pods: Vec<Arc<Pod>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub network_policies: Vec<Arc<NetworkPolicy>>,
 }
 
 impl Snapshot {
-    /// Appends copies of `other`'s objects (the standalone source joins its files this way).
+    /// Appends `other`'s objects (shared, not copied).
     pub fn extend_from(&mut self, other: &Snapshot) {
         self.nodes.extend(other.nodes.iter().cloned());
         self.namespaces.extend(other.namespaces.iter().cloned());
@@ -42,5 +48,6 @@ impl Snapshot {
         self.nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(name))
+            .map(|n| &**n)
     }
 }

@@ -77,7 +77,7 @@ fn summary(s: &Snapshot) -> String {
     )
 }
 
-fn names<K: kube::ResourceExt>(objects: &[K]) -> Vec<String> {
+fn names<K: kube::ResourceExt>(objects: &[std::sync::Arc<K>]) -> Vec<String> {
     objects.iter().map(|o| o.name_any()).collect()
 }
 

@@ -41,7 +41,7 @@ pub fn derive_endpoint_slices(snapshot: &Snapshot) -> Vec<EndpointSlice> {
             .and_then(|spec| spec.selector.as_ref())
             .is_some_and(|sel| !sel.is_empty())
     };
-    if !snapshot.services.iter().any(has_selector) {
+    if !snapshot.services.iter().any(|s| has_selector(s)) {
         return out;
     }
     // Indexes, so that 10k Services over 10k pods stay linear.
@@ -63,7 +63,7 @@ pub fn derive_endpoint_slices(snapshot: &Snapshot) -> Vec<EndpointSlice> {
             .or_default()
             .push(pod);
     }
-    let mut services: Vec<&Service> = snapshot.services.iter().collect();
+    let mut services: Vec<&Service> = snapshot.services.iter().map(|s| &**s).collect();
     services.sort_by_key(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()));
     for service in services {
         let namespace = service

@@ -44,9 +44,12 @@ pub fn plan_with_derived(snapshot: &Snapshot, derived: &[EndpointSlice], node_na
         .unwrap_or_default();
     let node_ips = node.map(|n| node_ipv4s(n, &mut rejected)).unwrap_or_default();
     let snat_addr = node.and_then(snat_address).or_else(|| node_ips.first().copied());
-    let slices = SliceIndex::new(snapshot.endpoint_slices.iter().chain(derived), &mut rejected);
+    let slices = SliceIndex::new(
+        snapshot.endpoint_slices.iter().map(|s| &**s).chain(derived),
+        &mut rejected,
+    );
 
-    let mut services: Vec<&Service> = snapshot.services.iter().collect();
+    let mut services: Vec<&Service> = snapshot.services.iter().map(|s| &**s).collect();
     services.sort_by_key(|s| namespaced(s));
 
     let mut planner = Planner {

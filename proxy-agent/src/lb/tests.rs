@@ -42,7 +42,9 @@ pub(crate) fn load(name: &str) -> (Snapshot, String, Vec<EndpointSlice>) {
     let mut derived = Vec::new();
     if header("standalone").as_deref() == Some("true") {
         derived = derive_endpoint_slices(&snapshot);
-        snapshot.endpoint_slices.extend(derived.iter().cloned());
+        snapshot
+            .endpoint_slices
+            .extend(derived.iter().cloned().map(std::sync::Arc::new));
     }
     (snapshot, node, derived)
 }

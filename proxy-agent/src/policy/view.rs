@@ -70,7 +70,7 @@ pub struct IdentityRow {
 }
 
 /// Pod IPs of live pods that own their address (not host-network, not finished), as `ns/name`.
-pub fn pods_by_ip(pods: &[Pod]) -> BTreeMap<Ipv4Addr, String> {
+pub fn pods_by_ip<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<Ipv4Addr, String> {
     let mut out = BTreeMap::new();
     for p in pods {
         let spec_host = p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);

@@ -29,7 +29,7 @@ fn edit_slice(snapshot: &mut Snapshot, name: &str, edit: impl FnOnce(&mut Vec<En
         .iter_mut()
         .find(|s| s.metadata.name.as_deref() == Some(name))
         .unwrap_or_else(|| panic!("no slice {name}"));
-    edit(&mut slice.endpoints);
+    edit(&mut std::sync::Arc::make_mut(slice).endpoints);
 }
 
 fn endpoint(ip: &str, node: &str) -> Endpoint {

@@ -5,11 +5,13 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
 use anyhow::{Context, Result};
 
+use super::kube::strip::Strip;
 use crate::snapshot::Snapshot;
 
 pub use super::Rejected;
@@ -261,8 +263,33 @@ fn split_documents(text: &str) -> Vec<String> {
     docs
 }
 
-/// Adds every object of a multi-document YAML text to `snapshot`.
+/// Adds every object of a multi-document YAML text to `snapshot`, cut down as the agent keeps it.
 pub fn parse_into(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &mut Vec<Rejected>) {
+    parse_documents(text, file, snapshot, rejected, Keep::Read);
+}
+
+/// [`parse_into`] keeping every field (the tests of the cut-down compare against it).
+#[cfg(test)]
+pub fn parse_into_whole(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &mut Vec<Rejected>) {
+    parse_documents(text, file, snapshot, rejected, Keep::Whole);
+}
+
+/// What of an object the parser keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// The fields the agent reads ([`Strip`]).
+    Read,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Whole,
+}
+
+fn parse_documents(
+    text: &str,
+    file: &Path,
+    snapshot: &mut Snapshot,
+    rejected: &mut Vec<Rejected>,
+    keep: Keep,
+) {
     for (index, document) in split_documents(text).iter().enumerate() {
         let value = match serde_yaml::from_str::<serde_yaml::Value>(document) {
             Ok(serde_yaml::Value::Null) => continue,
@@ -283,18 +310,18 @@ pub fn parse_into(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &m
             .to_string();
         let name = object_name(&value, &kind, index);
         let result = match kind.as_str() {
-            "Node" => push(value, &mut snapshot.nodes),
-            "Namespace" => push(value, &mut snapshot.namespaces),
-            "Pod" => push(value, &mut snapshot.pods),
-            "Service" => push(value, &mut snapshot.services),
-            "EndpointSlice" => push(value, &mut snapshot.endpoint_slices),
-            "NetworkPolicy" => push(value, &mut snapshot.network_policies),
+            "Node" => push(value, keep, &mut snapshot.nodes),
+            "Namespace" => push(value, keep, &mut snapshot.namespaces),
+            "Pod" => push(value, keep, &mut snapshot.pods),
+            "Service" => push(value, keep, &mut snapshot.services),
+            "EndpointSlice" => push(value, keep, &mut snapshot.endpoint_slices),
+            "NetworkPolicy" => push(value, keep, &mut snapshot.network_policies),
             "List" => {
                 // `kubectl get -o yaml` output: a List whose items are objects.
                 if let Some(serde_yaml::Value::Sequence(items)) = value.get("items") {
                     for item in items {
                         let doc = serde_yaml::to_string(item).unwrap_or_default();
-                        parse_into(&doc, file, snapshot, rejected);
+                        parse_documents(&doc, file, snapshot, rejected, keep);
                     }
                 }
                 Ok(())
@@ -312,10 +339,21 @@ pub fn parse_into(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &m
     }
 }
 
-/// Deserializes one object; the error names the field path (`spec.containers: invalid type ...`).
-fn push<T: serde::de::DeserializeOwned>(value: serde_yaml::Value, into: &mut Vec<T>) -> Result<(), String> {
+/// Deserializes one object and cuts it down to the fields the agent reads, as the API-server source
+/// does (a file's annotations, managedFields and pod specs would otherwise be held for every object);
+/// the error names the field path (`spec.containers: invalid type ...`).
+fn push<T: serde::de::DeserializeOwned + Strip>(
+    value: serde_yaml::Value,
+    keep: Keep,
+    into: &mut Vec<Arc<T>>,
+) -> Result<(), String> {
     serde_path_to_error::deserialize(value)
-        .map(|o| into.push(o))
+        .map(|mut o: T| {
+            if keep == Keep::Read {
+                o.strip();
+            }
+            into.push(Arc::new(o));
+        })
         .map_err(|e| format!("{}: {}", e.path(), e.inner()))
 }
 

@@ -191,8 +191,9 @@ impl Drop for KubeSource {
     }
 }
 
-fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
-    let mut objects: Vec<K> = store.state().iter().map(|o| K::clone(o)).collect();
+/// The store's own shared objects: an object the watch did not change stays the same allocation.
+fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<std::sync::Arc<K>> {
+    let mut objects = store.state();
     objects.sort_by_cached_key(|o| (o.namespace(), o.name_any()));
     objects
 }

@@ -7,8 +7,8 @@
 use k8s_openapi::{
     api::{
         core::v1::{
-            Container, ContainerPort, Namespace, Node, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
-            Service, ServiceStatus,
+            Container, ContainerPort, Namespace, Node, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec,
+            PodStatus, Service, ServiceStatus,
         },
         discovery::v1::{Endpoint, EndpointSlice},
         networking::v1::NetworkPolicy,
@@ -158,8 +158,14 @@ pub fn strip_namespace(namespace: &mut Namespace) {
 /// Nodes: labels (topology zone) and addresses (XDP devices, node identity in policy). Images,
 /// conditions, capacity and node info — the bulk of a Node — are dropped.
 pub fn strip_node(node: &mut Node) {
+    // A node being deleted or drained (`endpoints::node_eligible`) fails its proxy health check.
+    let deletion_timestamp = node.metadata.deletion_timestamp.take();
     strip_meta(&mut node.metadata);
-    node.spec = None;
+    node.metadata.deletion_timestamp = deletion_timestamp;
+    node.spec = node.spec.take().map(|spec| NodeSpec {
+        taints: spec.taints,
+        ..Default::default()
+    });
     if let Some(status) = node.status.as_mut() {
         *status = NodeStatus {
             addresses: status.addresses.take(),
@@ -171,6 +177,13 @@ pub fn strip_node(node: &mut Node) {
 /// NetworkPolicies: the whole spec; every field of it is compiled.
 pub fn strip_network_policy(policy: &mut NetworkPolicy) {
     strip_meta(&mut policy.metadata);
+}
+
+/// A shared object is cut down in place when nothing else holds it, else on a copy.
+impl<T: Strip + Clone> Strip for std::sync::Arc<T> {
+    fn strip(&mut self) {
+        std::sync::Arc::make_mut(self).strip();
+    }
 }
 
 impl Strip for Pod {
@@ -220,7 +233,8 @@ metadata:
   labels: {topology.kubernetes.io/zone: z1, kubernetes.io/os: linux}
   annotations: {node.alpha.kubernetes.io/ttl: "0"}
   managedFields: [{manager: kubelet, operation: Update}]
-spec: {podCIDR: 10.244.1.0/24}
+  deletionTimestamp: "2026-01-01T00:00:00Z"
+spec: {podCIDR: 10.244.1.0/24, taints: [{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}]}
 status:
   addresses: [{type: InternalIP, address: 192.168.50.10}, {type: Hostname, address: n1}]
   images: [{names: [registry/app:1], sizeBytes: 1000}]
@@ -343,7 +357,7 @@ spec:
     fn parsed() -> Snapshot {
         let mut s = Snapshot::default();
         let mut rejected = Vec::new();
-        manifests::parse_into(OBJECTS, Path::new("t.yaml"), &mut s, &mut rejected);
+        manifests::parse_into_whole(OBJECTS, Path::new("t.yaml"), &mut s, &mut rejected);
         assert!(rejected.is_empty(), "{rejected:?}");
         assert_eq!(s.object_count(), 6);
         s
@@ -468,7 +482,12 @@ spec:
             before.nodes[0].status.as_ref().unwrap().addresses
         );
         assert!(status.images.is_none() && status.node_info.is_none() && status.conditions.is_none());
-        assert!(node.metadata.managed_fields.is_none() && node.spec.is_none());
+        assert!(node.metadata.managed_fields.is_none());
+        // What `endpoints::node_eligible` reads.
+        assert!(node.metadata.deletion_timestamp.is_some());
+        let spec = node.spec.as_ref().unwrap();
+        assert_eq!(spec.taints, before.nodes[0].spec.as_ref().unwrap().taints);
+        assert!(spec.pod_cidr.is_none());
 
         let np = &after.network_policies[0];
         assert_eq!(np.spec, before.network_policies[0].spec);
@@ -507,8 +526,8 @@ spec:
             crate::endpoints::local_endpoints(&after, "n1", &[])
         );
         assert_eq!(
-            crate::policy::view::pods_by_ip(&before.pods),
-            crate::policy::view::pods_by_ip(&after.pods)
+            crate::policy::view::pods_by_ip(before.pods.iter().map(|p| &**p)),
+            crate::policy::view::pods_by_ip(after.pods.iter().map(|p| &**p))
         );
     }
 
