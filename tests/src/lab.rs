@@ -177,6 +177,27 @@ pub fn text<'a>(doc: &'a Value, path: &[&str]) -> &'a str {
         .unwrap_or_else(|| panic!("no string at {path:?} in {doc:#}"))
 }
 
+/// Who answered each attempt of a `lab probe --json`, and the client address (without port) the
+/// backend saw.
+pub fn answers(v: &Value) -> Vec<(String, String)> {
+    v["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            let by = a["answered_by"].as_str().unwrap_or("-").to_string();
+            let seen = a["client_seen"]
+                .as_str()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            (by, seen)
+        })
+        .collect()
+}
+
 /// `STRAIT_AGENT_BIN`, else `<workspace>/target/release/proxy-agent`.
 pub fn agent_bin() -> PathBuf {
     let bin = std::env::var_os("STRAIT_AGENT_BIN")

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use tests::lab::{Lab, require_privileges};
+use tests::lab::{Lab, answers, require_privileges};
 
 const FILE: &str = "testdata/lab/nodeport.yaml";
 /// Per node: web-cluster 3 ClusterIP + 3 NodePort, web-local 1 + 2 (two scopes), web-lb 1 + 1 + 1.
@@ -52,26 +52,6 @@ fn probe(lab: &Lab, from: &str, via: &str, to: &str, count: u32, source_port: Op
         args.extend(["--source-port", &port]);
     }
     lab.json(&args)
-}
-
-/// Who answered each attempt, and the client address each backend saw.
-fn answers(v: &Value) -> Vec<(String, String)> {
-    v["attempts"]
-        .as_array()
-        .expect("attempts")
-        .iter()
-        .map(|a| {
-            let by = a["answered_by"].as_str().unwrap_or("-").to_string();
-            let seen = a["client_seen"]
-                .as_str()
-                .unwrap_or("")
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            (by, seen)
-        })
-        .collect()
 }
 
 fn node_port_cluster(lab: &Lab) {

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use tests::lab::{Lab, agent_bin, require_privileges};
+use tests::lab::{Lab, agent_bin, answers, require_privileges};
 
 const FILE: &str = "testdata/lab/nodeport.yaml";
 /// As lab_nodeport: per node, web-cluster 3 ClusterIP + 3 NodePort, web-local 1 + 2, web-lb 1 + 1 + 1.
@@ -33,26 +33,6 @@ fn probe(lab: &Lab, to: &str, count: u32) -> Value {
         "500",
         "--json",
     ])
-}
-
-/// Who answered each attempt, and the client address it saw.
-fn answers(v: &Value) -> Vec<(String, String)> {
-    v["attempts"]
-        .as_array()
-        .expect("attempts")
-        .iter()
-        .map(|a| {
-            let by = a["answered_by"].as_str().unwrap_or("-").to_string();
-            let seen = a["client_seen"]
-                .as_str()
-                .unwrap_or("")
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            (by, seen)
-        })
-        .collect()
 }
 
 /// `ct list -o json` of a node, read from its pinned maps.

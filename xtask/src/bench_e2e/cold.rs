@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{
     first_answer_unix_ms,
-    lab_cli::{self, Load, lab, strings},
+    lab_cli::{lab, strings},
     objects::{self, PROXIES},
 };
 
@@ -100,20 +100,8 @@ fn once(p: &objects::Proxy, n: usize, notes: &mut Vec<String>) -> Result<(i32, O
     let watchers: Vec<_> = targets
         .iter()
         .map(|&i| {
-            let from = p.client();
             let to = format!("{}:{}", objects::vip(i), objects::SERVICE_PORT);
-            std::thread::spawn(move || {
-                lab_cli::load(&Load {
-                    from: &from,
-                    to,
-                    rate: 100,
-                    workers: 8,
-                    seconds: limit.as_secs_f64(),
-                    timeout_ms: 100,
-                    until_answered_by: Some("any"),
-                    via: None,
-                })
-            })
+            super::watch_until_served(p.client(), to, limit)
         })
         .collect();
     // The clients must be sending before the proxy starts; their reports say when they began.

@@ -334,21 +334,7 @@ fn add_services(kubectl: &Kubectl, have: usize, n: usize, bench: &mut E2eBench) 
     })?;
     let watchers: Vec<_> = PROXIES
         .iter()
-        .map(|p| {
-            let (from, to) = (p.client(), target.clone());
-            std::thread::spawn(move || {
-                lab_cli::load(&Load {
-                    from: &from,
-                    to,
-                    rate: 100,
-                    workers: 8,
-                    seconds: limit.as_secs_f64(),
-                    timeout_ms: 100,
-                    until_answered_by: Some("any"),
-                    via: None,
-                })
-            })
-        })
+        .map(|p| watch_until_served(p.client(), target.clone(), limit))
         .collect();
     // The watchers must be sending before the Services exist; their reports say when they began.
     std::thread::sleep(Duration::from_millis(1500));
@@ -674,6 +660,27 @@ pub fn write(dir: &Path, quick: bool, sizes: &[usize]) -> Result<(String, Option
             Ok((section, Some(e)))
         }
     }
+}
+
+/// A client connecting to `to` from a thread, 100 times a second, until any backend answers or `limit`
+/// passes: how the programming figures (new Service, start from cold) see a Service become served.
+pub(super) fn watch_until_served(
+    from: String,
+    to: String,
+    limit: Duration,
+) -> std::thread::JoinHandle<Result<crate::lab::load::LoadReport>> {
+    std::thread::spawn(move || {
+        lab_cli::load(&Load {
+            from: &from,
+            to,
+            rate: 100,
+            workers: 8,
+            seconds: limit.as_secs_f64(),
+            timeout_ms: 100,
+            until_answered_by: Some("any"),
+            via: None,
+        })
+    })
 }
 
 #[cfg(test)]
