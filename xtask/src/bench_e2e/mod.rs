@@ -8,11 +8,13 @@
 //! reach each datapath, and how long each proxy takes from a start after its own cleanup until it
 //! serves the size's Services (`cold`). Every figure comes from the lab's own commands (`lab load`, `lab probe`).
 
+pub mod change;
 pub mod cold;
 pub mod lab_cli;
 pub mod objects;
 pub mod plot;
 pub mod report;
+pub mod slice_watch;
 
 use std::{
     collections::BTreeMap,
@@ -39,7 +41,11 @@ pub struct Params {
     pub saturate_rate: u32,
     /// Fixed rate of the latency runs, well below saturation, so latency is not queueing.
     pub latency_rate: u32,
+    /// EndpointSlice changes per size, at most (see `change_budget_s`).
     pub change_reps: usize,
+    /// Time the changes of one size may take in all: no change starts after it.
+    #[serde(default)]
+    pub change_budget_s: f64,
     /// Cold starts of each proxy per size (rounds interleaved over the proxies).
     #[serde(default)]
     pub cold_rounds: usize,
@@ -54,7 +60,8 @@ impl Params {
                 load_seconds: 2.0,
                 saturate_rate: 20_000,
                 latency_rate: 300,
-                change_reps: 3,
+                change_reps: 20,
+                change_budget_s: 60.0,
                 cold_rounds: 3,
             }
         } else {
@@ -64,7 +71,8 @@ impl Params {
                 load_seconds: 3.0,
                 saturate_rate: 20_000,
                 latency_rate: 300,
-                change_reps: 5,
+                change_reps: 40,
+                change_budget_s: 150.0,
                 cold_rounds: 3,
             }
         }
@@ -117,13 +125,30 @@ pub struct SizeResult {
     pub programming: BTreeMap<String, Programming>,
     /// One map per round, proxy mode → result; rounds run the proxies in rotated order.
     pub rounds: Vec<BTreeMap<String, RoundResult>>,
-    /// Proxy mode → EndpointSlice change to first answer of the new backend, one per change.
+    /// Proxy mode → from the writing kubectl's return to the end of the first exchange the new
+    /// backend answered, one per change (the earlier, coarser clock; `change_visible_ms` is the
+    /// figure the report uses).
     pub change_ms: BTreeMap<String, Vec<f64>>,
+    /// Proxy mode → from the change being visible on the API (the bench's watch received the
+    /// write's resourceVersion) to the sending of the first connection the new backend answered.
+    #[serde(default)]
+    pub change_visible_ms: BTreeMap<String, Vec<f64>>,
+    /// Proxy mode → per change, the gap between the last connection the old backend answered and
+    /// the first the new one did: the switch happened within it (the resolution of a figure).
+    #[serde(default)]
+    pub change_window_ms: BTreeMap<String, Vec<f64>>,
+    /// Per change, when the watch received it relative to kubectl's return (negative: before).
+    #[serde(default)]
+    pub change_watch_vs_kubectl_ms: Vec<f64>,
+    /// Proxy mode → changes left out because its client began sending after the change was
+    /// visible (said in the notes).
+    #[serde(default)]
+    pub change_left_out: BTreeMap<String, usize>,
     /// How long each change's `kubectl apply` ran: the write happened within that window before
     /// the time the change figures start from.
     pub change_kubectl_ms: Vec<f64>,
-    /// Proxy mode → changes whose new backend never answered within the bound (30 s); they are
-    /// not in `change_ms`, whose median therefore flatters that proxy.
+    /// Proxy mode → changes whose new backend never answered within the bound (`change::probe`);
+    /// they are in no change figure, whose median therefore flatters that proxy.
     #[serde(default)]
     pub change_missed: BTreeMap<String, usize>,
     /// Proxy mode → its starts from cold with the size's Services in the API.
@@ -235,29 +260,17 @@ pub fn run(agent: &Path, quick: bool, sizes: &[usize]) -> Result<E2eBench> {
                 .push(round(&params, n, r, np_round, &pids, &mut bench.notes)?);
         }
         eprintln!(
-            "xtask bench e2e: {n} services, {} EndpointSlice changes",
-            params.change_reps
+            "xtask bench e2e: {n} services, up to {} EndpointSlice changes in {} s",
+            params.change_reps, params.change_budget_s
         );
-        for _ in 0..params.change_reps {
-            let next = (churn_backend + 1) % objects::BACKENDS;
-            for (mode, ms) in change(
-                &kubectl,
-                churn_backend,
-                next,
-                &mut size.change_kubectl_ms,
-                &mut bench.notes,
-            )? {
-                size.change_ms.entry(mode).or_default().push(ms);
-            }
-            for p in PROXIES {
-                let seen = size.change_ms.get(p.mode).map_or(0, Vec::len);
-                let missed = size.change_missed.get(p.mode).copied().unwrap_or(0);
-                if seen + missed < size.change_kubectl_ms.len() {
-                    *size.change_missed.entry(p.mode.to_string()).or_default() += 1;
-                }
-            }
-            churn_backend = next;
-        }
+        churn_backend = change::measure(
+            &kubectl,
+            &mut size,
+            params.change_reps,
+            Duration::from_secs_f64(params.change_budget_s),
+            churn_backend,
+            &mut bench.notes,
+        )?;
         size.cold = cold::measure(n, params.cold_rounds, &mut pids, &mut bench.notes)?;
         bench.sizes.push(size);
     }
@@ -393,6 +406,10 @@ fn add_services(kubectl: &Kubectl, have: usize, n: usize, bench: &mut E2eBench) 
         programming,
         rounds: Vec::new(),
         change_ms: BTreeMap::new(),
+        change_visible_ms: BTreeMap::new(),
+        change_window_ms: BTreeMap::new(),
+        change_watch_vs_kubectl_ms: Vec::new(),
+        change_left_out: BTreeMap::new(),
         change_kubectl_ms: Vec::new(),
         change_missed: BTreeMap::new(),
         cold: BTreeMap::new(),
@@ -560,64 +577,6 @@ fn round(
                 nodeport_conn_per_s: Some(np.answered as f64 / np.seconds.max(1e-9)),
             },
         );
-    }
-    Ok(out)
-}
-
-/// Rewrites the churn Service's EndpointSlice from backend `old` to `new` while every proxy's
-/// client keeps connecting to it; returns, per proxy, the time from the write (kubectl's return)
-/// to the first answer of the new backend.
-fn change(
-    kubectl: &Kubectl,
-    old: usize,
-    new: usize,
-    kubectl_ms: &mut Vec<f64>,
-    notes: &mut Vec<String>,
-) -> Result<Vec<(String, f64)>> {
-    let new_pod = format!("{}/{}", objects::NAMESPACE, objects::backend(new));
-    let old_pod = format!("{}/{}", objects::NAMESPACE, objects::backend(old));
-    let to = format!("{}:{}", objects::CHURN_VIP, objects::SERVICE_PORT);
-    let watchers: Vec<_> = PROXIES
-        .iter()
-        .map(|p| {
-            let (from, to, pod) = (p.client(), to.clone(), new_pod.clone());
-            std::thread::spawn(move || {
-                lab_cli::load(&Load {
-                    from: &from,
-                    to,
-                    rate: 200,
-                    workers: 4,
-                    seconds: 30.0,
-                    timeout_ms: 200,
-                    until_answered_by: Some(&pod),
-                    via: None,
-                })
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(1000));
-    let t = Instant::now();
-    kubectl.run(&["apply", "-f", "-"], Some(&objects::churn_slice(new)))?;
-    let written = unix_ms() as f64;
-    kubectl_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-    let mut out = Vec::new();
-    for (p, w) in PROXIES.iter().zip(watchers) {
-        let report = w.join().expect("watcher thread")?;
-        if !report.answered_by.contains_key(&old_pod) {
-            notes.push(format!(
-                "EndpointSlice change {old_pod} → {new_pod}, {}: no answer from the old backend before \
-                 the change (the watcher may have started late)",
-                p.mode
-            ));
-        }
-        match first_answer_unix_ms(&report, Some(&new_pod)) {
-            Some(at) => out.push((p.mode.to_string(), at - written)),
-            None => notes.push(format!(
-                "EndpointSlice change {old_pod} → {new_pod}: {} never answered from the new backend \
-                 within 30 s",
-                p.mode
-            )),
-        }
     }
     Ok(out)
 }

@@ -107,11 +107,14 @@ fn pod(s: &mut String, name: &str, node: &str, ip: Ipv4Addr, labels: &str, serve
     );
 }
 
+/// The name of the churn Service's EndpointSlice (the bench writes it, no controller does).
+pub const CHURN_SLICE: &str = "echo-bench";
+
 /// The churn Service's EndpointSlice with one endpoint: backend `i`.
 pub fn churn_slice(i: usize) -> String {
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata:\n  name: {CHURN_SERVICE}-bench\n  namespace: {CHURN_NAMESPACE}\n  labels:\n    \
+         metadata:\n  name: {CHURN_SLICE}\n  namespace: {CHURN_NAMESPACE}\n  labels:\n    \
          kubernetes.io/service-name: {CHURN_SERVICE}\n    endpointslice.kubernetes.io/managed-by: bench.strait.dev\n\
          addressType: IPv4\nports: [{{name: http, port: {TARGET_PORT}, protocol: TCP}}]\n\
          endpoints:\n- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n",

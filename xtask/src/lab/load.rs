@@ -109,9 +109,21 @@ pub struct LoadReport {
     /// its own events up with `first_answer_s`.
     #[serde(default)]
     pub started_unix_ms: u64,
+    /// The same moment in microseconds, for figures finer than a millisecond.
+    #[serde(default)]
+    pub started_unix_us: u64,
     /// Pod → seconds from the start to its first answer (the end of that exchange).
     #[serde(default)]
     pub first_answer_s: BTreeMap<String, f64>,
+    /// Pod → seconds from the start to the beginning of the first attempt it answered: when the
+    /// SYN that reached it was sent, so the datapath already led there (the exchange time after
+    /// it is not the datapath's).
+    #[serde(default)]
+    pub first_answer_attempt_s: BTreeMap<String, f64>,
+    /// Pod → seconds from the start to the beginning of the last attempt it answered: with one
+    /// endpoint at a time, the datapath still led to it then.
+    #[serde(default)]
+    pub last_answer_attempt_s: BTreeMap<String, f64>,
     /// Exchange time of answered attempts (connect, request, answer), over the first answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<Latency>,
@@ -219,9 +231,15 @@ pub fn command(paths: &Paths, args: LoadArgs) -> Result<()> {
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_ms() -> u64 {
+    unix_us() / 1000
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it): lines up events of separate
+/// processes on this machine (they share the clock) finer than a millisecond.
+pub fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn parse_to(to: &str) -> Result<(Ipv4Addr, u16)> {
@@ -252,8 +270,10 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
 
 /// Runs the load from the current netns (worker threads inherit it).
 pub fn run(job: &LoadJob) -> LoadReport {
+    let started_unix_us = unix_us();
     let report = Arc::new(Mutex::new(LoadReport {
-        started_unix_ms: unix_ms(),
+        started_unix_ms: started_unix_us / 1000,
+        started_unix_us,
         ..LoadReport::default()
     }));
     let timed = Arc::new(Mutex::new(Vec::<f64>::new()));
@@ -279,6 +299,7 @@ pub fn run(job: &LoadJob) -> LoadReport {
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
+                    let begun_s = start.elapsed().as_secs_f64();
                     let a = probe::attempt(job.ip, job.port, Proto::Tcp, timeout, &job.socket);
                     let at_s = start.elapsed().as_secs_f64();
                     let mut r = report.lock().expect("report");
@@ -292,6 +313,11 @@ pub fn run(job: &LoadJob) -> LoadReport {
                         r.answered += 1;
                         let pod = a.answered_by.unwrap_or_default();
                         r.first_answer_s.entry(pod.clone()).or_insert(at_s);
+                        // Workers overlap: keep the earliest first and the latest last attempt.
+                        let first = r.first_answer_attempt_s.entry(pod.clone()).or_insert(begun_s);
+                        *first = first.min(begun_s);
+                        let last = r.last_answer_attempt_s.entry(pod.clone()).or_insert(begun_s);
+                        *last = last.max(begun_s);
                         if let Some(ms) = a.ms {
                             let mut t = timed.lock().expect("timed");
                             if t.len() < TIMED_ANSWERS {
