@@ -15,11 +15,17 @@ use crate::lab::load::LoadReport;
 /// The bench's own lab name, so it never collides with a lab someone else runs.
 pub const LAB: &str = "benche2e";
 
+/// `STRAIT_BENCH_LAB` names the lab instead (two bench runs side by side each need their own:
+/// a run begins by removing a lab of its name).
+fn lab_name() -> String {
+    std::env::var("STRAIT_BENCH_LAB").unwrap_or_else(|_| LAB.to_string())
+}
+
 /// Runs `xtask lab --name LAB ARGS…`, returns its stdout.
 pub fn lab(args: &[String]) -> Result<String> {
     let exe = std::env::current_exe().context("finding xtask's own binary")?;
     let out = Command::new(exe)
-        .args(["lab", "--name", LAB])
+        .args(["lab", "--name", &lab_name()])
         .args(args)
         .stdin(Stdio::null())
         .output()
