@@ -45,6 +45,9 @@ const DEBOUNCE: Duration = Duration::from_millis(1);
 /// Whatever happened, re-read everything this often and diff against a dump of the pinned maps
 /// (level-triggered resync, which prunes entries written behind the agent's back).
 const RESYNC: Duration = Duration::from_secs(10);
+/// How often a pass looks at every manifest file instead of only those inotify named (see
+/// [`Source::poll`]); within the 1 s a manifest edit has to reach the maps.
+const SCAN_ALL: Duration = Duration::from_millis(900);
 
 pub struct Shared {
     inner: Mutex<Inner>,
@@ -510,6 +513,8 @@ struct SourceWatch {
     source: Source,
     /// The last full read; `None` until the source gave its first snapshot.
     last_resync: Option<Instant>,
+    /// The last poll that looked at every manifest file.
+    last_scan: Option<Instant>,
     snapshot: Snapshot,
     /// Standalone mode plays the EndpointSlice controller for selector Services that come without
     /// slices; kept apart from the snapshot so that adding them copies nothing. A slice derived again
@@ -535,6 +540,7 @@ impl SourceWatch {
         Self {
             source,
             last_resync: None,
+            last_scan: None,
             snapshot: Snapshot::default(),
             derived: Vec::new(),
             planner: lb::PlanCache::default(),
@@ -547,10 +553,21 @@ impl SourceWatch {
         self.last_resync.is_some()
     }
 
-    fn refresh(&mut self, sync: &mut SyncView, counters: &mut AgentCounters) -> Result<Refreshed> {
+    fn refresh(
+        &mut self,
+        sync: &mut SyncView,
+        counters: &mut AgentCounters,
+        wake: Wake,
+    ) -> Result<Refreshed> {
         self.source.export(counters);
         let resync = self.last_resync.is_none_or(|t| t.elapsed() >= RESYNC);
-        let Some(update) = self.source.poll(resync, &mut self.snapshot)? else {
+        // Every file's metadata is looked at on a tick, once a second at most; passes woken by a
+        // write look at the written files only.
+        let scan_all = wake == Wake::Tick && self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_ALL);
+        if scan_all {
+            self.last_scan = Some(Instant::now());
+        }
+        let Some(update) = self.source.poll(resync, &mut self.snapshot, scan_all)? else {
             return Ok(Refreshed::default());
         };
         for r in &update.rejected {
@@ -582,7 +599,7 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
     let mut inner = shared.lock();
     let inner = &mut *inner;
     let t0 = Instant::now();
-    let refreshed = watch.refresh(&mut inner.sync, &mut inner.counters)?;
+    let refreshed = watch.refresh(&mut inner.sync, &mut inner.counters, wake)?;
     if refreshed.resync {
         inner.reconciler.require_dump();
         inner.policy.require_dump();

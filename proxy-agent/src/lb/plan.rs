@@ -131,12 +131,13 @@ pub(crate) fn plan_service(service: &Service, slices: &[&ServiceSlice], node: &N
 pub(crate) struct Assembly {
     pub frontends: BTreeMap<FrontendKey, Arc<Frontend>>,
     pub health_checks: BTreeMap<u16, HealthCheck>,
-    pub rejected: Vec<Rejected>,
+    /// Claims refused because another Service had them first (a Service's own problems are in its
+    /// [`ServicePlan::rejected`]).
+    pub conflicts: Vec<Rejected>,
 }
 
 impl Assembly {
     pub fn add(&mut self, service: &ServicePlan) {
-        self.rejected.extend(service.rejected.iter().cloned());
         for claim in &service.claims {
             if self.insert(&claim.frontend, &claim.field)
                 && let Some(internal) = &claim.internal
@@ -156,7 +157,7 @@ impl Assembly {
         let key = frontend_key(frontend);
         if let Some(existing) = self.frontends.get(&key) {
             if existing.service != frontend.service {
-                self.rejected.push(Rejected {
+                self.conflicts.push(Rejected {
                     kind: "Service",
                     namespace: frontend.service.namespace.clone(),
                     name: frontend.service.name.clone(),
@@ -177,7 +178,7 @@ impl Assembly {
     /// range, so two Services on one port is bad input: the first in namespace/name order keeps it.
     fn health_check(&mut self, service: &ServicePlan, port: u16, local_endpoints: usize) {
         if let Some(existing) = self.health_checks.get(&port) {
-            self.rejected.push(Rejected {
+            self.conflicts.push(Rejected {
                 kind: "Service",
                 namespace: service.namespace.clone(),
                 name: service.name.clone(),

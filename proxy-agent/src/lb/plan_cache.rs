@@ -9,7 +9,11 @@
 //! slices by Service, and putting the Services' frontends together in namespace/name order (the
 //! first Service to claim an address keeps it, which is a property of all Services at once).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasherDefault, Hasher},
+    sync::Arc,
+};
 
 use k8s_openapi::api::{
     core::v1::{Node, Service},
@@ -17,9 +21,9 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    LbPlan, Rejected,
+    Frontend, HealthCheck, LbPlan, Rejected,
     endpoints::{ServiceSlice, read_slice},
-    plan::{Assembly, NodeView, ServicePlan, namespaced, plan_service},
+    plan::{Assembly, FrontendKey, NodeView, ServicePlan, frontend_key, namespaced, plan_service},
 };
 use crate::snapshot::Snapshot;
 
@@ -31,17 +35,49 @@ fn ptr<T>(object: &Arc<T>) -> usize {
     Arc::as_ptr(object) as usize
 }
 
+/// Keys here are addresses of live allocations: one multiply spreads them well enough, at a
+/// fraction of SipHash's cost over 20k lookups a pass.
+#[derive(Default, Clone, Copy)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        let x = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 29);
+    }
+}
+
+type ByAddress<V> = HashMap<usize, V, BuildHasherDefault<AddressHasher>>;
+
 #[derive(Default)]
 pub struct PlanCache {
     node: Option<CachedNode>,
     /// Bumped when the node's view changes; every Service planned under an older one is re-planned.
     node_generation: u64,
-    slices: HashMap<usize, CachedSlice>,
-    services: HashMap<usize, CachedService>,
+    slices: ByAddress<CachedSlice>,
+    /// The valid slices of each Service (by its key's address), in slice-name order.
+    groups: ByAddress<Vec<usize>>,
+    services: ByAddress<CachedService>,
     keys: HashMap<(String, String), ServiceKey>,
-    /// The snapshot's Services (as pointers) the last time they were sorted, and that order.
+    /// The snapshot's Services (as addresses) the last time they were sorted, and that order.
     sorted_from: Vec<usize>,
     order: Vec<usize>,
+    /// The last plan's frontends and health checks, patched in place when a pass re-planned Services
+    /// without changing which addresses they claim.
+    frontends: Vec<Arc<Frontend>>,
+    health_checks: Vec<HealthCheck>,
+    /// Claims the last assembly refused (two Services on one address or health-check port): while
+    /// there are any, who gets what may change with any Service, so passes assemble from scratch.
+    conflicts: Vec<Rejected>,
+    assembled: bool,
     pass: u64,
     /// Services planned (not taken from the cache) by the last pass.
     replanned: usize,
@@ -56,21 +92,29 @@ struct CachedNode {
 struct CachedSlice {
     _object: Arc<EndpointSlice>,
     read: Option<Result<(ServiceKey, ServiceSlice), Rejected>>,
+    /// Position in the last snapshot (the merge order of equally named slices).
+    position: usize,
     seen: u64,
 }
 
 struct CachedService {
     object: Arc<Service>,
     key: ServiceKey,
-    /// The slices the plan was made from, in slice-name order; `None` before the first plan.
-    slices: Option<Vec<usize>>,
+    /// `None` until planned.
+    plan: Option<ServicePlan>,
     node_generation: u64,
-    plan: ServicePlan,
     seen: u64,
 }
 
 fn intern(keys: &mut HashMap<(String, String), ServiceKey>, key: (String, String)) -> ServiceKey {
     keys.entry(key.clone()).or_insert_with(|| Arc::new(key)).clone()
+}
+
+/// What a Service's plan claims, without what it routes to: equal shapes claim the same addresses.
+fn shape(plan: &ServicePlan) -> impl Iterator<Item = (FrontendKey, Option<FrontendKey>)> + '_ {
+    plan.claims
+        .iter()
+        .map(|c| (frontend_key(&c.frontend), c.internal.as_deref().map(frontend_key)))
 }
 
 impl PlanCache {
@@ -102,51 +146,93 @@ impl PlanCache {
             node,
             node_generation,
             slices,
+            groups,
             services,
             keys,
             sorted_from,
             order,
+            frontends,
+            health_checks,
+            conflicts,
+            assembled,
             replanned,
             ..
         } = self;
         let view = &node.as_ref().expect("set above").view;
 
-        // EndpointSlices grouped by Service, each group in snapshot order (then derived ones).
-        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+        // Slices: new ones join their Service's group, gone ones leave it; either way the Service is
+        // planned again.
+        let mut dirty: HashSet<usize, BuildHasherDefault<AddressHasher>> = HashSet::default();
         let mut rejected = view.rejected.clone();
-        for object in snapshot.endpoint_slices.iter().chain(derived) {
+        for (position, object) in snapshot.endpoint_slices.iter().chain(derived).enumerate() {
             let at = ptr(object);
-            let entry = slices.entry(at).or_insert_with(|| CachedSlice {
-                _object: object.clone(),
-                read: read_slice(object)
-                    .map(|read| read.map(|s| (intern(keys, (s.namespace.clone(), s.service.clone())), s))),
-                seen: pass,
+            let entry = slices.entry(at).or_insert_with(|| {
+                let read = read_slice(object)
+                    .map(|read| read.map(|s| (intern(keys, (s.namespace.clone(), s.service.clone())), s)));
+                if let Some(Ok((key, _))) = &read {
+                    groups.entry(ptr(key)).or_default().push(at);
+                    dirty.insert(ptr(key));
+                }
+                CachedSlice {
+                    _object: object.clone(),
+                    read,
+                    position,
+                    seen: pass,
+                }
             });
             entry.seen = pass;
-            match &entry.read {
-                Some(Ok((key, _))) => groups.entry(ptr(key)).or_default().push(at),
-                Some(Err(r)) => rejected.push(r.clone()),
-                None => {}
+            entry.position = position;
+            if let Some(Err(r)) = &entry.read {
+                rejected.push(r.clone());
             }
         }
-        // kube-proxy merges a Service's slices in name order; a stable sort keeps duplicates (possible
-        // with hand-written manifests) in snapshot order.
-        for group in groups.values_mut().filter(|g| g.len() > 1) {
-            group.sort_by(|a, b| slice_name(slices, *a).cmp(slice_name(slices, *b)));
+        let slices_before = slices.len();
+        slices.retain(|at, e| {
+            if e.seen == pass {
+                return true;
+            }
+            if let Some(Ok((key, _))) = &e.read {
+                let group = groups.get_mut(&ptr(key)).expect("a valid slice is in its group");
+                group.retain(|s| s != at);
+                if group.is_empty() {
+                    groups.remove(&ptr(key));
+                }
+                dirty.insert(ptr(key));
+            }
+            false
+        });
+        // kube-proxy merges a Service's slices in name order; equally named ones (possible with
+        // hand-written manifests) stay in snapshot order.
+        for key in &dirty {
+            if let Some(group) = groups.get_mut(key) {
+                group.sort_by(|a, b| {
+                    let (a, b) = (&slices[a], &slices[b]);
+                    (slice_name(a), a.position).cmp(&(slice_name(b), b.position))
+                });
+            }
         }
 
+        let mut reassemble = !*assembled || !conflicts.is_empty();
         for object in &snapshot.services {
             services
                 .entry(ptr(object))
-                .or_insert_with(|| CachedService {
-                    object: object.clone(),
-                    key: intern(keys, namespaced(object)),
-                    slices: None,
-                    node_generation: 0,
-                    plan: ServicePlan::default(),
-                    seen: pass,
+                .or_insert_with(|| {
+                    reassemble = true;
+                    CachedService {
+                        object: object.clone(),
+                        key: intern(keys, namespaced(object)),
+                        plan: None,
+                        node_generation: 0,
+                        seen: pass,
+                    }
                 })
                 .seen = pass;
+        }
+        let services_before = services.len();
+        services.retain(|_, e| e.seen == pass);
+        reassemble |= services.len() != services_before;
+        if slices.len() != slices_before || services.len() != services_before {
+            keys.retain(|_, k| Arc::strong_count(k) > 1);
         }
         let current: Vec<usize> = snapshot.services.iter().map(ptr).collect();
         if *sorted_from != current {
@@ -155,41 +241,90 @@ impl PlanCache {
             sorted.sort_by(|a, b| services[a].key.cmp(&services[b].key));
             *order = sorted;
             *sorted_from = current;
+            reassemble = true;
         }
 
         *replanned = 0;
-        let mut assembly = Assembly::default();
+        let mut patches: Vec<usize> = Vec::new();
         for at in order.iter() {
             let entry = services.get_mut(at).expect("every Service has an entry");
-            let group = groups.get(&ptr(&entry.key)).map_or(&[][..], Vec::as_slice);
-            if entry.node_generation != *node_generation || entry.slices.as_deref() != Some(group) {
-                let read: Vec<&ServiceSlice> = group
-                    .iter()
-                    .filter_map(|at| match &slices[at].read {
-                        Some(Ok((_, s))) => Some(s),
-                        _ => None,
-                    })
-                    .collect();
-                entry.plan = plan_service(&entry.object, &read, view);
-                entry.slices = Some(group.to_vec());
-                entry.node_generation = *node_generation;
-                *replanned += 1;
+            let key = ptr(&entry.key);
+            if entry.plan.is_some() && entry.node_generation == *node_generation && !dirty.contains(&key) {
+                continue;
             }
-            assembly.add(&entry.plan);
+            let read: Vec<&ServiceSlice> = groups
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .filter_map(|at| match &slices[at].read {
+                    Some(Ok((_, s))) => Some(s),
+                    _ => None,
+                })
+                .collect();
+            let new = plan_service(&entry.object, &read, view);
+            entry.node_generation = *node_generation;
+            *replanned += 1;
+            match entry.plan.replace(new) {
+                Some(old)
+                    if !reassemble
+                        && shape(&old).eq(shape(entry.plan.as_ref().expect("just set")))
+                        && old.health_check.map(|h| h.0)
+                            == entry.plan.as_ref().and_then(|p| p.health_check.map(|h| h.0)) =>
+                {
+                    patches.push(*at);
+                }
+                _ => reassemble = true,
+            }
         }
 
-        let before = (slices.len(), services.len());
-        slices.retain(|_, e| e.seen == pass);
-        services.retain(|_, e| e.seen == pass);
-        if (slices.len(), services.len()) != before {
-            keys.retain(|_, k| Arc::strong_count(k) > 1);
+        if reassemble {
+            let mut assembly = Assembly::default();
+            for at in order.iter() {
+                assembly.add(services[at].plan.as_ref().expect("planned above"));
+            }
+            *conflicts = assembly.conflicts;
+            *frontends = assembly.frontends.into_values().collect();
+            *health_checks = assembly.health_checks.into_values().collect();
+            *assembled = true;
+        } else {
+            // Same claims, no conflicts: each Service keeps exactly the addresses it had.
+            for at in &patches {
+                let plan = services[at].plan.as_ref().expect("planned above");
+                // A Service claiming one address twice keeps its first claim, as in the assembly.
+                let mut done = Vec::new();
+                for claim in &plan.claims {
+                    if done.contains(&frontend_key(&claim.frontend)) {
+                        continue;
+                    }
+                    for f in std::iter::once(&claim.frontend).chain(&claim.internal) {
+                        let key = frontend_key(f);
+                        if done.contains(&key) {
+                            continue;
+                        }
+                        let i = frontends
+                            .binary_search_by_key(&key, |f| frontend_key(f))
+                            .expect("an unconflicted claim is in the plan");
+                        frontends[i] = f.clone();
+                        done.push(key);
+                    }
+                }
+                if let Some((port, local_endpoints)) = plan.health_check
+                    && let Ok(i) = health_checks.binary_search_by_key(&port, |h| h.port)
+                {
+                    health_checks[i].local_endpoints = local_endpoints;
+                }
+            }
         }
 
-        rejected.extend(assembly.rejected);
+        for at in order.iter() {
+            let plan = services[at].plan.as_ref().expect("planned above");
+            rejected.extend(plan.rejected.iter().cloned());
+        }
+        rejected.extend(conflicts.iter().cloned());
         rejected.sort();
         LbPlan {
-            frontends: assembly.frontends.into_values().collect(),
-            health_checks: assembly.health_checks.into_values().collect(),
+            frontends: frontends.clone(),
+            health_checks: health_checks.clone(),
             rejected,
             snat_addr: view.snat_addr,
         }
@@ -201,8 +336,8 @@ impl PlanCache {
     }
 }
 
-fn slice_name(slices: &HashMap<usize, CachedSlice>, at: usize) -> &str {
-    match &slices[&at].read {
+fn slice_name(slice: &CachedSlice) -> &str {
+    match &slice.read {
         Some(Ok((_, s))) => &s.name,
         _ => "",
     }

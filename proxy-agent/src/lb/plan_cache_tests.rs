@@ -108,3 +108,25 @@ fn removed_and_added_objects_and_a_node_change_give_the_fresh_plan() {
         );
     }
 }
+
+#[test]
+fn a_service_claiming_one_address_twice_keeps_its_first_claim_when_patched() {
+    let (mut snapshot, node, _) = load("clusterip");
+    // The clusterIP as an externalIP too: each port's ExternalIp claim is a silent duplicate of its
+    // ClusterIp claim, which must stay.
+    for service in &mut snapshot.services {
+        let spec = Arc::make_mut(service).spec.as_mut().unwrap();
+        spec.external_ips = spec.cluster_ip.clone().map(|ip| vec![ip]);
+    }
+    let mut cache = PlanCache::default();
+    let first = cache.plan(&snapshot, &[], &node);
+    assert_eq!(first, plan(&snapshot, &node));
+    for j in 0..snapshot.endpoint_slices.len() {
+        Arc::make_mut(&mut snapshot.endpoint_slices[j]).endpoints.pop();
+        assert_eq!(
+            cache.plan(&snapshot, &[], &node),
+            plan(&snapshot, &node),
+            "slice {j}"
+        );
+    }
+}

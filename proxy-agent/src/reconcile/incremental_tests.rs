@@ -35,7 +35,7 @@ fn random_frontend(rng: &mut Rng, addr: Ipv4Addr, port: u16, proto: Proto, scope
             PlannedBackend {
                 addr: Ipv4Addr::new(10, 244, 0, n),
                 port: 8080 + u16::from(n % 2),
-                local: n % 3 == 0,
+                local: n.is_multiple_of(3),
                 terminating: rng.chance(30),
                 node_name: None,
             }
