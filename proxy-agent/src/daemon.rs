@@ -45,6 +45,9 @@ const DEBOUNCE: Duration = Duration::from_millis(1);
 /// Whatever happened, re-read everything this often and diff against a dump of the pinned maps
 /// (level-triggered resync, which prunes entries written behind the agent's back).
 const RESYNC: Duration = Duration::from_secs(10);
+/// How often a pass looks at every manifest file instead of only those inotify named (see
+/// [`Source::poll`]); within the 1 s a manifest edit has to reach the maps.
+const SCAN_ALL: Duration = Duration::from_millis(900);
 
 pub struct Shared {
     inner: Mutex<Inner>,
@@ -69,8 +72,9 @@ struct Inner {
     policy_state: Arc<PolicyState>,
     policy_status: PolicyStatusView,
     counters: AgentCounters,
-    /// Frontend (address, port, protocol number, scope) → the Service port it belongs to.
-    frontend_names: std::collections::BTreeMap<(std::net::Ipv4Addr, u16, u8, u8), String>,
+    /// The last plan's frontends (shared with the plan: naming them for `service list` is left to
+    /// the command, so that a pass does not rebuild 10k names nobody asked for).
+    frontends: Vec<Arc<lb::Frontend>>,
     /// The health checks of the last plan, and their listeners (synced at the end of every pass).
     health_checks: Vec<lb::HealthCheck>,
     /// What the last service plan rejected, reported in `status` with the source's rejections.
@@ -204,10 +208,12 @@ impl Shared {
     pub fn services(&self) -> Result<crate::status::ServicesView, String> {
         let mut inner = self.lock();
         let dump = crate::reconcile::LbMaps::dump(&inner.datapath.lb_maps()).map_err(|e| format!("{e:#}"))?;
-        Ok(crate::status::ServicesView::from_dump(
-            &dump,
-            &inner.frontend_names,
-        ))
+        let names = inner
+            .frontends
+            .iter()
+            .map(|f| ((f.addr, f.port, f.proto.number(), f.scope), f.service.to_string()))
+            .collect();
+        Ok(crate::status::ServicesView::from_dump(&dump, &names))
     }
 
     /// Everything `/metrics` shows.
@@ -287,7 +293,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             policy_state: Arc::default(),
             policy_status: PolicyStatusView::default(),
             counters: AgentCounters::default(),
-            frontend_names: Default::default(),
+            frontends: Vec::new(),
             external: Default::default(),
             config,
             health_checks: Vec::new(),
@@ -382,18 +388,14 @@ async fn wait_for_work(ticker: &mut tokio::time::Interval, source: &mut Source) 
 /// Service maps follow the snapshot: plan (pure) → reconcile (diff against the state last written,
 /// ordered writes).
 fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner) -> Result<()> {
-    let plan = lb::plan_with_derived(&watch.snapshot, &watch.derived, &args.node);
+    let plan = watch.planner.plan(&watch.snapshot, &watch.derived, &args.node);
     for r in &plan.rejected {
         if watch.reported.insert(r.to_string()) {
             tracing::warn!(object = %r, "object skipped by the service planner");
             *inner.counters.rejected.entry(r.kind.to_owned()).or_default() += 1;
         }
     }
-    inner.frontend_names = plan
-        .frontends
-        .iter()
-        .map(|f| ((f.addr, f.port, f.proto.number(), f.scope), f.service.to_string()))
-        .collect();
+    inner.frontends.clone_from(&plan.frontends);
     inner.plan_rejected = plan.rejected.iter().map(ToString::to_string).collect();
     inner.health_checks.clone_from(&plan.health_checks);
     for w in lb::maglev::warnings(&plan, args.maglev_table_size) {
@@ -511,10 +513,15 @@ struct SourceWatch {
     source: Source,
     /// The last full read; `None` until the source gave its first snapshot.
     last_resync: Option<Instant>,
+    /// The last poll that looked at every manifest file.
+    last_scan: Option<Instant>,
     snapshot: Snapshot,
     /// Standalone mode plays the EndpointSlice controller for selector Services that come without
-    /// slices; kept apart from the snapshot so that adding them copies nothing.
-    derived: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    /// slices; kept apart from the snapshot so that adding them copies nothing. A slice derived again
+    /// unchanged keeps its allocation, so the planner sees its Service unchanged.
+    derived: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
+    /// Plans only the Services whose objects changed since the last pass.
+    planner: lb::PlanCache,
     /// The source's rejected objects of the last update.
     rejected: Vec<String>,
     reported: BTreeSet<String>,
@@ -533,8 +540,10 @@ impl SourceWatch {
         Self {
             source,
             last_resync: None,
+            last_scan: None,
             snapshot: Snapshot::default(),
             derived: Vec::new(),
+            planner: lb::PlanCache::default(),
             rejected: Vec::new(),
             reported: BTreeSet::new(),
         }
@@ -544,10 +553,21 @@ impl SourceWatch {
         self.last_resync.is_some()
     }
 
-    fn refresh(&mut self, sync: &mut SyncView, counters: &mut AgentCounters) -> Result<Refreshed> {
+    fn refresh(
+        &mut self,
+        sync: &mut SyncView,
+        counters: &mut AgentCounters,
+        wake: Wake,
+    ) -> Result<Refreshed> {
         self.source.export(counters);
         let resync = self.last_resync.is_none_or(|t| t.elapsed() >= RESYNC);
-        let Some(update) = self.source.poll(resync, &mut self.snapshot)? else {
+        // Every file's metadata is looked at on a tick, once a second at most; passes woken by a
+        // write look at the written files only.
+        let scan_all = wake == Wake::Tick && self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_ALL);
+        if scan_all {
+            self.last_scan = Some(Instant::now());
+        }
+        let Some(update) = self.source.poll(resync, &mut self.snapshot, scan_all)? else {
             return Ok(Refreshed::default());
         };
         for r in &update.rejected {
@@ -560,7 +580,10 @@ impl SourceWatch {
         self.rejected = update.rejected.iter().map(ToString::to_string).collect();
         let changed = if resync { Kinds::ALL } else { update.changed };
         if self.source.derives_endpoint_slices() && changed.intersects(Kinds::SERVICE_INPUTS) {
-            self.derived = lb::derive_endpoint_slices(&self.snapshot);
+            self.derived = lb::keep_unchanged(
+                std::mem::take(&mut self.derived),
+                lb::derive_endpoint_slices(&self.snapshot),
+            );
         }
         sync.objects = self.snapshot.object_count();
         sync.reloads += 1;
@@ -576,7 +599,7 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
     let mut inner = shared.lock();
     let inner = &mut *inner;
     let t0 = Instant::now();
-    let refreshed = watch.refresh(&mut inner.sync, &mut inner.counters)?;
+    let refreshed = watch.refresh(&mut inner.sync, &mut inner.counters, wake)?;
     if refreshed.resync {
         inner.reconciler.require_dump();
         inner.policy.require_dump();

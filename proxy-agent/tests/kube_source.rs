@@ -521,7 +521,7 @@ async fn an_unusable_object_is_reported_by_name_and_field_and_skipped() {
     let deadline = Instant::now() + WAIT;
     let mut snapshot = Snapshot::default();
     let update = loop {
-        if let Some(u) = source.poll(false, &mut snapshot).unwrap() {
+        if let Some(u) = source.poll(false, &mut snapshot, false).unwrap() {
             break u;
         }
         assert!(Instant::now() < deadline, "no first snapshot");
@@ -574,7 +574,7 @@ async fn a_store_change_wakes_the_source_and_names_its_kind() {
     let deadline = Instant::now() + WAIT;
     // Woken by the stores only: a wake must leave the change for the poll to find.
     let first = loop {
-        if let Some(u) = source.poll(false, &mut snapshot).unwrap() {
+        if let Some(u) = source.poll(false, &mut snapshot, false).unwrap() {
             break u;
         }
         assert!(Instant::now() < deadline, "no first snapshot");
@@ -583,13 +583,13 @@ async fn a_store_change_wakes_the_source_and_names_its_kind() {
             .ok();
     };
     assert!(first.changed.intersects(proxy_agent::source::Kinds::SERVICES));
-    while source.poll(false, &mut snapshot).unwrap().is_some() {}
+    while source.poll(false, &mut snapshot, false).unwrap().is_some() {}
     server.apply(service("late", "10.96.0.14"));
     tokio::time::timeout(WAIT, source.changed())
         .await
         .expect("the watch event wakes the source");
     let update = source
-        .poll(false, &mut snapshot)
+        .poll(false, &mut snapshot, false)
         .unwrap()
         .expect("a change after the wake");
     assert_eq!(update.changed, proxy_agent::source::Kinds::SERVICES);

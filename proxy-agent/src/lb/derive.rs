@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
 };
 
 use k8s_openapi::{
@@ -19,6 +20,25 @@ use k8s_openapi::{
 
 use super::{SERVICE_NAME_LABEL, ZONE_LABEL};
 use crate::snapshot::Snapshot;
+
+/// The derived slices `new` as shared objects, each taking the allocation of an equal slice of the
+/// same namespace/name in `old` (the last derivation) when there is one: the planner re-plans a
+/// Service only when one of its slices is a new allocation.
+pub fn keep_unchanged(old: Vec<Arc<EndpointSlice>>, new: Vec<EndpointSlice>) -> Vec<Arc<EndpointSlice>> {
+    let mut old: BTreeMap<(Option<String>, Option<String>), Arc<EndpointSlice>> = old
+        .into_iter()
+        .map(|s| ((s.metadata.namespace.clone(), s.metadata.name.clone()), s))
+        .collect();
+    new.into_iter()
+        .map(|s| {
+            let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
+            match old.remove(&key) {
+                Some(kept) if *kept == s => kept,
+                _ => Arc::new(s),
+            }
+        })
+        .collect()
+}
 
 /// `endpointslice.kubernetes.io/managed-by` of the slices made here.
 pub const MANAGED_BY: &str = "strait-standalone";

@@ -50,105 +50,88 @@ struct Slice {
     endpoints: Vec<SliceEndpoint>,
 }
 
-/// The valid IPv4 EndpointSlices, grouped by the (namespace, name) of their Service, each group in
-/// slice-name order so that the merge is deterministic.
-#[derive(Debug, Default)]
-pub(crate) struct SliceIndex {
-    by_service: BTreeMap<(String, String), Vec<(String, Slice)>>,
+/// A valid IPv4 EndpointSlice, read once, with the Service it belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceSlice {
+    pub namespace: String,
+    /// The `kubernetes.io/service-name` label.
+    pub service: String,
+    pub name: String,
+    slice: Slice,
 }
 
-impl SliceIndex {
-    pub fn new<'a>(
-        slices: impl IntoIterator<Item = &'a EndpointSlice>,
-        rejected: &mut Vec<Rejected>,
-    ) -> Self {
-        let mut index = Self::default();
-        for slice in slices {
-            // kube-proxy watches only its own family; IPv6 and FQDN slices are not ours to judge.
-            if slice.address_type != "IPv4" {
-                continue;
-            }
-            let namespace = slice
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let name = slice.metadata.name.clone().unwrap_or_default();
-            let Some(service) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            else {
-                continue;
-            };
-            match validate(slice) {
-                Ok(valid) => index
-                    .by_service
-                    .entry((namespace, service.clone()))
-                    .or_default()
-                    .push((name, valid)),
-                Err((field, reason)) => rejected.push(Rejected {
-                    kind: "EndpointSlice",
-                    namespace,
-                    name,
-                    field,
-                    reason,
-                }),
-            }
-        }
-        for group in index.by_service.values_mut() {
-            group.sort_by(|a, b| a.0.cmp(&b.0));
-        }
-        index
+/// What the planner makes of one EndpointSlice: `None` for a slice that is not ours to judge (kube-proxy
+/// watches only its own family; IPv6 and FQDN slices, and slices without a Service label, are skipped),
+/// else the valid slice or why it was rejected.
+pub(crate) fn read_slice(slice: &EndpointSlice) -> Option<Result<ServiceSlice, Rejected>> {
+    if slice.address_type != "IPv4" {
+        return None;
     }
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    let namespace = slice
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = slice.metadata.name.clone().unwrap_or_default();
+    Some(match validate(slice) {
+        Ok(valid) => Ok(ServiceSlice {
+            namespace,
+            service: service.clone(),
+            name,
+            slice: valid,
+        }),
+        Err((field, reason)) => Err(Rejected {
+            kind: "EndpointSlice",
+            namespace,
+            name,
+            field,
+            reason,
+        }),
+    })
+}
 
-    /// The endpoints of one Service port (matched to slice ports by name and protocol, as kube-proxy's
-    /// `ServicePortName`), merged over all slices and de-duplicated by address:port. Like kube-proxy,
-    /// the first occurrence wins unless a later one is local. Sorted by (addr, port).
-    pub fn endpoints(
-        &self,
-        namespace: &str,
-        service: &str,
-        port_name: &str,
-        proto: Proto,
-        node_name: &str,
-    ) -> Vec<Endpoint> {
-        let mut merged: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
-        let Some(slices) = self.by_service.get(&(namespace.to_string(), service.to_string())) else {
-            return Vec::new();
-        };
-        for (_, slice) in slices {
-            for port in &slice.ports {
-                let Some(number) = port.port else { continue };
-                if port.name.as_deref() != Some(port_name) || port.proto != proto {
+/// The endpoints of one Service port (matched to slice ports by name and protocol, as kube-proxy's
+/// `ServicePortName`), merged over the Service's slices (given in slice-name order, so that the merge
+/// is deterministic) and de-duplicated by address:port. Like kube-proxy, the first occurrence wins
+/// unless a later one is local. Sorted by (addr, port).
+pub(crate) fn merged_endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a ServiceSlice>,
+    port_name: &str,
+    proto: Proto,
+    node_name: &str,
+) -> Vec<Endpoint> {
+    let mut merged: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
+    for ServiceSlice { slice, .. } in slices {
+        for port in &slice.ports {
+            let Some(number) = port.port else { continue };
+            if port.name.as_deref() != Some(port_name) || port.proto != proto {
+                continue;
+            }
+            for ep in &slice.endpoints {
+                let local = ep.node_name.as_deref() == Some(node_name);
+                let key = (ep.addr, number);
+                if merged.contains_key(&key) && !local {
                     continue;
                 }
-                for ep in &slice.endpoints {
-                    let local = ep.node_name.as_deref() == Some(node_name);
-                    let key = (ep.addr, number);
-                    if merged.contains_key(&key) && !local {
-                        continue;
-                    }
-                    merged.insert(
-                        key,
-                        Endpoint {
-                            addr: ep.addr,
-                            port: number,
-                            ready: ep.ready,
-                            serving: ep.serving,
-                            terminating: ep.terminating,
-                            local,
-                            node_name: ep.node_name.clone(),
-                            zone_hints: ep.zone_hints.clone(),
-                            node_hints: ep.node_hints.clone(),
-                        },
-                    );
-                }
+                merged.insert(
+                    key,
+                    Endpoint {
+                        addr: ep.addr,
+                        port: number,
+                        ready: ep.ready,
+                        serving: ep.serving,
+                        terminating: ep.terminating,
+                        local,
+                        node_name: ep.node_name.clone(),
+                        zone_hints: ep.zone_hints.clone(),
+                        node_hints: ep.node_hints.clone(),
+                    },
+                );
             }
         }
-        merged.into_values().collect()
     }
+    merged.into_values().collect()
 }
 
 fn validate(slice: &EndpointSlice) -> Result<Slice, (String, String)> {

@@ -224,6 +224,7 @@ fn external_frontends(plan: &LbPlan) -> impl Iterator<Item = &super::Frontend> {
     plan.frontends
         .iter()
         .filter(|f| f.kind != FrontendKind::ClusterIp && f.scope == SCOPE_EXTERNAL && !f.backends.is_empty())
+        .map(|f| &**f)
 }
 
 /// The frontends whose backends are too many for `size` (cheap: no table is built).

@@ -209,6 +209,7 @@ fn too_many_backends_for_the_table_is_a_warning_naming_the_service() {
         .frontends
         .iter_mut()
         .find(|f| f.kind == FrontendKind::NodePort && f.scope == SCOPE_EXTERNAL && !f.backends.is_empty())
+        .map(std::sync::Arc::make_mut)
         .unwrap();
     let template = f.backends[0].clone();
     f.backends = (0..3)

@@ -2,7 +2,7 @@
 //! out, following kube-proxy's rules (see [`plan`]). No I/O and no maps here: `crate::reconcile` turns an
 //! [`LbPlan`] into map contents and map operations.
 //!
-//! - [`plan()`]: every Service's IPv4 frontends (ClusterIPs, NodePorts on this node's IPs, externalIPs,
+//! - [`plan()`] (and [`PlanCache`], its incremental form): every Service's IPv4 frontends (ClusterIPs, NodePorts on this node's IPs, externalIPs,
 //!   LoadBalancer ingress IPs) with the backends kube-proxy would use on this node.
 //! - [`derive_endpoint_slices`]: standalone mode's stand-in for the EndpointSlice controller.
 //! - [`render_plan`]: a stable text form of a plan, for golden tests and debugging.
@@ -11,6 +11,7 @@ mod derive;
 mod endpoints;
 pub mod maglev;
 mod plan;
+mod plan_cache;
 pub(crate) mod render;
 pub mod source_ranges;
 #[cfg(test)]
@@ -18,8 +19,9 @@ pub(crate) mod tests;
 
 use std::net::Ipv4Addr;
 
-pub use derive::derive_endpoint_slices;
+pub use derive::{derive_endpoint_slices, keep_unchanged};
 pub use plan::{plan, plan_with_derived};
+pub use plan_cache::PlanCache;
 pub use render::render_plan;
 
 /// The label that ties an EndpointSlice to its Service.
@@ -199,8 +201,10 @@ pub struct HealthCheck {
 /// The desired load-balancing state of one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LbPlan {
-    /// Sorted by (addr, port, proto, scope); at most one per key.
-    pub frontends: Vec<Frontend>,
+    /// Sorted by (addr, port, proto, scope); at most one per key. Shared: a frontend that did not
+    /// change since the last plan is the same allocation (see [`PlanCache`]), which is how the map
+    /// reconciler finds what to rewrite without comparing everything.
+    pub frontends: Vec<std::sync::Arc<Frontend>>,
     /// Sorted by port; at most one per port.
     pub health_checks: Vec<HealthCheck>,
     /// Objects skipped whole, and fields ignored in objects that are still planned.

@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
 };
 
 use common::lb::{SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags};
@@ -20,7 +21,7 @@ use policy::net::Ipv4Net;
 use super::{
     DEFAULT_AFFINITY_TIMEOUT, Frontend, FrontendKind, HealthCheck, LbPlan, PlannedBackend, Proto, Rejected,
     ServicePortRef, ZONE_LABEL,
-    endpoints::{Endpoint, SliceIndex, categorize},
+    endpoints::{Endpoint, ServiceSlice, categorize, merged_endpoints},
     source_ranges,
 };
 use crate::snapshot::Snapshot;
@@ -33,53 +34,176 @@ pub fn plan(snapshot: &Snapshot, node_name: &str) -> LbPlan {
 }
 
 /// [`plan`] with EndpointSlices derived for selector Services (standalone mode), kept apart from the
-/// snapshot so that it is not copied to add them.
-pub fn plan_with_derived(snapshot: &Snapshot, derived: &[EndpointSlice], node_name: &str) -> LbPlan {
-    let mut rejected = Vec::new();
-    let node = snapshot.node(node_name);
-    let zone = node
-        .and_then(|n| n.metadata.labels.as_ref())
-        .and_then(|l| l.get(ZONE_LABEL))
-        .cloned()
-        .unwrap_or_default();
-    let node_ips = node.map(|n| node_ipv4s(n, &mut rejected)).unwrap_or_default();
-    let snat_addr = node.and_then(snat_address).or_else(|| node_ips.first().copied());
-    let slices = SliceIndex::new(
-        snapshot.endpoint_slices.iter().map(|s| &**s).chain(derived),
-        &mut rejected,
-    );
+/// snapshot so that it is not copied to add them. The daemon keeps a [`super::PlanCache`] instead,
+/// which gives the same plan while re-planning only the Services whose inputs changed.
+pub fn plan_with_derived(snapshot: &Snapshot, derived: &[Arc<EndpointSlice>], node_name: &str) -> LbPlan {
+    super::PlanCache::default().plan(snapshot, derived, node_name)
+}
 
-    let mut services: Vec<&Service> = snapshot.services.iter().map(|s| &**s).collect();
-    services.sort_by_key(|s| namespaced(s));
+/// What the planner needs of this node; everything that changes when the Node object does.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeView {
+    pub name: String,
+    pub zone: String,
+    /// Where NodePorts are served.
+    pub ips: Vec<Ipv4Addr>,
+    pub snat_addr: Option<Ipv4Addr>,
+    /// The Node's own unusable fields.
+    pub rejected: Vec<Rejected>,
+}
 
-    let mut planner = Planner {
-        node_name,
-        zone: &zone,
-        node_ips: &node_ips,
-        slices: &slices,
-        frontends: BTreeMap::new(),
-        health_checks: BTreeMap::new(),
-        rejected: &mut rejected,
-    };
-    for service in services {
-        match ServiceInfo::parse(service) {
-            Ok(Some(info)) => {
-                planner.rejected.extend(info.ignored.iter().cloned());
-                planner.service(&info);
-            }
-            Ok(None) => {}
-            Err(r) => planner.rejected.push(r),
+impl NodeView {
+    pub fn new(node: Option<&Node>, node_name: &str) -> Self {
+        let mut rejected = Vec::new();
+        let zone = node
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|l| l.get(ZONE_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        let ips = node.map(|n| node_ipv4s(n, &mut rejected)).unwrap_or_default();
+        let snat_addr = node.and_then(snat_address).or_else(|| ips.first().copied());
+        Self {
+            name: node_name.to_string(),
+            zone,
+            ips,
+            snat_addr,
+            rejected,
         }
     }
-    let frontends = planner.frontends.into_values().collect();
-    let health_checks = planner.health_checks.into_values().collect();
-    rejected.sort();
-    LbPlan {
-        frontends,
-        health_checks,
-        rejected,
-        snat_addr,
+}
+
+/// One Service's part of the plan, which depends on nothing but the Service, its EndpointSlices and the
+/// node: the frontends it claims, in the order it claims them. Whether it gets them is decided when
+/// all Services are put together ([`Assembly`]), since two Services may claim one address.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServicePlan {
+    pub namespace: String,
+    pub name: String,
+    pub claims: Vec<Claim>,
+    /// `spec.healthCheckNodePort` and the node's ready local endpoints it reports.
+    pub health_check: Option<(u16, usize)>,
+    /// The Service's own problems (the Service rejected whole, or fields ignored).
+    pub rejected: Vec<Rejected>,
+}
+
+/// A frontend a Service asks for; `internal` (the internal-scope twin of an externalTrafficPolicy
+/// Local frontend) is added only when `frontend` is.
+#[derive(Debug, Clone)]
+pub(crate) struct Claim {
+    pub frontend: Arc<Frontend>,
+    pub internal: Option<Arc<Frontend>>,
+    /// The Service field the frontend comes from, for a conflict report.
+    pub field: String,
+}
+
+/// Plans one Service against its EndpointSlices (in slice-name order).
+pub(crate) fn plan_service(service: &Service, slices: &[&ServiceSlice], node: &NodeView) -> ServicePlan {
+    let (namespace, name) = namespaced(service);
+    let mut out = ServicePlan {
+        namespace,
+        name,
+        ..ServicePlan::default()
+    };
+    match ServiceInfo::parse(service) {
+        Ok(Some(info)) => {
+            out.rejected.extend(info.ignored.iter().cloned());
+            let mut planner = Planner {
+                node,
+                slices,
+                claims: Vec::new(),
+            };
+            let mut local_ready = BTreeSet::new();
+            for port in &info.ports {
+                planner.service_port(&info, port, &mut local_ready);
+            }
+            out.claims = planner.claims;
+            out.health_check = info.health_check_node_port.map(|port| (port, local_ready.len()));
+        }
+        Ok(None) => {}
+        Err(r) => out.rejected.push(r),
     }
+    out
+}
+
+/// The frontends and health checks of all Services, added in namespace/name order: the first Service
+/// to claim an address:port/proto (or a health-check port) keeps it, a later one is reported.
+#[derive(Debug, Default)]
+pub(crate) struct Assembly {
+    pub frontends: BTreeMap<FrontendKey, Arc<Frontend>>,
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+    /// Claims refused because another Service had them first (a Service's own problems are in its
+    /// [`ServicePlan::rejected`]).
+    pub conflicts: Vec<Rejected>,
+}
+
+impl Assembly {
+    pub fn add(&mut self, service: &ServicePlan) {
+        for claim in &service.claims {
+            if self.insert(&claim.frontend, &claim.field)
+                && let Some(internal) = &claim.internal
+            {
+                self.insert(internal, &claim.field);
+            }
+        }
+        if let Some((port, local_endpoints)) = service.health_check {
+            self.health_check(service, port, local_endpoints);
+        }
+    }
+
+    /// Adds a frontend unless another Service already has its address:port/proto (possible with
+    /// externalIPs, which the API does not keep unique): the first Service in namespace/name order
+    /// keeps it, the later one is reported.
+    fn insert(&mut self, frontend: &Arc<Frontend>, field: &str) -> bool {
+        let key = frontend_key(frontend);
+        if let Some(existing) = self.frontends.get(&key) {
+            if existing.service != frontend.service {
+                self.conflicts.push(Rejected {
+                    kind: "Service",
+                    namespace: frontend.service.namespace.clone(),
+                    name: frontend.service.name.clone(),
+                    field: field.to_string(),
+                    reason: format!(
+                        "{}:{}/{} is already a frontend of {}",
+                        frontend.addr, frontend.port, frontend.proto, existing.service
+                    ),
+                });
+            }
+            return false;
+        }
+        self.frontends.insert(key, frontend.clone());
+        true
+    }
+
+    /// kube-proxy keeps one health check per port; the API server allocates them from the NodePort
+    /// range, so two Services on one port is bad input: the first in namespace/name order keeps it.
+    fn health_check(&mut self, service: &ServicePlan, port: u16, local_endpoints: usize) {
+        if let Some(existing) = self.health_checks.get(&port) {
+            self.conflicts.push(Rejected {
+                kind: "Service",
+                namespace: service.namespace.clone(),
+                name: service.name.clone(),
+                field: "spec.healthCheckNodePort".into(),
+                reason: format!(
+                    "port {port} is already the health check of {}/{}",
+                    existing.namespace, existing.name
+                ),
+            });
+            return;
+        }
+        self.health_checks.insert(
+            port,
+            HealthCheck {
+                namespace: service.namespace.clone(),
+                name: service.name.clone(),
+                port,
+                local_endpoints,
+            },
+        );
+    }
+}
+
+pub(crate) fn frontend_key(f: &Frontend) -> FrontendKey {
+    (f.addr, f.port, f.proto, f.scope)
 }
 
 /// The node's first IPv4 InternalIP: the address other nodes route back to (an ExternalIP may be NATed
@@ -92,7 +216,7 @@ fn snat_address(node: &Node) -> Option<Ipv4Addr> {
         .find_map(|a| a.address.parse::<Ipv4Addr>().ok())
 }
 
-fn namespaced(service: &Service) -> (String, String) {
+pub(crate) fn namespaced(service: &Service) -> (String, String) {
     (
         service
             .metadata
@@ -349,16 +473,13 @@ impl ServiceInfo {
     }
 }
 
-type FrontendKey = (Ipv4Addr, u16, Proto, u8);
+pub(crate) type FrontendKey = (Ipv4Addr, u16, Proto, u8);
 
+/// Plans the ports of one Service.
 struct Planner<'a> {
-    node_name: &'a str,
-    zone: &'a str,
-    node_ips: &'a [Ipv4Addr],
-    slices: &'a SliceIndex,
-    frontends: BTreeMap<FrontendKey, Frontend>,
-    health_checks: BTreeMap<u16, HealthCheck>,
-    rejected: &'a mut Vec<Rejected>,
+    node: &'a NodeView,
+    slices: &'a [&'a ServiceSlice],
+    claims: Vec<Claim>,
 }
 
 fn backends(endpoints: &[Endpoint]) -> Vec<PlannedBackend> {
@@ -377,60 +498,18 @@ fn backends(endpoints: &[Endpoint]) -> Vec<PlannedBackend> {
 }
 
 impl Planner<'_> {
-    fn service(&mut self, info: &ServiceInfo) {
-        let mut local_ready = BTreeSet::new();
-        for port in &info.ports {
-            self.service_port(info, port, &mut local_ready);
-        }
-        if let Some(port) = info.health_check_node_port {
-            self.health_check(info, port, local_ready.len());
-        }
-    }
-
-    /// kube-proxy keeps one health check per port; the API server allocates them from the NodePort
-    /// range, so two Services on one port is bad input: the first in namespace/name order keeps it.
-    fn health_check(&mut self, info: &ServiceInfo, port: u16, local_endpoints: usize) {
-        if let Some(existing) = self.health_checks.get(&port) {
-            self.rejected.push(Rejected {
-                kind: "Service",
-                namespace: info.namespace.clone(),
-                name: info.name.clone(),
-                field: "spec.healthCheckNodePort".into(),
-                reason: format!(
-                    "port {port} is already the health check of {}/{}",
-                    existing.namespace, existing.name
-                ),
-            });
-            return;
-        }
-        self.health_checks.insert(
-            port,
-            HealthCheck {
-                namespace: info.namespace.clone(),
-                name: info.name.clone(),
-                port,
-                local_endpoints,
-            },
-        );
-    }
-
     /// Plans one Service port; adds the addresses of its ready endpoints on this node to `local_ready`
     /// (the health check's count, taken from the same endpoint set the frontends use).
     fn service_port(&mut self, info: &ServiceInfo, port: &PortInfo, local_ready: &mut BTreeSet<Ipv4Addr>) {
-        let endpoints = self.slices.endpoints(
-            &info.namespace,
-            &info.name,
-            &port.name,
-            port.proto,
-            self.node_name,
-        );
+        let node_name = self.node.name.as_str();
+        let endpoints = merged_endpoints(self.slices.iter().copied(), &port.name, port.proto, node_name);
         local_ready.extend(endpoints.iter().filter(|e| e.local && e.ready).map(|e| e.addr));
         // serviceport.go: ExternallyAccessible, UsesClusterEndpoints, UsesLocalEndpoints.
         let externally_accessible =
             port.node_port != 0 || !info.lb_ips.is_empty() || !info.external_ips.is_empty();
         let uses_cluster = !info.internal_local || externally_accessible;
         let uses_local = info.internal_local || (info.external_local && externally_accessible);
-        let cat = categorize(&endpoints, uses_cluster, uses_local, self.node_name, self.zone);
+        let cat = categorize(&endpoints, uses_cluster, uses_local, node_name, &self.node.zone);
 
         let affinity = if info.affinity_timeout > 0 {
             svc_flags::AFFINITY
@@ -464,7 +543,7 @@ impl Planner<'_> {
         let lb_source_ranges = info
             .source_ranges
             .as_ref()
-            .map(|r| source_ranges::for_frontend(r, &info.lb_ips, self.node_ips));
+            .map(|r| source_ranges::for_frontend(r, &info.lb_ips, &self.node.ips));
         let make =
             |kind: FrontendKind, addr: Ipv4Addr, number: u16, scope: u8, flags: u16, set: &[Endpoint]| {
                 let mut flags = flags | kind.flag() | affinity | verdict(set);
@@ -495,21 +574,19 @@ impl Planner<'_> {
 
         let field = format!("spec.ports[{}]", port.index);
         for &ip in &info.cluster_ips {
-            self.insert(
-                make(
-                    FrontendKind::ClusterIp,
-                    ip,
-                    port.port,
-                    SCOPE_EXTERNAL,
-                    0,
-                    internal,
-                ),
-                &field,
+            let frontend = make(
+                FrontendKind::ClusterIp,
+                ip,
+                port.port,
+                SCOPE_EXTERNAL,
+                0,
+                internal,
             );
+            self.claim(frontend, None, field.clone());
         }
         let mut external_frontends: Vec<(FrontendKind, Ipv4Addr, u16, String)> = Vec::new();
         if port.node_port != 0 {
-            for &ip in self.node_ips {
+            for &ip in &self.node.ips {
                 external_frontends.push((
                     FrontendKind::NodePort,
                     ip,
@@ -540,41 +617,25 @@ impl Planner<'_> {
                 // starts on this node is short-circuited to the cluster endpoints (the iptables
                 // proxier's "pod traffic for external destinations" / "route LOCAL traffic" rules),
                 // through a second, internal-scope entry.
+                // Both entries carry the flags, so a lookup knows which scope it holds.
                 let flags = svc_flags::EXT_POLICY_LOCAL | svc_flags::HAS_INTERNAL_SCOPE;
-                if self.insert(make(kind, ip, number, SCOPE_EXTERNAL, flags, external), &field) {
-                    // Both entries carry the flags, so a lookup knows which scope it holds.
-                    self.insert(
-                        make(kind, ip, number, SCOPE_INTERNAL, flags, &cat.cluster),
-                        &field,
-                    );
-                }
+                let twin = make(kind, ip, number, SCOPE_INTERNAL, flags, &cat.cluster);
+                self.claim(
+                    make(kind, ip, number, SCOPE_EXTERNAL, flags, external),
+                    Some(twin),
+                    field,
+                );
             } else {
-                self.insert(make(kind, ip, number, SCOPE_EXTERNAL, 0, external), &field);
+                self.claim(make(kind, ip, number, SCOPE_EXTERNAL, 0, external), None, field);
             }
         }
     }
 
-    /// Adds a frontend unless another Service already has its address:port/proto (possible with
-    /// externalIPs, which the API does not keep unique): the first Service in namespace/name order
-    /// keeps it, the later one is reported.
-    fn insert(&mut self, frontend: Frontend, field: &str) -> bool {
-        let key = (frontend.addr, frontend.port, frontend.proto, frontend.scope);
-        if let Some(existing) = self.frontends.get(&key) {
-            if existing.service != frontend.service {
-                self.rejected.push(Rejected {
-                    kind: "Service",
-                    namespace: frontend.service.namespace.clone(),
-                    name: frontend.service.name.clone(),
-                    field: field.to_string(),
-                    reason: format!(
-                        "{}:{}/{} is already a frontend of {}",
-                        frontend.addr, frontend.port, frontend.proto, existing.service
-                    ),
-                });
-            }
-            return false;
-        }
-        self.frontends.insert(key, frontend);
-        true
+    fn claim(&mut self, frontend: Frontend, internal: Option<Frontend>, field: String) {
+        self.claims.push(Claim {
+            frontend: Arc::new(frontend),
+            internal: internal.map(Arc::new),
+            field,
+        });
     }
 }

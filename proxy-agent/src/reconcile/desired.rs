@@ -8,7 +8,7 @@ use common::{
 };
 
 use super::{DesiredMaps, Ids};
-use crate::lb::{Frontend, LbPlan, ServicePortRef};
+use crate::lb::{Frontend, LbPlan, PlannedBackend, ServicePortRef};
 
 /// A frontend that did not fit (a map or an id space is full); it is left out whole, never
 /// programmed with part of its backends.
@@ -64,22 +64,7 @@ fn add_frontend(maps: &mut DesiredMaps, ids: &mut Ids, f: &Frontend) -> Result<(
         let id = ids
             .alloc_backend(&(b.addr, b.port, proto))
             .ok_or("no free backend id")?;
-        let mut flags = 0;
-        if b.local {
-            flags |= backend_flags::LOCAL;
-        }
-        if b.terminating {
-            flags |= backend_flags::TERMINATING;
-        }
-        slots.push((
-            id,
-            Backend4 {
-                addr: Be32::from_octets(b.addr.octets()),
-                port: Be16::new(b.port),
-                proto,
-                flags,
-            },
-        ));
+        slots.push((id, backend_value(b, proto)));
     }
     // Everything fits: write the frontend whole.
     for (slot, (id, backend)) in slots.into_iter().enumerate() {
@@ -111,13 +96,42 @@ fn add_frontend(maps: &mut DesiredMaps, ids: &mut Ids, f: &Frontend) -> Result<(
             affinity_timeout: f.affinity_timeout,
         },
     );
-    maps.revnat.insert(
-        rev_nat,
-        RevNat4 {
-            addr: Be32::from_octets(f.addr.octets()),
-            port: Be16::new(f.port),
-            _pad: 0,
-        },
-    );
+    maps.revnat.insert(rev_nat, revnat_value(f));
     Ok(())
+}
+
+/// A backend entry as one frontend sees it (its own LOCAL and TERMINATING flags).
+pub(crate) fn backend_value(b: &PlannedBackend, proto: u8) -> Backend4 {
+    let mut flags = 0;
+    if b.local {
+        flags |= backend_flags::LOCAL;
+    }
+    if b.terminating {
+        flags |= backend_flags::TERMINATING;
+    }
+    Backend4 {
+        addr: Be32::from_octets(b.addr.octets()),
+        port: Be16::new(b.port),
+        proto,
+        flags,
+    }
+}
+
+/// The frontend's slot-0 entry; `None` with more backends than a slot number holds.
+pub(crate) fn frontend_value(f: &Frontend, rev_nat: u32) -> Option<Lb4Service> {
+    Some(Lb4Service {
+        backend_id: 0,
+        count: u16::try_from(f.backends.len()).ok()?,
+        rev_nat,
+        flags: f.flags,
+        affinity_timeout: f.affinity_timeout,
+    })
+}
+
+pub(crate) fn revnat_value(f: &Frontend) -> RevNat4 {
+    RevNat4 {
+        addr: Be32::from_octets(f.addr.octets()),
+        port: Be16::new(f.port),
+        _pad: 0,
+    }
 }

@@ -92,6 +92,13 @@ impl<K: Ord + Clone> Pool<K> {
         self.held = present.filter(|id| !self.by_id.contains_key(id)).collect();
     }
 
+    fn release(&mut self, id: u32) {
+        if let Some(key) = self.by_id.remove(&id) {
+            self.by_key.remove(&key);
+            self.free.insert(id);
+        }
+    }
+
     fn retain(&mut self, keep: impl Fn(u32) -> bool) {
         let gone: Vec<u32> = self.by_id.keys().copied().filter(|id| !keep(*id)).collect();
         for id in gone {
@@ -177,6 +184,16 @@ impl Ids {
     pub fn release_unused(&mut self, desired: &DesiredMaps) {
         self.backends.retain(|id| desired.backends.contains_key(&id));
         self.revnat.retain(|id| desired.revnat.contains_key(&id));
+    }
+
+    /// Frees the given ids (no entry uses them any more; call after that was written).
+    pub fn release(&mut self, backends: &[u32], revnat: &[u32]) {
+        for id in backends {
+            self.backends.release(*id);
+        }
+        for id in revnat {
+            self.revnat.release(*id);
+        }
     }
 
     /// Number of (backend, rev-NAT) ids in use.

@@ -2,7 +2,9 @@
 //! [`Ids`]) → [`diff()`] against a dump of the maps → [`MapOp`]s in an order that never leaves the
 //! datapath pointing at something missing → applied through [`LbMaps`].
 //!
-//! Every pass recomputes everything from the plan. What it diffs against is the last state it wrote
+//! A pass after a complete one changes only the frontends that differ from the last plan's (see
+//! [`incremental`]); the first pass, a pass after a dump, and a pass whose change cannot be made in
+//! place (a full map or id space) recompute everything from the plan. What it diffs against is the last state it wrote
 //! completely, kept in memory: dumping the pinned maps costs one syscall per entry (hundreds of
 //! milliseconds at 100k endpoints), far more than the change. The maps are dumped instead at start,
 //! after a failed write (so a pass that failed half-way is finished by the next one from what the
@@ -16,6 +18,7 @@ pub mod dump;
 pub mod external;
 mod fake;
 mod ids;
+mod incremental;
 #[cfg(test)]
 mod tests;
 
@@ -130,6 +133,10 @@ pub struct Reconciler {
     written: Option<DesiredMaps>,
     /// Passes that dumped the maps since start (tests and the debug log).
     dumps: u64,
+    /// Who uses each id of `written`, when the next pass may change it in place.
+    users: Option<incremental::Users>,
+    /// Passes that recomputed everything since start (tests and the debug log).
+    full_passes: u64,
 }
 
 impl Reconciler {
@@ -145,6 +152,7 @@ impl Reconciler {
             ids,
             written: Some(dump),
             dumps: 1,
+            ..Self::default()
         })
     }
 
@@ -160,6 +168,12 @@ impl Reconciler {
     /// repairs and prunes whatever someone else changed in them.
     pub fn require_dump(&mut self) {
         self.written = None;
+        self.users = None;
+    }
+
+    /// How many passes recomputed every entry since start (the others changed only what changed).
+    pub fn full_passes(&self) -> u64 {
+        self.full_passes
     }
 
     /// How many times the maps were dumped since start.
@@ -176,6 +190,15 @@ impl Reconciler {
     /// operation, after which the next pass starts over from a fresh dump; ids are released only after
     /// a pass completed.
     pub fn reconcile(&mut self, plan: &LbPlan, maps: &mut dyn LbMaps) -> Result<Outcome> {
+        if let (Some(written), Some(users)) = (self.written.as_mut(), self.users.as_mut()) {
+            if let Some(change) = users.update(plan, &mut self.ids, written) {
+                return self.write_change(change, maps);
+            }
+            // A state half-updated in place is not trusted: start over from the maps.
+            self.written = None;
+            self.users = None;
+        }
+        self.full_passes += 1;
         let actual = match self.written.take() {
             Some(written) => written,
             None => {
@@ -185,6 +208,7 @@ impl Reconciler {
                 dump
             }
         };
+        self.users = None;
         // Ids held as orphans by the last dump stay held until the next one; that costs a few unused
         // ids for a while, never an id that a stale entry still points at.
         let (wanted, unfit) = desired(plan, &mut self.ids);
@@ -196,6 +220,26 @@ impl Reconciler {
         }
         self.ids.release_unused(&wanted);
         self.written = Some(wanted);
+        // With a frontend left out, which ones fit depends on all of them: the next pass is full too.
+        if unfit.is_empty() {
+            self.users = incremental::Users::of(plan, &self.ids);
+        }
         Ok(Outcome { ops, unfit })
+    }
+
+    fn write_change(&mut self, change: incremental::Change, maps: &mut dyn LbMaps) -> Result<Outcome> {
+        let ops = change.ops;
+        for (i, op) in ops.iter().enumerate() {
+            if let Err(e) = maps.apply(op) {
+                self.written = None;
+                self.users = None;
+                return Err(e).with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()));
+            }
+        }
+        self.ids.release(&change.unused_backends, &change.unused_revnat);
+        Ok(Outcome {
+            ops,
+            unfit: Vec::new(),
+        })
     }
 }

@@ -3,7 +3,8 @@
 //! kind/namespace/name and skipped; the rest keeps working.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    ffi::OsString,
     path::{Path, PathBuf},
     sync::Arc,
     time::SystemTime,
@@ -103,16 +104,90 @@ impl ManifestsSource {
 
     /// Brings `snapshot` up to date with the files, if any changed (every file is read again when
     /// `resync`). `snapshot` must be the one the previous call left; anything else (checked by its
-    /// object counts) is rebuilt from every file.
-    pub fn poll(&mut self, resync: bool, snapshot: &mut Snapshot) -> Result<Option<Update>> {
-        let current = fingerprint(&self.path)?;
-        let expected = self.files.values().fold([0; 6], |mut acc, f| {
+    /// object counts) is rebuilt from every file. `dirty`: the only names of the directory that can
+    /// have changed since the last call (from inotify); `None` looks at every file.
+    pub fn poll(
+        &mut self,
+        resync: bool,
+        snapshot: &mut Snapshot,
+        dirty: Option<BTreeSet<OsString>>,
+    ) -> Result<Option<Update>> {
+        if let Some(names) = dirty
+            && !resync
+            && self.loaded
+            && self.path.is_dir()
+            && counts(snapshot) == self.expected_counts()
+        {
+            return self.poll_names(snapshot, names);
+        }
+        self.poll_all(resync, snapshot)
+    }
+
+    fn expected_counts(&self) -> Counts {
+        self.files.values().fold([0; 6], |mut acc, f| {
             for (a, c) in acc.iter_mut().zip(f.counts) {
                 *a += c;
             }
             acc
-        });
-        let rebuild = !self.loaded || counts(snapshot) != expected;
+        })
+    }
+
+    /// [`Self::poll`] for the given names only.
+    fn poll_names(&mut self, snapshot: &mut Snapshot, names: BTreeSet<OsString>) -> Result<Option<Update>> {
+        let mut changed = Kinds::NONE;
+        let mut reread = false;
+        for name in names {
+            let path = self.path.join(&name);
+            let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file());
+            // Where the file's runs start: the objects of the files before it.
+            let at = self.files.range(..path.clone()).fold([0; 6], |mut acc, (_, f)| {
+                for (a, c) in acc.iter_mut().zip(f.counts) {
+                    *a += c;
+                }
+                acc
+            });
+            let cached = self.files.remove(&path);
+            let Some(meta) = meta else {
+                if let Some(f) = cached {
+                    splice(snapshot, &at, &f.counts, Snapshot::default());
+                    changed |= kinds_present(&f.counts);
+                    reread = true;
+                }
+                continue;
+            };
+            let (len, modified) = (meta.len(), meta.modified().ok());
+            let parsed = match cached {
+                Some(f) if f.len == len && f.modified == modified => f,
+                cached => {
+                    let (parsed, kinds) = read_file(&path, len, modified, cached, snapshot, &at)?;
+                    if let Some(kinds) = kinds {
+                        changed |= kinds;
+                        reread = true;
+                    }
+                    parsed
+                }
+            };
+            self.files.insert(path, parsed);
+        }
+        if !reread {
+            return Ok(None);
+        }
+        Ok(Some(Update {
+            rejected: self.rejected(),
+            changed,
+        }))
+    }
+
+    fn rejected(&self) -> Vec<Rejected> {
+        self.files
+            .values()
+            .flat_map(|f| f.rejected.iter().cloned())
+            .collect()
+    }
+
+    fn poll_all(&mut self, resync: bool, snapshot: &mut Snapshot) -> Result<Option<Update>> {
+        let current = fingerprint(&self.path)?;
+        let rebuild = !self.loaded || counts(snapshot) != self.expected_counts();
         if rebuild {
             *snapshot = Snapshot::default();
             self.files.clear();
@@ -140,29 +215,12 @@ impl ManifestsSource {
             let parsed = match cached {
                 Some(f) if !resync && unchanged(&f) => f,
                 cached => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let hash = text_hash(&text);
-                    match cached {
-                        // A resync that finds the same text: the objects in the snapshot stand.
-                        Some(f) if f.hash == hash => ParsedFile { len, modified, ..f },
-                        cached => {
-                            let (mut objects, mut rejected) = (Snapshot::default(), Vec::new());
-                            parse_into(&text, &path, &mut objects, &mut rejected);
-                            let new_counts = counts(&objects);
-                            let old_counts = cached.map_or([0; 6], |f| f.counts);
-                            changed |= kinds_present(&old_counts) | kinds_present(&new_counts);
-                            reread = true;
-                            splice(snapshot, &at, &old_counts, objects);
-                            ParsedFile {
-                                len,
-                                modified,
-                                counts: new_counts,
-                                hash,
-                                rejected,
-                            }
-                        }
+                    let (parsed, kinds) = read_file(&path, len, modified, cached, snapshot, &at)?;
+                    if let Some(kinds) = kinds {
+                        changed |= kinds;
+                        reread = true;
                     }
+                    parsed
                 }
             };
             for (a, c) in at.iter_mut().zip(parsed.counts) {
@@ -185,13 +243,53 @@ impl ManifestsSource {
         if !reread && !rebuild && !resync {
             return Ok(None);
         }
-        let rejected = self
-            .files
-            .values()
-            .flat_map(|f| f.rejected.iter().cloned())
-            .collect();
-        Ok(Some(Update { rejected, changed }))
+        Ok(Some(Update {
+            rejected: self.rejected(),
+            changed,
+        }))
     }
+}
+
+/// Reads one file whose metadata changed: when its text is the same (a resync, a `touch`), the
+/// objects in the snapshot stand; otherwise its runs at `at` are replaced by what it holds now.
+/// Returns the file's record and the kinds that may have changed (`None`: the text is the same).
+fn read_file(
+    path: &Path,
+    len: u64,
+    modified: Option<SystemTime>,
+    cached: Option<ParsedFile>,
+    snapshot: &mut Snapshot,
+    at: &Counts,
+) -> Result<(ParsedFile, Option<Kinds>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let hash = text_hash(&text);
+    if let Some(f) = cached.as_ref().filter(|f| f.hash == hash) {
+        return Ok((
+            ParsedFile {
+                len,
+                modified,
+                counts: f.counts,
+                hash,
+                rejected: f.rejected.clone(),
+            },
+            None,
+        ));
+    }
+    let (mut objects, mut rejected) = (Snapshot::default(), Vec::new());
+    parse_into(&text, path, &mut objects, &mut rejected);
+    let new_counts = counts(&objects);
+    let old_counts = cached.map_or([0; 6], |f| f.counts);
+    splice(snapshot, at, &old_counts, objects);
+    Ok((
+        ParsedFile {
+            len,
+            modified,
+            counts: new_counts,
+            hash,
+            rejected,
+        },
+        Some(kinds_present(&old_counts) | kinds_present(&new_counts)),
+    ))
 }
 
 fn text_hash(text: &str) -> u64 {
@@ -449,11 +547,11 @@ spec: {containers: "not a list"}
         std::fs::write(dir.join("b.yaml"), ns("b")).unwrap();
         let mut src = ManifestsSource::new(&dir);
         let mut snapshot = Snapshot::default();
-        let first = src.poll(false, &mut snapshot).unwrap().expect("first read");
+        let first = src.poll(false, &mut snapshot, None).unwrap().expect("first read");
         assert_eq!(first.changed, Kinds::ALL);
         assert_eq!(names(&snapshot), ["a", "b"]);
         assert!(
-            src.poll(false, &mut snapshot).unwrap().is_none(),
+            src.poll(false, &mut snapshot, None).unwrap().is_none(),
             "nothing changed"
         );
         // a.yaml rewritten behind the source's back with the same size and mtime: only a re-read would
@@ -468,27 +566,111 @@ spec: {containers: "not a list"}
             .set_modified(mtime)
             .unwrap();
         std::fs::write(dir.join("b.yaml"), ns("b2") + "---\n" + &ns("b3")).unwrap();
-        let second = src.poll(false, &mut snapshot).unwrap().expect("b.yaml changed");
+        let second = src
+            .poll(false, &mut snapshot, None)
+            .unwrap()
+            .expect("b.yaml changed");
         assert_eq!(second.changed, Kinds::NAMESPACES, "only the kinds of b.yaml");
         assert_eq!(names(&snapshot), ["a", "b2", "b3"]);
-        src.poll(true, &mut snapshot)
+        src.poll(true, &mut snapshot, None)
             .unwrap()
             .expect("a resync is an update");
         assert_eq!(names(&snapshot), ["b2", "b3", "z"], "a resync reads all");
         std::fs::remove_file(dir.join("a.yaml")).unwrap();
-        src.poll(false, &mut snapshot).unwrap().expect("a.yaml went away");
+        src.poll(false, &mut snapshot, None)
+            .unwrap()
+            .expect("a.yaml went away");
         assert_eq!(names(&snapshot), ["b2", "b3"]);
         // A file added between two others lands in file order, next to its neighbours' runs.
         std::fs::write(dir.join("a0.yaml"), ns("a0") + "---\n" + SLICE).unwrap();
-        let added = src.poll(false, &mut snapshot).unwrap().expect("a0.yaml appeared");
+        let added = src
+            .poll(false, &mut snapshot, None)
+            .unwrap()
+            .expect("a0.yaml appeared");
         assert_eq!(added.changed, Kinds::NAMESPACES | Kinds::ENDPOINT_SLICES);
         assert_eq!(names(&snapshot), ["a0", "b2", "b3"]);
         assert_eq!(snapshot.namespaces[0].metadata.name.as_deref(), Some("a0"));
         assert_eq!(snapshot.endpoint_slices.len(), 1);
         // A snapshot that is not the one the source left is rebuilt from every file.
         let mut other = Snapshot::default();
-        src.poll(false, &mut other).unwrap().expect("rebuilt");
+        src.poll(false, &mut other, None).unwrap().expect("rebuilt");
         assert_eq!(names(&other), ["a0", "b2", "b3"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Polling only the names inotify reported gives the snapshot a full read gives, objects in the
+    /// same order, and leaves unnamed files alone until a full read.
+    #[test]
+    fn polling_the_written_names_only_matches_a_full_read() {
+        let dir = std::env::temp_dir().join(format!("strait-manifests-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["b", "d", "f"] {
+            std::fs::write(dir.join(format!("{f}.yaml")), ns(f)).unwrap();
+        }
+        let mut src = ManifestsSource::new(&dir);
+        let mut snapshot = Snapshot::default();
+        src.poll(false, &mut snapshot, None).unwrap().expect("first read");
+        let named = |n: &[&str]| -> Option<BTreeSet<OsString>> {
+            Some(n.iter().map(|n| format!("{n}.yaml").into()).collect())
+        };
+        let full = || {
+            let mut fresh = Snapshot::default();
+            ManifestsSource::new(&dir).poll(false, &mut fresh, None).unwrap();
+            fresh
+                .namespaces
+                .iter()
+                .map(|n| n.metadata.name.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let in_order = |s: &Snapshot| -> Vec<String> {
+            s.namespaces
+                .iter()
+                .map(|n| n.metadata.name.clone().unwrap())
+                .collect()
+        };
+        // Changed, added before, between and after, removed: in one batch and one by one.
+        std::fs::write(
+            dir.join("d.yaml"),
+            ns("d1")
+                + "---
+" + &ns("d2"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("a.yaml"), ns("a")).unwrap();
+        std::fs::write(dir.join("c.yaml"), ns("c")).unwrap();
+        std::fs::remove_file(dir.join("f.yaml")).unwrap();
+        let update = src
+            .poll(false, &mut snapshot, named(&["d", "a", "c", "f"]))
+            .unwrap()
+            .expect("changes");
+        assert_eq!(update.changed, Kinds::NAMESPACES);
+        assert_eq!(in_order(&snapshot), full());
+        assert_eq!(in_order(&snapshot), ["a", "b", "c", "d1", "d2"]);
+        std::fs::write(dir.join("g.yaml"), ns("g")).unwrap();
+        src.poll(false, &mut snapshot, named(&["g"]))
+            .unwrap()
+            .expect("g.yaml appeared");
+        assert_eq!(in_order(&snapshot), full());
+        // A name without a change, and a name of a file that never existed: no update.
+        assert!(
+            src.poll(false, &mut snapshot, named(&["b", "x"]))
+                .unwrap()
+                .is_none()
+        );
+        // A change nobody named is not seen, until a read of every file.
+        std::fs::write(
+            dir.join("b.yaml"),
+            ns("b")
+                + "---
+" + &ns("b2"),
+        )
+        .unwrap();
+        assert!(src.poll(false, &mut snapshot, named(&[])).unwrap().is_none());
+        src.poll(false, &mut snapshot, None)
+            .unwrap()
+            .expect("seen by a full read");
+        assert_eq!(in_order(&snapshot), full());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

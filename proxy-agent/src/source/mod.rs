@@ -78,16 +78,19 @@ impl Source {
 
     /// Brings `snapshot` (the one the previous poll left) up to date if the objects changed since, or
     /// `resync` asks for a full read anyway. Never a partial one: the API-server source gives nothing
-    /// until every kind is listed.
-    pub fn poll(&mut self, resync: bool, snapshot: &mut Snapshot) -> Result<Option<Update>> {
+    /// until every kind is listed. `scan_all`: look at every manifest file's metadata, not only at
+    /// the files inotify said were written (a file may change without an event in its directory: a
+    /// symlink to elsewhere, a ConfigMap volume's swap).
+    pub fn poll(&mut self, resync: bool, snapshot: &mut Snapshot, scan_all: bool) -> Result<Option<Update>> {
         match self {
-            Self::Manifests(m, _) => m.poll(resync, snapshot),
-            Self::Kube(k) => Ok(k.poll_kinds(resync).map(|(fresh, changed)| {
-                *snapshot = fresh;
-                Update {
-                    changed,
-                    rejected: k.rejected(),
-                }
+            Self::Manifests(m, watch) => {
+                // Taken even when every file is looked at, so that the names are not looked at twice.
+                let dirty = watch.as_ref().and_then(file_watch::FileWatch::take_dirty);
+                m.poll(resync, snapshot, dirty.filter(|_| !scan_all))
+            }
+            Self::Kube(k) => Ok(k.poll_into(resync, snapshot).map(|changed| Update {
+                changed,
+                rejected: k.rejected(),
             })),
         }
     }

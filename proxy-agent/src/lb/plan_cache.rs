@@ -1,0 +1,348 @@
+//! The planner with a memory: the same plan as [`super::plan()`], but a pass re-plans only the Services
+//! whose inputs changed since the last one (the Service object, the set of its EndpointSlices, the
+//! Node). Inputs are compared by allocation: the sources keep an unchanged object in the same `Arc`
+//! from one snapshot to the next (see `crate::snapshot`), so "changed" costs a pointer comparison, and
+//! a change of one EndpointSlice costs planning one Service instead of 10k. The cache holds the `Arc`s
+//! it compared, so that an address cannot be reused by another object while it is remembered.
+//!
+//! What stays linear in the number of objects is pointer work: finding each object's entry, grouping
+//! slices by Service, and putting the Services' frontends together in namespace/name order (the
+//! first Service to claim an address keeps it, which is a property of all Services at once).
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasherDefault, Hasher},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+
+use super::{
+    Frontend, HealthCheck, LbPlan, Rejected,
+    endpoints::{ServiceSlice, read_slice},
+    plan::{Assembly, FrontendKey, NodeView, ServicePlan, frontend_key, namespaced, plan_service},
+};
+use crate::snapshot::Snapshot;
+
+/// (namespace, name) of a Service, shared by the Service's entry and its slices' entries so that
+/// grouping compares pointers, not strings.
+type ServiceKey = Arc<(String, String)>;
+
+fn ptr<T>(object: &Arc<T>) -> usize {
+    Arc::as_ptr(object) as usize
+}
+
+/// Keys here are addresses of live allocations: one multiply spreads them well enough, at a
+/// fraction of SipHash's cost over 20k lookups a pass.
+#[derive(Default, Clone, Copy)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        let x = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 29);
+    }
+}
+
+type ByAddress<V> = HashMap<usize, V, BuildHasherDefault<AddressHasher>>;
+
+#[derive(Default)]
+pub struct PlanCache {
+    node: Option<CachedNode>,
+    /// Bumped when the node's view changes; every Service planned under an older one is re-planned.
+    node_generation: u64,
+    slices: ByAddress<CachedSlice>,
+    /// The valid slices of each Service (by its key's address), in slice-name order.
+    groups: ByAddress<Vec<usize>>,
+    services: ByAddress<CachedService>,
+    keys: HashMap<(String, String), ServiceKey>,
+    /// The snapshot's Services (as addresses) the last time they were sorted, and that order.
+    sorted_from: Vec<usize>,
+    order: Vec<usize>,
+    /// The last plan's frontends and health checks, patched in place when a pass re-planned Services
+    /// without changing which addresses they claim.
+    frontends: Vec<Arc<Frontend>>,
+    health_checks: Vec<HealthCheck>,
+    /// Claims the last assembly refused (two Services on one address or health-check port): while
+    /// there are any, who gets what may change with any Service, so passes assemble from scratch.
+    conflicts: Vec<Rejected>,
+    assembled: bool,
+    pass: u64,
+    /// Services planned (not taken from the cache) by the last pass.
+    replanned: usize,
+}
+
+struct CachedNode {
+    name: String,
+    object: Option<Arc<Node>>,
+    view: NodeView,
+}
+
+struct CachedSlice {
+    _object: Arc<EndpointSlice>,
+    read: Option<Result<(ServiceKey, ServiceSlice), Rejected>>,
+    /// Position in the last snapshot (the merge order of equally named slices).
+    position: usize,
+    seen: u64,
+}
+
+struct CachedService {
+    object: Arc<Service>,
+    key: ServiceKey,
+    /// `None` until planned.
+    plan: Option<ServicePlan>,
+    node_generation: u64,
+    seen: u64,
+}
+
+fn intern(keys: &mut HashMap<(String, String), ServiceKey>, key: (String, String)) -> ServiceKey {
+    keys.entry(key.clone()).or_insert_with(|| Arc::new(key)).clone()
+}
+
+/// What a Service's plan claims, without what it routes to: equal shapes claim the same addresses.
+fn shape(plan: &ServicePlan) -> impl Iterator<Item = (FrontendKey, Option<FrontendKey>)> + '_ {
+    plan.claims
+        .iter()
+        .map(|c| (frontend_key(&c.frontend), c.internal.as_deref().map(frontend_key)))
+}
+
+impl PlanCache {
+    /// The plan of node `node_name` (see [`super::plan_with_derived`]).
+    pub fn plan(&mut self, snapshot: &Snapshot, derived: &[Arc<EndpointSlice>], node_name: &str) -> LbPlan {
+        self.pass += 1;
+        let pass = self.pass;
+        let node = snapshot
+            .nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(node_name));
+        let same_node = self.node.as_ref().is_some_and(|c| {
+            c.name == node_name
+                && match (&c.object, node) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
+        if !same_node {
+            self.node = Some(CachedNode {
+                name: node_name.to_string(),
+                object: node.cloned(),
+                view: NodeView::new(node.map(|n| &**n), node_name),
+            });
+            self.node_generation += 1;
+        }
+        let Self {
+            node,
+            node_generation,
+            slices,
+            groups,
+            services,
+            keys,
+            sorted_from,
+            order,
+            frontends,
+            health_checks,
+            conflicts,
+            assembled,
+            replanned,
+            ..
+        } = self;
+        let view = &node.as_ref().expect("set above").view;
+
+        // Slices: new ones join their Service's group, gone ones leave it; either way the Service is
+        // planned again.
+        let mut dirty: HashSet<usize, BuildHasherDefault<AddressHasher>> = HashSet::default();
+        let mut rejected = view.rejected.clone();
+        for (position, object) in snapshot.endpoint_slices.iter().chain(derived).enumerate() {
+            let at = ptr(object);
+            let entry = slices.entry(at).or_insert_with(|| {
+                let read = read_slice(object)
+                    .map(|read| read.map(|s| (intern(keys, (s.namespace.clone(), s.service.clone())), s)));
+                if let Some(Ok((key, _))) = &read {
+                    groups.entry(ptr(key)).or_default().push(at);
+                    dirty.insert(ptr(key));
+                }
+                CachedSlice {
+                    _object: object.clone(),
+                    read,
+                    position,
+                    seen: pass,
+                }
+            });
+            entry.seen = pass;
+            entry.position = position;
+            if let Some(Err(r)) = &entry.read {
+                rejected.push(r.clone());
+            }
+        }
+        let slices_before = slices.len();
+        slices.retain(|at, e| {
+            if e.seen == pass {
+                return true;
+            }
+            if let Some(Ok((key, _))) = &e.read {
+                let group = groups.get_mut(&ptr(key)).expect("a valid slice is in its group");
+                group.retain(|s| s != at);
+                if group.is_empty() {
+                    groups.remove(&ptr(key));
+                }
+                dirty.insert(ptr(key));
+            }
+            false
+        });
+        // kube-proxy merges a Service's slices in name order; equally named ones (possible with
+        // hand-written manifests) stay in snapshot order.
+        for key in &dirty {
+            if let Some(group) = groups.get_mut(key) {
+                group.sort_by(|a, b| {
+                    let (a, b) = (&slices[a], &slices[b]);
+                    (slice_name(a), a.position).cmp(&(slice_name(b), b.position))
+                });
+            }
+        }
+
+        let mut reassemble = !*assembled || !conflicts.is_empty();
+        for object in &snapshot.services {
+            services
+                .entry(ptr(object))
+                .or_insert_with(|| {
+                    reassemble = true;
+                    CachedService {
+                        object: object.clone(),
+                        key: intern(keys, namespaced(object)),
+                        plan: None,
+                        node_generation: 0,
+                        seen: pass,
+                    }
+                })
+                .seen = pass;
+        }
+        let services_before = services.len();
+        services.retain(|_, e| e.seen == pass);
+        reassemble |= services.len() != services_before;
+        if slices.len() != slices_before || services.len() != services_before {
+            keys.retain(|_, k| Arc::strong_count(k) > 1);
+        }
+        let current: Vec<usize> = snapshot.services.iter().map(ptr).collect();
+        if *sorted_from != current {
+            // Stable: Services with the same namespace/name stay in snapshot order.
+            let mut sorted = current.clone();
+            sorted.sort_by(|a, b| services[a].key.cmp(&services[b].key));
+            *order = sorted;
+            *sorted_from = current;
+            reassemble = true;
+        }
+
+        *replanned = 0;
+        let mut patches: Vec<usize> = Vec::new();
+        for at in order.iter() {
+            let entry = services.get_mut(at).expect("every Service has an entry");
+            let key = ptr(&entry.key);
+            if entry.plan.is_some() && entry.node_generation == *node_generation && !dirty.contains(&key) {
+                continue;
+            }
+            let read: Vec<&ServiceSlice> = groups
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .filter_map(|at| match &slices[at].read {
+                    Some(Ok((_, s))) => Some(s),
+                    _ => None,
+                })
+                .collect();
+            let new = plan_service(&entry.object, &read, view);
+            entry.node_generation = *node_generation;
+            *replanned += 1;
+            match entry.plan.replace(new) {
+                Some(old)
+                    if !reassemble
+                        && shape(&old).eq(shape(entry.plan.as_ref().expect("just set")))
+                        && old.health_check.map(|h| h.0)
+                            == entry.plan.as_ref().and_then(|p| p.health_check.map(|h| h.0)) =>
+                {
+                    patches.push(*at);
+                }
+                _ => reassemble = true,
+            }
+        }
+
+        if reassemble {
+            let mut assembly = Assembly::default();
+            for at in order.iter() {
+                assembly.add(services[at].plan.as_ref().expect("planned above"));
+            }
+            *conflicts = assembly.conflicts;
+            *frontends = assembly.frontends.into_values().collect();
+            *health_checks = assembly.health_checks.into_values().collect();
+            *assembled = true;
+        } else {
+            // Same claims, no conflicts: each Service keeps exactly the addresses it had.
+            for at in &patches {
+                let plan = services[at].plan.as_ref().expect("planned above");
+                // A Service claiming one address twice keeps its first claim, as in the assembly.
+                let mut done = Vec::new();
+                for claim in &plan.claims {
+                    if done.contains(&frontend_key(&claim.frontend)) {
+                        continue;
+                    }
+                    for f in std::iter::once(&claim.frontend).chain(&claim.internal) {
+                        let key = frontend_key(f);
+                        if done.contains(&key) {
+                            continue;
+                        }
+                        let i = frontends
+                            .binary_search_by_key(&key, |f| frontend_key(f))
+                            .expect("an unconflicted claim is in the plan");
+                        frontends[i] = f.clone();
+                        done.push(key);
+                    }
+                }
+                if let Some((port, local_endpoints)) = plan.health_check
+                    && let Ok(i) = health_checks.binary_search_by_key(&port, |h| h.port)
+                {
+                    health_checks[i].local_endpoints = local_endpoints;
+                }
+            }
+        }
+
+        for at in order.iter() {
+            let plan = services[at].plan.as_ref().expect("planned above");
+            rejected.extend(plan.rejected.iter().cloned());
+        }
+        rejected.extend(conflicts.iter().cloned());
+        rejected.sort();
+        LbPlan {
+            frontends: frontends.clone(),
+            health_checks: health_checks.clone(),
+            rejected,
+            snat_addr: view.snat_addr,
+        }
+    }
+
+    /// How many Services the last pass planned anew (the others came from the cache).
+    pub fn replanned(&self) -> usize {
+        self.replanned
+    }
+}
+
+fn slice_name(slice: &CachedSlice) -> &str {
+    match &slice.read {
+        Some(Ok((_, s))) => &s.name,
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_cache_tests.rs"]
+mod tests;

@@ -1,0 +1,173 @@
+//! The in-place pass against the full one: over random sequences of plans, a reconciler that changes
+//! only what changed performs exactly the operations of one that recomputes and diffs everything, and
+//! both leave the same maps and ids.
+
+use std::{net::Ipv4Addr, sync::Arc};
+
+use common::lb::{SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags};
+
+use super::super::{FakeMaps, Ids, Reconciler};
+use crate::lb::{Frontend, FrontendKind, LbPlan, PlannedBackend, Proto, ServicePortRef};
+
+/// xorshift64: deterministic and enough to shuffle plans.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+fn random_frontend(rng: &mut Rng, addr: Ipv4Addr, port: u16, proto: Proto, scope: u8) -> Frontend {
+    let mut backends: Vec<PlannedBackend> = (0..rng.below(5))
+        .map(|_| {
+            // A small pool, so that frontends share backends and flags must merge.
+            let n = rng.below(8) as u8;
+            PlannedBackend {
+                addr: Ipv4Addr::new(10, 244, 0, n),
+                port: 8080 + u16::from(n % 2),
+                local: n.is_multiple_of(3),
+                terminating: rng.chance(30),
+                node_name: None,
+            }
+        })
+        .collect();
+    backends.sort_by_key(|b| (b.addr, b.port));
+    backends.dedup_by_key(|b| (b.addr, b.port));
+    let flags = if backends.is_empty() { svc_flags::REJECT } else { 0 };
+    Frontend {
+        service: ServicePortRef {
+            namespace: "ns".into(),
+            name: format!("s{}", addr.octets()[3]),
+            port_name: String::new(),
+        },
+        kind: FrontendKind::ClusterIp,
+        addr,
+        port,
+        proto,
+        scope,
+        flags,
+        affinity_timeout: 0,
+        backends,
+        source_ranges: None,
+    }
+}
+
+/// The next plan: most frontends kept (same allocation), some rebuilt equal, some changed, some
+/// removed, some added.
+fn evolve(rng: &mut Rng, last: &[Arc<Frontend>]) -> LbPlan {
+    let mut frontends: Vec<Arc<Frontend>> = Vec::new();
+    for f in last {
+        match rng.below(10) {
+            0 => {}
+            1 => frontends.push(Arc::new((**f).clone())),
+            2 => frontends.push(Arc::new(random_frontend(rng, f.addr, f.port, f.proto, f.scope))),
+            _ => frontends.push(f.clone()),
+        }
+    }
+    for _ in 0..rng.below(4) {
+        let addr = Ipv4Addr::new(10, 96, 0, rng.below(12) as u8);
+        let proto = [Proto::Tcp, Proto::Udp, Proto::Sctp][rng.below(3) as usize];
+        let scope = if rng.chance(20) {
+            SCOPE_INTERNAL
+        } else {
+            SCOPE_EXTERNAL
+        };
+        let port = 80 + rng.below(2) as u16;
+        let key = (addr, port, proto, scope);
+        if !frontends
+            .iter()
+            .any(|f| (f.addr, f.port, f.proto, f.scope) == key)
+        {
+            frontends.push(Arc::new(random_frontend(rng, addr, port, proto, scope)));
+        }
+    }
+    frontends.sort_by_key(|f| (f.addr, f.port, f.proto, f.scope));
+    LbPlan {
+        frontends,
+        ..LbPlan::default()
+    }
+}
+
+#[test]
+fn changing_in_place_performs_the_operations_of_a_full_pass() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng(seed * 0x9E37_79B9_7F4A_7C15);
+        let (mut fast, mut full) = (Reconciler::default(), Reconciler::default());
+        let (mut fast_maps, mut full_maps) = (FakeMaps::new(), FakeMaps::new());
+        let mut plan = LbPlan::default();
+        for pass in 0..60 {
+            plan = evolve(&mut rng, &plan.frontends);
+            let a = fast.reconcile(&plan, &mut fast_maps).unwrap();
+            full.require_dump();
+            let b = full.reconcile(&plan, &mut full_maps).unwrap();
+            assert_eq!(a, b, "seed {seed} pass {pass}");
+            assert_eq!(fast_maps.maps, full_maps.maps, "seed {seed} pass {pass}");
+            assert_eq!(fast.ids().len(), full.ids().len(), "seed {seed} pass {pass}");
+        }
+        assert_eq!(fast.full_passes(), 1, "seed {seed}: only the first pass is full");
+    }
+}
+
+#[test]
+fn a_full_id_space_falls_back_to_a_full_pass_with_the_same_result() {
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed * 0xD1B5_4A32_D192_ED03);
+        // Room for a few backends only: some passes leave frontends out.
+        let (mut fast, mut full) = (
+            Reconciler::with_ids(Ids::with_limits(6, 64)),
+            Reconciler::with_ids(Ids::with_limits(6, 64)),
+        );
+        let (mut fast_maps, mut full_maps) = (FakeMaps::new(), FakeMaps::new());
+        let mut plan = LbPlan::default();
+        for pass in 0..40 {
+            plan = evolve(&mut rng, &plan.frontends);
+            let a = fast.reconcile(&plan, &mut fast_maps).unwrap();
+            full.require_dump();
+            let b = full.reconcile(&plan, &mut full_maps).unwrap();
+            assert_eq!(a.unfit, b.unfit, "seed {seed} pass {pass}");
+            assert_eq!(fast_maps.maps, full_maps.maps, "seed {seed} pass {pass}");
+            fast_maps.maps.check_references().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_failed_write_in_place_is_finished_by_the_next_pass() {
+    let mut rng = Rng(7);
+    let mut reconciler = Reconciler::default();
+    let mut maps = FakeMaps::new();
+    let mut plan = evolve(&mut rng, &[]);
+    while plan.frontends.len() < 6 {
+        plan = evolve(&mut rng, &plan.frontends);
+    }
+    reconciler.reconcile(&plan, &mut maps).unwrap();
+    let mut failed = false;
+    for _ in 0..50 {
+        let next = evolve(&mut rng, &plan.frontends);
+        maps.fail_after = Some(0);
+        if reconciler.reconcile(&next, &mut maps).is_err() {
+            failed = true;
+            // The next pass starts from a dump and leaves exactly the plan's entries.
+            let dumps = reconciler.dumps();
+            reconciler.reconcile(&next, &mut maps).unwrap();
+            assert_eq!(reconciler.dumps(), dumps + 1);
+            let (wanted, _) = super::super::desired(&next, &mut reconciler.ids().clone());
+            assert_eq!(maps.maps, wanted);
+            assert_eq!(reconciler.reconcile(&next, &mut maps).unwrap().ops, vec![]);
+            break;
+        }
+        maps.fail_after = None;
+        plan = next;
+    }
+    assert!(failed, "some pass had an operation to fail");
+}
