@@ -208,6 +208,9 @@ fn udp(addr: SocketAddrV4, timeout: Duration, opts: &SocketOpts) -> std::io::Res
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Pause between TCP attempts that reuse one fixed source port.
+const FIXED_PORT_TCP_PAUSE: Duration = Duration::from_millis(20);
+
 /// Runs jobs on at most `parallel` threads of the current netns; attempts of one job run in order.
 pub fn run_jobs(jobs: Vec<Job>, parallel: usize) -> Vec<JobResult> {
     let queue = Arc::new(Mutex::new(jobs));
@@ -222,7 +225,16 @@ pub fn run_jobs(jobs: Vec<Job>, parallel: usize) -> Vec<JobResult> {
                     };
                     let timeout = Duration::from_millis(job.timeout_ms.max(1));
                     let attempts = (0..job.count)
-                        .map(|_| attempt(job.ip, job.port, job.proto, timeout, &job.socket))
+                        .map(|i| {
+                            if i > 0 && job.proto == Proto::Tcp && job.socket.source_port.is_some() {
+                                // The previous attempt closed the same 4-tuple with a reset; under
+                                // load the server's netns may handle it after our next SYN (another
+                                // CPU's backlog), which then meets the old connection and waits a
+                                // 1 s SYN retransmit. A short pause lets the reset land first.
+                                std::thread::sleep(FIXED_PORT_TCP_PAUSE);
+                            }
+                            attempt(job.ip, job.port, job.proto, timeout, &job.socket)
+                        })
                         .collect();
                     results
                         .lock()
