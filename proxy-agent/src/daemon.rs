@@ -40,8 +40,9 @@ use crate::{
 const TICK: Duration = Duration::from_millis(250);
 /// After the source signals a change, wait this long before the pass: the reflectors' events of one
 /// API request, or the files of one `cp`, arrive within it and become one pass instead of several.
-/// Short against the 5 ms change-to-map target; tokio's timer rounds it up to its 1 ms tick.
-const DEBOUNCE: Duration = Duration::from_millis(1);
+/// Short against the 5 ms change-to-map target. Slept on the thread (this loop runs its passes on
+/// it anyway): tokio's timer would round it up to its 1 ms tick, and then some.
+const DEBOUNCE: Duration = Duration::from_micros(300);
 /// Whatever happened, re-read everything this often and diff against a dump of the pinned maps
 /// (level-triggered resync, which prunes entries written behind the agent's back).
 const RESYNC: Duration = Duration::from_secs(10);
@@ -74,7 +75,7 @@ struct Inner {
     counters: AgentCounters,
     /// The last plan's frontends (shared with the plan: naming them for `service list` is left to
     /// the command, so that a pass does not rebuild 10k names nobody asked for).
-    frontends: Vec<Arc<lb::Frontend>>,
+    frontends: lb::Frontends,
     /// The health checks of the last plan, and their listeners (synced at the end of every pass).
     health_checks: Vec<lb::HealthCheck>,
     /// What the last service plan rejected, reported in `status` with the source's rejections.
@@ -293,7 +294,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             policy_state: Arc::default(),
             policy_status: PolicyStatusView::default(),
             counters: AgentCounters::default(),
-            frontends: Vec::new(),
+            frontends: Arc::default(),
             external: Default::default(),
             config,
             health_checks: Vec::new(),
@@ -379,7 +380,7 @@ async fn wait_for_work(ticker: &mut tokio::time::Interval, source: &mut Source) 
     tokio::select! {
         _ = ticker.tick() => Wake::Tick,
         () = source.changed() => {
-            tokio::time::sleep(DEBOUNCE).await;
+            std::thread::sleep(DEBOUNCE);
             Wake::Changed
         }
     }
@@ -395,7 +396,7 @@ fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner
             *inner.counters.rejected.entry(r.kind.to_owned()).or_default() += 1;
         }
     }
-    inner.frontends.clone_from(&plan.frontends);
+    inner.frontends = plan.frontends.clone();
     inner.plan_rejected = plan.rejected.iter().map(ToString::to_string).collect();
     inner.health_checks.clone_from(&plan.health_checks);
     for w in lb::maglev::warnings(&plan, args.maglev_table_size) {
@@ -410,6 +411,9 @@ fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner
         ..
     } = inner;
     let outcome = reconciler.reconcile(&plan, &mut datapath.lb_maps())?;
+    if !outcome.ops.is_empty() {
+        lb.last_write_unix_us = crate::status::unix_us_now();
+    }
     let node_addr = plan.snat_addr.map_or(0, |a| u32::from_ne_bytes(a.octets()));
     if inner.config.node_addr != node_addr {
         let config = common::config::DatapathConfig {
@@ -520,6 +524,8 @@ struct SourceWatch {
     /// slices; kept apart from the snapshot so that adding them copies nothing. A slice derived again
     /// unchanged keeps its allocation, so the planner sees its Service unchanged.
     derived: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
+    /// Whether any Service of the snapshot has a selector (kept as Services change).
+    selector_services: bool,
     /// Plans only the Services whose objects changed since the last pass.
     planner: lb::PlanCache,
     /// The source's rejected objects of the last update.
@@ -543,6 +549,7 @@ impl SourceWatch {
             last_scan: None,
             snapshot: Snapshot::default(),
             derived: Vec::new(),
+            selector_services: false,
             planner: lb::PlanCache::default(),
             rejected: Vec::new(),
             reported: BTreeSet::new(),
@@ -579,7 +586,15 @@ impl SourceWatch {
         }
         self.rejected = update.rejected.iter().map(ToString::to_string).collect();
         let changed = if resync { Kinds::ALL } else { update.changed };
-        if self.source.derives_endpoint_slices() && changed.intersects(Kinds::SERVICE_INPUTS) {
+        if changed.intersects(Kinds::SERVICES) {
+            self.selector_services = lb::any_selector_service(&self.snapshot);
+        }
+        // Without selector Services only a change of those can give derived slices: a slice change
+        // then skips a walk over every Service.
+        if self.source.derives_endpoint_slices()
+            && changed.intersects(Kinds::SERVICE_INPUTS)
+            && (self.selector_services || !self.derived.is_empty())
+        {
             self.derived = lb::keep_unchanged(
                 std::mem::take(&mut self.derived),
                 lb::derive_endpoint_slices(&self.snapshot),

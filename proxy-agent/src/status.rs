@@ -73,6 +73,10 @@ pub struct LbView {
     /// Map operations of the last pass that changed something, and since start.
     pub last_ops: usize,
     pub total_ops: u64,
+    /// When the last pass with operations had written them (µs since the epoch): a change's way to
+    /// the maps is timed from this, not from when someone asked.
+    #[serde(default)]
+    pub last_write_unix_us: u64,
     /// Frontends left out because a map or id space is full.
     pub unfit: Vec<String>,
     /// `--nodeport-mode`: `snat` or `dsr`, as written to the datapath.
@@ -106,6 +110,13 @@ pub struct CounterView {
 /// GETs `path` (with its query) from the agent's admin endpoint; a non-2xx answer is an error carrying
 /// the agent's message.
 /// Wall-clock milliseconds since the Unix epoch, as the sync and health figures record them.
+pub fn unix_us_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 pub fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

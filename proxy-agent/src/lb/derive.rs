@@ -51,17 +51,23 @@ pub const MANAGED_BY: &str = "strait-standalone";
 /// is set, `ready` = serving and not terminating (or publishNotReadyAddresses). Hints follow
 /// `spec.trafficDistribution` as the controller's `trafficdist` heuristic does. Sorted by
 /// namespace/name.
+fn has_selector(s: &Service) -> bool {
+    s.spec
+        .as_ref()
+        .and_then(|spec| spec.selector.as_ref())
+        .is_some_and(|sel| !sel.is_empty())
+}
+
+/// Whether any Service selects pods: without one there is nothing to derive.
+pub fn any_selector_service(snapshot: &Snapshot) -> bool {
+    snapshot.services.iter().any(|s| has_selector(s))
+}
+
 pub fn derive_endpoint_slices(snapshot: &Snapshot) -> Vec<EndpointSlice> {
     let mut out = Vec::new();
     // Runs after every change in standalone mode: without a selector Service there is nothing to
     // derive, and the indexes below cost milliseconds at 10k Services.
-    let has_selector = |s: &Service| {
-        s.spec
-            .as_ref()
-            .and_then(|spec| spec.selector.as_ref())
-            .is_some_and(|sel| !sel.is_empty())
-    };
-    if !snapshot.services.iter().any(|s| has_selector(s)) {
+    if !any_selector_service(snapshot) {
         return out;
     }
     // Indexes, so that 10k Services over 10k pods stay linear.

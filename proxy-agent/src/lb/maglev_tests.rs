@@ -205,8 +205,7 @@ fn too_many_backends_for_the_table_is_a_warning_naming_the_service() {
     // 251 entries hold 2 backends at 100 each; external.yaml's two-backend frontends fit, so no warning.
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);
     let mut big = plan.clone();
-    let f = big
-        .frontends
+    let f = std::sync::Arc::make_mut(&mut big.frontends)
         .iter_mut()
         .find(|f| f.kind == FrontendKind::NodePort && f.scope == SCOPE_EXTERNAL && !f.backends.is_empty())
         .map(std::sync::Arc::make_mut)

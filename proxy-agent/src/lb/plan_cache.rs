@@ -21,7 +21,7 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Frontend, HealthCheck, LbPlan, Rejected,
+    HealthCheck, LbPlan, Rejected,
     endpoints::{ServiceSlice, read_slice},
     plan::{Assembly, FrontendKey, NodeView, ServicePlan, frontend_key, namespaced, plan_service},
 };
@@ -70,9 +70,17 @@ pub struct PlanCache {
     /// The snapshot's Services (as addresses) the last time they were sorted, and that order.
     sorted_from: Vec<usize>,
     order: Vec<usize>,
+    /// The Services (addresses) of each key, for re-planning the Services of changed slices without
+    /// a walk over all of them.
+    by_key: ByAddress<Vec<usize>>,
+    /// The last pass's slices (addresses, snapshot then derived order): a pass compares position by
+    /// position and looks up only the positions that differ.
+    slice_order: Vec<usize>,
+    /// The last plan's rejected objects, kept while nothing that reports any changed.
+    rejected: Vec<Rejected>,
     /// The last plan's frontends and health checks, patched in place when a pass re-planned Services
     /// without changing which addresses they claim.
-    frontends: Vec<Arc<Frontend>>,
+    frontends: super::Frontends,
     health_checks: Vec<HealthCheck>,
     /// Claims the last assembly refused (two Services on one address or health-check port): while
     /// there are any, who gets what may change with any Service, so passes assemble from scratch.
@@ -81,6 +89,8 @@ pub struct PlanCache {
     pass: u64,
     /// Services planned (not taken from the cache) by the last pass.
     replanned: usize,
+    /// Passes that walked every slice (not just the positions that changed).
+    slice_walks: u64,
 }
 
 struct CachedNode {
@@ -151,56 +161,84 @@ impl PlanCache {
             keys,
             sorted_from,
             order,
+            by_key,
+            slice_order,
+            rejected,
             frontends,
             health_checks,
             conflicts,
             assembled,
             replanned,
+            slice_walks,
             ..
         } = self;
         let view = &node.as_ref().expect("set above").view;
 
         // Slices: new ones join their Service's group, gone ones leave it; either way the Service is
-        // planned again.
+        // planned again. When the snapshot has as many slices as the last one, only the positions
+        // whose allocation differs are looked at (one slice rewritten: one position).
         let mut dirty: HashSet<usize, BuildHasherDefault<AddressHasher>> = HashSet::default();
-        let mut rejected = view.rejected.clone();
-        for (position, object) in snapshot.endpoint_slices.iter().chain(derived).enumerate() {
-            let at = ptr(object);
-            let entry = slices.entry(at).or_insert_with(|| {
-                let read = read_slice(object)
-                    .map(|read| read.map(|s| (intern(keys, (s.namespace.clone(), s.service.clone())), s)));
-                if let Some(Ok((key, _))) = &read {
-                    groups.entry(ptr(key)).or_default().push(at);
-                    dirty.insert(ptr(key));
+        let all_slices = || snapshot.endpoint_slices.iter().chain(derived);
+        let count = snapshot.endpoint_slices.len() + derived.len();
+        // A rejected slice came or went: the rejected list is put together again.
+        let mut rejected_changed = !same_node;
+        // Interned keys are dropped only when a slice or Service went (a walk over all of them).
+        let mut removed = false;
+        // Each allocation at most once (the full walk below keeps one entry per allocation).
+        if count == slice_order.len() && slices.len() == count && *assembled {
+            let moved: Vec<(usize, &Arc<EndpointSlice>)> = all_slices()
+                .enumerate()
+                .filter(|(i, object)| slice_order[*i] != ptr(object))
+                .collect();
+            let arrived: HashSet<usize, BuildHasherDefault<AddressHasher>> =
+                moved.iter().map(|(_, o)| ptr(o)).collect();
+            for &(position, object) in &moved {
+                let at = ptr(object);
+                let old = std::mem::replace(&mut slice_order[position], at);
+                if !arrived.contains(&old) {
+                    let gone = slices.remove(&old).expect("a remembered slice has an entry");
+                    rejected_changed |= leave_group(groups, &mut dirty, old, &gone);
+                    // Its key goes too if nothing else holds it (the interning map aside).
+                    if let Some(Ok((key, s))) = gone.read {
+                        drop(gone._object);
+                        if Arc::strong_count(&key) == 2 {
+                            keys.remove(&(s.namespace, s.service));
+                        }
+                    }
                 }
-                CachedSlice {
-                    _object: object.clone(),
-                    read,
-                    position,
-                    seen: pass,
+                match slices.entry(at) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().position = position,
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let entry = e.insert(read_entry(keys, object, position, pass));
+                        rejected_changed |= join_group(groups, &mut dirty, at, entry);
+                    }
                 }
-            });
-            entry.seen = pass;
-            entry.position = position;
-            if let Some(Err(r)) = &entry.read {
-                rejected.push(r.clone());
             }
         }
-        let slices_before = slices.len();
-        slices.retain(|at, e| {
-            if e.seen == pass {
-                return true;
+        if slices.len() != count || slice_order.len() != count || !*assembled {
+            removed = true;
+            rejected_changed = true;
+            *slice_walks += 1;
+            slice_order.clear();
+            for (position, object) in all_slices().enumerate() {
+                let at = ptr(object);
+                slice_order.push(at);
+                let entry = slices.entry(at).or_insert_with(|| {
+                    let entry = read_entry(keys, object, position, pass);
+                    join_group(groups, &mut dirty, at, &entry);
+                    entry
+                });
+                entry.seen = pass;
+                entry.position = position;
             }
-            if let Some(Ok((key, _))) = &e.read {
-                let group = groups.get_mut(&ptr(key)).expect("a valid slice is in its group");
-                group.retain(|s| s != at);
-                if group.is_empty() {
-                    groups.remove(&ptr(key));
+            slices.retain(|at, e| {
+                if e.seen == pass {
+                    return true;
                 }
-                dirty.insert(ptr(key));
-            }
-            false
-        });
+                leave_group(groups, &mut dirty, *at, e);
+                false
+            });
+        }
         // kube-proxy merges a Service's slices in name order; equally named ones (possible with
         // hand-written manifests) stay in snapshot order.
         for key in &dirty {
@@ -213,40 +251,59 @@ impl PlanCache {
         }
 
         let mut reassemble = !*assembled || !conflicts.is_empty();
-        for object in &snapshot.services {
-            services
-                .entry(ptr(object))
-                .or_insert_with(|| {
-                    reassemble = true;
-                    CachedService {
+        let services_same = sorted_from.len() == snapshot.services.len()
+            && sorted_from
+                .iter()
+                .zip(&snapshot.services)
+                .all(|(a, b)| *a == ptr(b));
+        if !services_same {
+            for object in &snapshot.services {
+                services
+                    .entry(ptr(object))
+                    .or_insert_with(|| CachedService {
                         object: object.clone(),
                         key: intern(keys, namespaced(object)),
                         plan: None,
                         node_generation: 0,
                         seen: pass,
-                    }
-                })
-                .seen = pass;
-        }
-        let services_before = services.len();
-        services.retain(|_, e| e.seen == pass);
-        reassemble |= services.len() != services_before;
-        if slices.len() != slices_before || services.len() != services_before {
-            keys.retain(|_, k| Arc::strong_count(k) > 1);
-        }
-        let current: Vec<usize> = snapshot.services.iter().map(ptr).collect();
-        if *sorted_from != current {
+                    })
+                    .seen = pass;
+            }
+            services.retain(|_, e| e.seen == pass);
             // Stable: Services with the same namespace/name stay in snapshot order.
+            let current: Vec<usize> = snapshot.services.iter().map(ptr).collect();
             let mut sorted = current.clone();
             sorted.sort_by(|a, b| services[a].key.cmp(&services[b].key));
+            by_key.clear();
+            for at in &sorted {
+                by_key.entry(ptr(&services[at].key)).or_default().push(*at);
+            }
             *order = sorted;
             *sorted_from = current;
             reassemble = true;
+            rejected_changed = true;
+        }
+        if removed || !services_same {
+            keys.retain(|_, k| Arc::strong_count(k) > 1);
         }
 
         *replanned = 0;
         let mut patches: Vec<usize> = Vec::new();
-        for at in order.iter() {
+        // With the same Services and node, only those of changed slices can need a plan.
+        let candidates: Vec<usize> = if services_same && same_node && *assembled {
+            let mut c: Vec<usize> = dirty
+                .iter()
+                .filter_map(|key| by_key.get(key))
+                .flatten()
+                .copied()
+                .collect();
+            // Patches land in the assembly's order, as a full walk would make them.
+            c.sort_by(|a, b| services[a].key.cmp(&services[b].key));
+            c
+        } else {
+            order.clone()
+        };
+        for at in &candidates {
             let entry = services.get_mut(at).expect("every Service has an entry");
             let key = ptr(&entry.key);
             if entry.plan.is_some() && entry.node_generation == *node_generation && !dirty.contains(&key) {
@@ -264,6 +321,9 @@ impl PlanCache {
             let new = plan_service(&entry.object, &read, view);
             entry.node_generation = *node_generation;
             *replanned += 1;
+            if entry.plan.as_ref().is_none_or(|old| old.rejected != new.rejected) {
+                rejected_changed = true;
+            }
             match entry.plan.replace(new) {
                 Some(old)
                     if !reassemble
@@ -283,12 +343,15 @@ impl PlanCache {
                 assembly.add(services[at].plan.as_ref().expect("planned above"));
             }
             *conflicts = assembly.conflicts;
-            *frontends = assembly.frontends.into_values().collect();
+            *frontends = Arc::new(assembly.frontends.into_values().collect());
             *health_checks = assembly.health_checks.into_values().collect();
             *assembled = true;
         } else {
-            // Same claims, no conflicts: each Service keeps exactly the addresses it had.
+            // Same claims, no conflicts: each Service keeps exactly the addresses it had. The list
+            // is copied once if the last plan's holders still share it.
+            let mut list = (!patches.is_empty()).then(|| Arc::make_mut(frontends));
             for at in &patches {
+                let frontends = list.as_deref_mut().expect("patches need the list");
                 let plan = services[at].plan.as_ref().expect("planned above");
                 // A Service claiming one address twice keeps its first claim, as in the assembly.
                 let mut done = Vec::new();
@@ -316,16 +379,24 @@ impl PlanCache {
             }
         }
 
-        for at in order.iter() {
-            let plan = services[at].plan.as_ref().expect("planned above");
-            rejected.extend(plan.rejected.iter().cloned());
+        if reassemble || rejected_changed {
+            let mut all = view.rejected.clone();
+            all.extend(slices.values().filter_map(|e| match &e.read {
+                Some(Err(r)) => Some(r.clone()),
+                _ => None,
+            }));
+            for at in order.iter() {
+                let plan = services[at].plan.as_ref().expect("planned above");
+                all.extend(plan.rejected.iter().cloned());
+            }
+            all.extend(conflicts.iter().cloned());
+            all.sort();
+            *rejected = all;
         }
-        rejected.extend(conflicts.iter().cloned());
-        rejected.sort();
         LbPlan {
             frontends: frontends.clone(),
             health_checks: health_checks.clone(),
-            rejected,
+            rejected: rejected.clone(),
             snat_addr: view.snat_addr,
         }
     }
@@ -333,6 +404,74 @@ impl PlanCache {
     /// How many Services the last pass planned anew (the others came from the cache).
     pub fn replanned(&self) -> usize {
         self.replanned
+    }
+
+    #[cfg(test)]
+    fn slice_walks(&self) -> u64 {
+        self.slice_walks
+    }
+
+    #[cfg(test)]
+    fn interned(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+fn read_entry(
+    keys: &mut HashMap<(String, String), ServiceKey>,
+    object: &Arc<EndpointSlice>,
+    position: usize,
+    pass: u64,
+) -> CachedSlice {
+    let read = read_slice(object)
+        .map(|read| read.map(|s| (intern(keys, (s.namespace.clone(), s.service.clone())), s)));
+    CachedSlice {
+        _object: object.clone(),
+        read,
+        position,
+        seen: pass,
+    }
+}
+
+/// Adds a new slice to its Service's group (marking the Service for planning); true if the slice was
+/// rejected.
+fn join_group(
+    groups: &mut ByAddress<Vec<usize>>,
+    dirty: &mut HashSet<usize, BuildHasherDefault<AddressHasher>>,
+    at: usize,
+    entry: &CachedSlice,
+) -> bool {
+    match &entry.read {
+        Some(Ok((key, _))) => {
+            groups.entry(ptr(key)).or_default().push(at);
+            dirty.insert(ptr(key));
+            false
+        }
+        Some(Err(_)) => true,
+        None => false,
+    }
+}
+
+/// Takes a gone slice out of its Service's group (marking the Service for planning); true if the
+/// slice was rejected.
+fn leave_group(
+    groups: &mut ByAddress<Vec<usize>>,
+    dirty: &mut HashSet<usize, BuildHasherDefault<AddressHasher>>,
+    at: usize,
+    entry: &CachedSlice,
+) -> bool {
+    match &entry.read {
+        Some(Ok((key, _))) => {
+            let group = groups.get_mut(&ptr(key)).expect("a valid slice is in its group");
+            group.retain(|s| *s != at);
+            if group.is_empty() {
+                groups.remove(&ptr(key));
+            }
+            dirty.insert(ptr(key));
+            false
+        }
+        Some(Err(_)) => true,
+        None => false,
     }
 }
 

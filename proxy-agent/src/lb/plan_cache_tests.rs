@@ -30,7 +30,7 @@ fn an_unchanged_snapshot_is_planned_from_the_cache_and_equals_a_fresh_plan() {
         let second = cache.plan(&snapshot, &[], &node);
         assert_eq!(second, first, "{name}");
         assert_eq!(cache.replanned(), 0, "{name}: nothing changed");
-        for (a, b) in first.frontends.iter().zip(&second.frontends) {
+        for (a, b) in first.frontends.iter().zip(second.frontends.iter()) {
             assert!(
                 Arc::ptr_eq(a, b),
                 "{name}: an unchanged frontend keeps its allocation"
@@ -129,4 +129,150 @@ fn a_service_claiming_one_address_twice_keeps_its_first_claim_when_patched() {
             "slice {j}"
         );
     }
+}
+
+/// xorshift64: deterministic edits.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// Random sequences of the edits sources make (a slice rewritten, made invalid, moved to another
+/// Service, reordered, removed, added; a Service rewritten or reordered): after each, the cached plan
+/// equals the fresh one, whichever of the cache's paths (positions compared, or a full walk) it took.
+#[test]
+fn random_edits_give_the_fresh_plan() {
+    for name in SCENARIOS {
+        for seed in 1..=12u64 {
+            let (mut snapshot, node, _) = load(name);
+            let mut rng = Rng(seed * 0x9E37_79B9_7F4A_7C15);
+            let mut cache = PlanCache::default();
+            cache.plan(&snapshot, &[], &node);
+            let services: Vec<String> = snapshot
+                .services
+                .iter()
+                .filter_map(|s| s.metadata.name.clone())
+                .collect();
+            for step in 0..40 {
+                let slices = snapshot.endpoint_slices.len();
+                let edit = rng.below(9);
+                match edit {
+                    0..=2 if slices > 0 => {
+                        let i = rng.below(slices);
+                        let n = rng.below(250) + 1;
+                        let slice = Arc::make_mut(&mut snapshot.endpoint_slices[i]);
+                        if rng.below(2) == 0 || slice.endpoints.is_empty() {
+                            slice.endpoints.push(Endpoint {
+                                addresses: vec![format!("10.244.77.{n}")],
+                                node_name: Some(node.clone()),
+                                ..Default::default()
+                            });
+                        } else {
+                            slice.endpoints.pop();
+                        }
+                    }
+                    3 if slices > 0 => {
+                        let i = rng.below(slices);
+                        Arc::make_mut(&mut snapshot.endpoint_slices[i])
+                            .endpoints
+                            .push(Endpoint {
+                                addresses: vec!["10.244.300.1".into()],
+                                ..Default::default()
+                            });
+                    }
+                    4 if slices > 0 && !services.is_empty() => {
+                        let i = rng.below(slices);
+                        let service = services[rng.below(services.len())].clone();
+                        let slice = Arc::make_mut(&mut snapshot.endpoint_slices[i]);
+                        slice
+                            .metadata
+                            .labels
+                            .get_or_insert_default()
+                            .insert("kubernetes.io/service-name".into(), service);
+                    }
+                    5 if slices > 1 => {
+                        let (i, j) = (rng.below(slices), rng.below(slices));
+                        snapshot.endpoint_slices.swap(i, j);
+                    }
+                    6 if slices > 0 => {
+                        let i = rng.below(slices);
+                        if rng.below(2) == 0 {
+                            snapshot.endpoint_slices.remove(i);
+                        } else {
+                            let mut copy = (*snapshot.endpoint_slices[i]).clone();
+                            copy.metadata.name = Some(format!("copy-{step}"));
+                            snapshot.endpoint_slices.push(Arc::new(copy));
+                        }
+                    }
+                    7 if !snapshot.services.is_empty() => {
+                        let i = rng.below(snapshot.services.len());
+                        let service = Arc::make_mut(&mut snapshot.services[i]);
+                        if let Some(ports) = service.spec.as_mut().and_then(|s| s.ports.as_mut())
+                            && let Some(p) = ports.first_mut()
+                        {
+                            p.port = p.port % 1000 + 1;
+                        }
+                    }
+                    8 if snapshot.services.len() > 1 => {
+                        let n = snapshot.services.len();
+                        snapshot.services.swap(rng.below(n), rng.below(n));
+                    }
+                    _ => {}
+                }
+                let walks = cache.slice_walks();
+                assert_eq!(
+                    cache.plan(&snapshot, &[], &node),
+                    plan(&snapshot, &node),
+                    "{name} seed {seed} step {step} edit {edit}"
+                );
+                let names: std::collections::BTreeSet<(Option<&String>, Option<&String>)> = snapshot
+                    .services
+                    .iter()
+                    .map(|s| (s.metadata.namespace.as_ref(), s.metadata.name.as_ref()))
+                    .chain(snapshot.endpoint_slices.iter().map(|s| {
+                        let labels = s.metadata.labels.as_ref();
+                        (
+                            s.metadata.namespace.as_ref(),
+                            labels.and_then(|l| l.get("kubernetes.io/service-name")),
+                        )
+                    }))
+                    .collect();
+                assert!(
+                    cache.interned() <= names.len(),
+                    "{name} seed {seed} step {step}: keys of gone objects are dropped"
+                );
+                if snapshot.endpoint_slices.len() == slices {
+                    assert_eq!(
+                        cache.slice_walks(),
+                        walks,
+                        "{name} seed {seed} step {step} edit {edit}: as many slices, found by position"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn one_rewritten_slice_of_many_is_found_by_position() {
+    let (mut snapshot, node, _) = load("clusterip");
+    let mut cache = PlanCache::default();
+    cache.plan(&snapshot, &[], &node);
+    assert_eq!(cache.slice_walks(), 1);
+    let last = snapshot.endpoint_slices.len() - 1;
+    Arc::make_mut(&mut snapshot.endpoint_slices[last]).endpoints.pop();
+    assert_eq!(cache.plan(&snapshot, &[], &node), plan(&snapshot, &node));
+    assert_eq!(cache.replanned(), 1);
+    assert_eq!(cache.slice_walks(), 1, "found by position");
+    // The same allocation twice (no source does this): the walk keeps one entry per allocation.
+    snapshot.endpoint_slices.push(snapshot.endpoint_slices[0].clone());
+    assert_eq!(cache.plan(&snapshot, &[], &node), plan(&snapshot, &node));
+    Arc::make_mut(&mut snapshot.endpoint_slices[0]).endpoints.pop();
+    assert_eq!(cache.plan(&snapshot, &[], &node), plan(&snapshot, &node));
 }

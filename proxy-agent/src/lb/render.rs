@@ -47,7 +47,7 @@ pub fn svc_flag_names(flags: u16) -> String {
 /// One line per frontend and per backend, then one per health check, then one per rejected object.
 pub fn render_plan(plan: &LbPlan) -> String {
     let mut out = String::new();
-    for f in &plan.frontends {
+    for f in plan.frontends.iter() {
         let kind = match f.kind {
             FrontendKind::ClusterIp => "ClusterIP",
             FrontendKind::NodePort => "NodePort",

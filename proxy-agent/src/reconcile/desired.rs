@@ -35,7 +35,7 @@ pub(crate) fn key(addr: Ipv4Addr, port: u16, proto: u8, scope: u8, slot: u16) ->
 pub fn desired(plan: &LbPlan, ids: &mut Ids) -> (DesiredMaps, Vec<Unfit>) {
     let mut maps = DesiredMaps::default();
     let mut unfit = Vec::new();
-    for f in &plan.frontends {
+    for f in plan.frontends.iter() {
         if let Err(reason) = add_frontend(&mut maps, ids, f) {
             unfit.push(Unfit {
                 service: f.service.clone(),

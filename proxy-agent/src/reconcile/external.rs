@@ -65,7 +65,7 @@ impl ExternalReconciler {
     /// service reconcile did not allocate (they did not fit) are left out.
     fn wanted(plan: &LbPlan, ids: &Ids) -> (BTreeMap<u32, TableKey>, BTreeSet<(u32, Ipv4Net)>) {
         let mut tables = BTreeMap::new();
-        for f in &plan.frontends {
+        for f in plan.frontends.iter() {
             if f.kind == crate::lb::FrontendKind::ClusterIp
                 || f.scope != common::lb::SCOPE_EXTERNAL
                 || f.backends.is_empty()

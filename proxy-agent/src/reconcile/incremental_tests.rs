@@ -93,7 +93,7 @@ fn evolve(rng: &mut Rng, last: &[Arc<Frontend>]) -> LbPlan {
     }
     frontends.sort_by_key(|f| (f.addr, f.port, f.proto, f.scope));
     LbPlan {
-        frontends,
+        frontends: frontends.into(),
         ..LbPlan::default()
     }
 }

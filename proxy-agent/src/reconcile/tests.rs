@@ -137,7 +137,7 @@ fn a_restart_with_a_changed_plan_keeps_the_ids_of_what_stays() {
     let mut restarted = Reconciler::restore(&maps).unwrap();
     let outcome = restarted.reconcile(&plan2, &mut maps).unwrap();
     assert_ordered(&outcome.ops, &maps.maps);
-    for f in &plan2.frontends {
+    for f in plan2.frontends.iter() {
         let key = (f.addr, f.port, f.proto.number());
         if let Some(old) = ids_before.revnat(&key) {
             assert_eq!(restarted.ids().revnat(&key), Some(old), "{}", f.service);
