@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
@@ -22,11 +23,14 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// Everything policy depends on. `nodes` is only used for the addresses of the node itself (traffic from
 /// them to the node's pods is always allowed); it may be empty.
 #[derive(Clone, Debug, Default)]
+///
+/// Objects are shared (`Arc`): the agent hands over the objects of its snapshot without copying them
+/// (at 10k pods a copy was most of its memory).
 pub struct PolicyInput {
-    pub namespaces: Vec<Namespace>,
-    pub pods: Vec<Pod>,
-    pub policies: Vec<NetworkPolicy>,
-    pub nodes: Vec<Node>,
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub pods: Vec<Arc<Pod>>,
+    pub policies: Vec<Arc<NetworkPolicy>>,
+    pub nodes: Vec<Arc<Node>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +61,18 @@ impl PolicyInput {
                 .to_owned();
             let err = |source| InputError::Yaml { index, source };
             match kind.as_str() {
-                "Namespace" => self.namespaces.push(serde_yaml::from_value(value).map_err(err)?),
-                "Pod" => self.pods.push(serde_yaml::from_value(value).map_err(err)?),
-                "NetworkPolicy" => self.policies.push(serde_yaml::from_value(value).map_err(err)?),
-                "Node" => self.nodes.push(serde_yaml::from_value(value).map_err(err)?),
+                "Namespace" => self
+                    .namespaces
+                    .push(Arc::new(serde_yaml::from_value(value).map_err(err)?)),
+                "Pod" => self
+                    .pods
+                    .push(Arc::new(serde_yaml::from_value(value).map_err(err)?)),
+                "NetworkPolicy" => self
+                    .policies
+                    .push(Arc::new(serde_yaml::from_value(value).map_err(err)?)),
+                "Node" => self
+                    .nodes
+                    .push(Arc::new(serde_yaml::from_value(value).map_err(err)?)),
                 _ => {}
             }
         }

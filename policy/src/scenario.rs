@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
@@ -106,7 +107,8 @@ impl Scenario {
                 .as_ref()
                 .and_then(|n| self.namespace_labels.get(n))
             {
-                ns.metadata
+                Arc::make_mut(ns)
+                    .metadata
                     .labels
                     .get_or_insert_with(Default::default)
                     .extend(extra.clone());
@@ -119,13 +121,14 @@ impl Scenario {
                 pod.metadata.name.as_deref().unwrap_or_default()
             );
             if let Some(extra) = self.pod_labels.get(&key) {
-                pod.metadata
+                Arc::make_mut(pod)
+                    .metadata
                     .labels
                     .get_or_insert_with(Default::default)
                     .extend(extra.clone());
             }
         }
-        input.policies.extend(self.policies.iter().cloned());
+        input.policies.extend(self.policies.iter().cloned().map(Arc::new));
         input
     }
 }

@@ -159,10 +159,10 @@ pub trait PolicyMaps {
 /// The objects policy reads, out of the agent's snapshot.
 pub fn input_from_snapshot(s: &Snapshot) -> PolicyInput {
     PolicyInput {
-        namespaces: s.namespaces.iter().map(|o| (**o).clone()).collect(),
-        pods: s.pods.iter().map(|o| (**o).clone()).collect(),
-        policies: s.network_policies.iter().map(|o| (**o).clone()).collect(),
-        nodes: s.nodes.iter().map(|o| (**o).clone()).collect(),
+        namespaces: s.namespaces.clone(),
+        pods: s.pods.clone(),
+        policies: s.network_policies.clone(),
+        nodes: s.nodes.clone(),
     }
 }
 

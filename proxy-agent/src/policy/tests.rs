@@ -158,7 +158,7 @@ fn invalid_policies_are_reported_once_and_the_rest_is_enforced() {
          spec: {podSelector: {}, ingress: [{ports: [{port: 80, protocol: ICMP}]}]}\n",
     )
     .unwrap();
-    input.policies.push(bad);
+    input.policies.push(bad.into());
     let mut maps = FakePolicyMaps::new();
     let mut r = PolicyReconciler::new();
     let out = reconcile(&mut r, &input, &mut maps);
@@ -267,11 +267,11 @@ fn a_label_change_never_denies_in_between() {
     // after every single operation — also when isolation is dropped in the same pass.
     let with = |policy: &str, b_labels: &str| {
         let mut input = model();
-        let np = serde_yaml::from_str(policy).unwrap();
-        input.policies.push(np);
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(policy).unwrap();
+        input.policies.push(np.into());
         for p in &mut input.pods {
             if p.metadata.namespace.as_deref() == Some("x") && p.metadata.name.as_deref() == Some("b") {
-                p.metadata.labels = Some(serde_yaml::from_str(b_labels).unwrap());
+                std::sync::Arc::make_mut(p).metadata.labels = Some(serde_yaml::from_str(b_labels).unwrap());
             }
         }
         input
@@ -397,10 +397,14 @@ fn changing_nested_prefixes_never_exposes_a_third_one() {
     let mut before = model();
     before
         .policies
-        .push(np("p1", "{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}"));
-    before.policies.push(np("p2", "{ipBlock: {cidr: 10.1.2.0/24}}"));
+        .push(np("p1", "{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}").into());
+    before
+        .policies
+        .push(np("p2", "{ipBlock: {cidr: 10.1.2.0/24}}").into());
     let mut after = model();
-    after.policies.push(np("p1", "{ipBlock: {cidr: 10.0.0.0/8}}"));
+    after
+        .policies
+        .push(np("p1", "{ipBlock: {cidr: 10.0.0.0/8}}").into());
     let xa = pod_ip(&before, "x/a");
     let srcs: Vec<Ipv4Addr> = ["10.1.2.5", "10.1.3.5", "10.2.0.1"]
         .iter()

@@ -70,9 +70,12 @@ pub struct IdentityRow {
 }
 
 /// Pod IPs of live pods that own their address (not host-network, not finished), as `ns/name`.
-pub fn pods_by_ip<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<Ipv4Addr, String> {
+pub fn pods_by_ip<'a, P: std::borrow::Borrow<Pod> + 'a>(
+    pods: impl IntoIterator<Item = &'a P>,
+) -> BTreeMap<Ipv4Addr, String> {
     let mut out = BTreeMap::new();
     for p in pods {
+        let p: &Pod = p.borrow();
         let spec_host = p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
         let status = p.status.as_ref();
         let finished = matches!(
@@ -126,7 +129,7 @@ pub fn isolating_policies(
         if invalid.contains(&id) {
             continue;
         }
-        let mut np = np.clone();
+        let mut np = (**np).clone();
         let spec = np.spec.get_or_insert_with(Default::default);
         if spec.policy_types.as_ref().is_none_or(Vec::is_empty) {
             let mut types = vec!["Ingress".to_owned()];
@@ -137,7 +140,7 @@ pub fn isolating_policies(
         }
         spec.ingress = None;
         spec.egress = None;
-        stripped.policies.push(np);
+        stripped.policies.push(std::sync::Arc::new(np));
     }
     let explainer = Explainer::new(&stripped);
     let mut out = BTreeMap::new();
