@@ -473,7 +473,9 @@ fn reconcile_policy(args: &RunArgs, watch: &SourceWatch, shared: &Shared, inner:
     let input = crate::policy::input_from_snapshot(&watch.snapshot);
     let Inner { datapath, policy, .. } = inner;
     let result = policy.reconcile(&input, &args.node, &mut datapath.policy_maps());
-    if let Some(desired) = inner.policy.last() {
+    // A resync over the same objects reuses the last compile: the tables built from it still hold.
+    let recompiled = result.as_ref().map_or(true, |o| o.compiled);
+    if let Some(desired) = inner.policy.last().filter(|_| recompiled) {
         let state = Arc::new(PolicyState::build(desired, &input));
         *shared
             .flow_context

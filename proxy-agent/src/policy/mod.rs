@@ -16,6 +16,7 @@ pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use common::policy::{
@@ -256,6 +257,33 @@ pub struct PolicyOutcome {
     pub new_errors: Vec<PolicyError>,
     /// Things that could not be programmed (a policy ref beyond the names table).
     pub unfit: Vec<String>,
+    /// False when the input was the very one of the last compile (same objects, same node) and its
+    /// result was reused: what names numbers (policy list, flows) is still current.
+    pub compiled: bool,
+}
+
+/// The objects of an input by allocation, in order: equal when a snapshot kept every object.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct InputAllocations {
+    node: String,
+    objects: [Vec<usize>; 4],
+}
+
+impl InputAllocations {
+    fn of(input: &PolicyInput, node: &str) -> Self {
+        fn ptrs<T>(v: &[Arc<T>]) -> Vec<usize> {
+            v.iter().map(|o| Arc::as_ptr(o) as usize).collect()
+        }
+        Self {
+            node: node.to_owned(),
+            objects: [
+                ptrs(&input.namespaces),
+                ptrs(&input.pods),
+                ptrs(&input.policies),
+                ptrs(&input.nodes),
+            ],
+        }
+    }
 }
 
 /// Holds the allocations and the last compile between passes.
@@ -274,6 +302,14 @@ pub struct PolicyReconciler {
     written: Option<PolicyMapsState>,
     /// Passes that dumped the maps since start.
     dumps: u64,
+    /// What the last compile was of, and the map state it asked for (kept when a resync drops
+    /// `written`): a resync over unchanged objects diffs the dump against it without compiling.
+    /// The input's `Arc`s are held, so that an address cannot be reused by another object.
+    compiled_from: Option<(InputAllocations, PolicyInput)>,
+    last_wanted: Option<(PolicyMapsState, Vec<String>)>,
+    last_unfit: Vec<String>,
+    /// Passes that compiled since start.
+    compiles: u64,
 }
 
 impl PolicyReconciler {
@@ -297,7 +333,14 @@ impl PolicyReconciler {
     /// The next pass diffs against a fresh dump instead of the state last written, and so repairs and
     /// prunes whatever someone else changed in the maps.
     pub fn require_dump(&mut self) {
-        self.written = None;
+        if let Some(written) = self.written.take() {
+            self.last_wanted = Some((written, self.last_unfit.clone()));
+        }
+    }
+
+    /// How many passes compiled since start (a resync over unchanged objects does not).
+    pub fn compiles(&self) -> u64 {
+        self.compiles
     }
 
     /// How many times the maps were dumped since start.
@@ -326,27 +369,43 @@ impl PolicyReconciler {
             self.allocations = restore_allocations(&actual, input, node);
             self.restored = true;
         }
-        let desired = policy::compile(input, node, &self.allocations).context("compiling NetworkPolicies")?;
-        let (wanted, unfit) = PolicyMapsState::from_desired(&desired);
+        let from = InputAllocations::of(input, node);
+        let same_input = self.last.is_some() && self.compiled_from.as_ref().is_some_and(|(f, _)| *f == from);
+        let (wanted, unfit, new_errors, compiled) = match self.last_wanted.take() {
+            // A compile is a function of the input and the allocations, and these are the
+            // allocations that compile produced: the result would be the same.
+            Some((wanted, unfit)) if same_input => (wanted, unfit, Vec::new(), false),
+            _ => {
+                let desired =
+                    policy::compile(input, node, &self.allocations).context("compiling NetworkPolicies")?;
+                self.compiles += 1;
+                let (wanted, unfit) = PolicyMapsState::from_desired(&desired);
+                // The numbers of this compile are the ones the maps will hold: keep them even if a
+                // write fails.
+                self.allocations = desired.allocations.clone();
+                // Reported once while it stays invalid (again if it is fixed and broken anew).
+                let current: BTreeSet<PolicyError> = desired.errors.iter().cloned().collect();
+                let new_errors: Vec<PolicyError> = current.difference(&self.reported).cloned().collect();
+                self.reported = current;
+                self.last = Some(desired);
+                self.compiled_from = Some((from, input.clone()));
+                (wanted, unfit, new_errors, true)
+            }
+        };
         let ops = diff(&wanted, &actual);
         drop(actual);
-        // The numbers of this compile are the ones the maps will hold: keep them even if a write fails.
-        self.allocations = desired.allocations.clone();
-        // Reported once while it stays invalid (again if it is fixed and broken anew).
-        let current: BTreeSet<PolicyError> = desired.errors.iter().cloned().collect();
-        let new_errors: Vec<PolicyError> = current.difference(&self.reported).cloned().collect();
-        self.reported = current;
-        self.last = Some(desired);
         for (i, op) in ops.iter().enumerate() {
             maps.apply(op)
                 .with_context(|| format!("policy map operation {} of {}: {op}", i + 1, ops.len()))?;
             *self.ops_by_map.entry(op.map_name()).or_default() += 1;
         }
+        self.last_unfit.clone_from(&unfit);
         self.written = Some(wanted);
         Ok(PolicyOutcome {
             ops,
             new_errors,
             unfit,
+            compiled,
         })
     }
 }

@@ -449,18 +449,29 @@ fn passes_trust_the_state_written_until_a_resync_or_a_failure_asks_for_a_dump() 
     maps.maps.policy.remove(&k);
     assert!(reconcile(&mut r, &input, &mut maps).ops.is_empty());
     assert_eq!(r.dumps(), 1);
+    let compiles = r.compiles();
     r.require_dump();
     let resync = reconcile(&mut r, &input, &mut maps);
     assert_eq!(resync.ops.len(), 1, "{:?}", resync.ops);
     assert_eq!(maps.maps, clean);
     assert_eq!(r.dumps(), 2);
+    // The same objects: the dump was diffed against the last compile's state, not a new compile.
+    assert!(!resync.compiled);
+    assert_eq!(r.compiles(), compiles);
+    // A resync after an object changed (a new allocation, even with equal content) compiles.
+    let mut changed = input.clone();
+    changed.pods[0] = std::sync::Arc::new((*changed.pods[0]).clone());
+    r.require_dump();
+    let resync = reconcile(&mut r, &changed, &mut maps);
+    assert!(resync.compiled && resync.ops.is_empty(), "{:?}", resync.ops);
+    assert_eq!(r.compiles(), compiles + 1);
     // A failed write: the next pass dumps and finishes the job.
     let other = case("ingress-ip-block");
     maps.fail_after = Some(0);
     assert!(r.reconcile(&other, NODE, &mut maps).is_err());
     let retry = reconcile(&mut r, &other, &mut maps);
     assert!(!retry.ops.is_empty());
-    assert_eq!(r.dumps(), 3);
+    assert_eq!(r.dumps(), 4);
     let (wanted, _) = PolicyMapsState::from_desired(r.last().unwrap());
     assert_eq!(maps.maps, wanted);
     assert!(reconcile(&mut r, &other, &mut maps).ops.is_empty());

@@ -171,3 +171,36 @@ fn a_failed_write_in_place_is_finished_by_the_next_pass() {
     }
     assert!(failed, "some pass had an operation to fail");
 }
+
+/// A resync of an unchanged plan diffs the dump against the state last written (no recomputation)
+/// and keeps the users, so the changes after it are still made in place, with the full pass's result.
+#[test]
+fn a_resync_of_the_same_plan_keeps_changing_in_place() {
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed * 0xA076_1D64_78BD_642F);
+        let (mut fast, mut full) = (Reconciler::default(), Reconciler::default());
+        let (mut fast_maps, mut full_maps) = (FakeMaps::new(), FakeMaps::new());
+        let mut plan = LbPlan::default();
+        for pass in 0..40 {
+            plan = evolve(&mut rng, &plan.frontends);
+            fast.reconcile(&plan, &mut fast_maps).unwrap();
+            if pass % 3 == 0 {
+                // Someone removes an entry behind the agent's back; the resync puts it back.
+                if let Some(&k) = fast_maps.maps.services.keys().next() {
+                    fast_maps.maps.services.remove(&k);
+                }
+                fast.require_dump();
+                fast.reconcile(&plan, &mut fast_maps).unwrap();
+            }
+            full.require_dump();
+            full.reconcile(&plan, &mut full_maps).unwrap();
+            assert_eq!(fast_maps.maps, full_maps.maps, "seed {seed} pass {pass}");
+        }
+        assert_eq!(
+            fast.full_passes(),
+            1 + 14,
+            "seed {seed}: the first pass and the resyncs are full, the rest in place"
+        );
+        assert_eq!(fast.resyncs_from_written(), 14, "seed {seed}");
+    }
+}

@@ -137,6 +137,14 @@ pub struct Reconciler {
     users: Option<incremental::Users>,
     /// Passes that recomputed everything since start (tests and the debug log).
     full_passes: u64,
+    /// On a resync: the state last written and its users, with the frontend list it was written
+    /// from. A resync of that same list (the planner hands out the same `Arc` when nothing changed)
+    /// diffs the dump against it instead of recomputing every entry.
+    resync_base: Option<(crate::lb::Frontends, DesiredMaps, incremental::Users)>,
+    /// The frontend list `written` was brought to.
+    written_from: Option<crate::lb::Frontends>,
+    /// Resyncs that diffed the dump against the state last written (tests and the debug log).
+    resyncs_from_written: u64,
 }
 
 impl Reconciler {
@@ -167,8 +175,12 @@ impl Reconciler {
     /// The next pass diffs against a fresh dump of the maps instead of the state last written, and so
     /// repairs and prunes whatever someone else changed in them.
     pub fn require_dump(&mut self) {
-        self.written = None;
-        self.users = None;
+        let (written, users) = (self.written.take(), self.users.take());
+        // Only a state every frontend fitted in (`users` is kept for those alone).
+        self.resync_base = match (self.written_from.take(), written, users) {
+            (Some(from), Some(written), Some(users)) => Some((from, written, users)),
+            _ => None,
+        };
     }
 
     /// How many passes recomputed every entry since start (the others changed only what changed).
@@ -179,6 +191,11 @@ impl Reconciler {
     /// How many times the maps were dumped since start.
     pub fn dumps(&self) -> u64 {
         self.dumps
+    }
+
+    /// How many resyncs found the plan unchanged and diffed the dump against the state last written.
+    pub fn resyncs_from_written(&self) -> u64 {
+        self.resyncs_from_written
     }
 
     pub fn ids(&self) -> &Ids {
@@ -192,6 +209,7 @@ impl Reconciler {
     pub fn reconcile(&mut self, plan: &LbPlan, maps: &mut dyn LbMaps) -> Result<Outcome> {
         if let (Some(written), Some(users)) = (self.written.as_mut(), self.users.as_mut()) {
             if let Some(change) = users.update(plan, &mut self.ids, written) {
+                self.written_from = Some(plan.frontends.clone());
                 return self.write_change(change, maps);
             }
             // A state half-updated in place is not trusted: start over from the maps.
@@ -199,6 +217,10 @@ impl Reconciler {
             self.users = None;
         }
         self.full_passes += 1;
+        let base = self
+            .resync_base
+            .take()
+            .filter(|(from, _, _)| std::sync::Arc::ptr_eq(from, &plan.frontends));
         let actual = match self.written.take() {
             Some(written) => written,
             None => {
@@ -211,7 +233,17 @@ impl Reconciler {
         self.users = None;
         // Ids held as orphans by the last dump stay held until the next one; that costs a few unused
         // ids for a while, never an id that a stale entry still points at.
-        let (wanted, unfit) = desired(plan, &mut self.ids);
+        let (wanted, unfit, kept_users) = match base {
+            // The same frontends with the same ids: `desired` would give this very state again.
+            Some((_, wanted, users)) => {
+                self.resyncs_from_written += 1;
+                (wanted, Vec::new(), Some(users))
+            }
+            None => {
+                let (wanted, unfit) = desired(plan, &mut self.ids);
+                (wanted, unfit, None)
+            }
+        };
         let ops = diff(&wanted, &actual);
         drop(actual);
         for (i, op) in ops.iter().enumerate() {
@@ -220,9 +252,10 @@ impl Reconciler {
         }
         self.ids.release_unused(&wanted);
         self.written = Some(wanted);
+        self.written_from = Some(plan.frontends.clone());
         // With a frontend left out, which ones fit depends on all of them: the next pass is full too.
         if unfit.is_empty() {
-            self.users = incremental::Users::of(plan, &self.ids);
+            self.users = kept_users.or_else(|| incremental::Users::of(plan, &self.ids));
         }
         Ok(Outcome { ops, unfit })
     }
