@@ -49,6 +49,8 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// How often a pass looks at every manifest file instead of only those inotify named (see
 /// [`Source::poll`]); within the 1 s a manifest edit has to reach the maps.
 const SCAN_ALL: Duration = Duration::from_millis(900);
+/// Dumps read off the loop that may be spoiled by writes before the resync reads the maps on it.
+const RESYNC_MISSES: u32 = 3;
 
 pub struct Shared {
     inner: Mutex<Inner>,
@@ -337,7 +339,7 @@ async fn serve(args: RunArgs, shared: Arc<Shared>) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut watch = SourceWatch::new(source);
+    let mut watch = SourceWatch::new(source, &args.bpffs_root);
     loop {
         let wake = tokio::select! {
             wake = wait_for_work(&mut ticker, &mut watch.source) => wake,
@@ -530,6 +532,10 @@ struct SourceWatch {
     selector_services: bool,
     /// Plans only the Services whose objects changed since the last pass.
     planner: lb::PlanCache,
+    /// Reads the resync's dumps off this loop.
+    dumper: crate::resync_dumper::ResyncDumper,
+    /// Dumps in a row that a pass's writes made unusable.
+    resync_misses: u32,
     /// The source's rejected objects of the last update.
     rejected: Vec<String>,
     reported: BTreeSet<String>,
@@ -544,7 +550,7 @@ struct Refreshed {
 }
 
 impl SourceWatch {
-    fn new(source: Source) -> Self {
+    fn new(source: Source, pin_dir: &Path) -> Self {
         Self {
             source,
             last_resync: None,
@@ -553,6 +559,8 @@ impl SourceWatch {
             derived: Vec::new(),
             selector_services: false,
             planner: lb::PlanCache::default(),
+            dumper: crate::resync_dumper::ResyncDumper::start(pin_dir.to_path_buf()),
+            resync_misses: 0,
             rejected: Vec::new(),
             reported: BTreeSet::new(),
         }
@@ -618,9 +626,48 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
     let t0 = Instant::now();
     let refreshed = watch.refresh(&mut inner.sync, &mut inner.counters, wake)?;
     if refreshed.resync {
-        inner.reconciler.require_dump();
-        inner.policy.require_dump();
+        // The first pass reads the maps here; later resyncs have them read off this loop and diff
+        // against that dump when it is there (a pass or a tick later), so no change waits for it.
+        let writes = (inner.reconciler.writes(), inner.policy.writes());
+        if !(inner.sync.synced && watch.dumper.request(writes.0, writes.1)) {
+            inner.reconciler.require_dump();
+            inner.policy.require_dump();
+        }
         inner.external.resync();
+    }
+    match watch.dumper.take() {
+        Some(Ok(dumps)) => {
+            let lb = inner.reconciler.resync_from(dumps.lb, dumps.lb_writes);
+            let policy = inner.policy.resync_from(dumps.policy, dumps.policy_writes);
+            if lb && policy {
+                watch.resync_misses = 0;
+            } else {
+                // A pass wrote while the maps were read: ask again, or read them here after a few
+                // misses (a change every few milliseconds would otherwise put the resync off for good).
+                watch.resync_misses += 1;
+                let again = watch.resync_misses < RESYNC_MISSES
+                    && watch
+                        .dumper
+                        .request(inner.reconciler.writes(), inner.policy.writes());
+                if !again {
+                    watch.resync_misses = 0;
+                    if !lb {
+                        inner.reconciler.require_dump();
+                    }
+                    if !policy {
+                        inner.policy.require_dump();
+                    }
+                }
+            }
+            inner.pending |= Kinds::SERVICE_INPUTS | Kinds::POLICY_INPUTS;
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "resync dump failed; reading the maps on the loop");
+            inner.reconciler.require_dump();
+            inner.policy.require_dump();
+            inner.pending |= Kinds::SERVICE_INPUTS | Kinds::POLICY_INPUTS;
+        }
+        None => {}
     }
     // Work that failed stays pending until a pass completes it, change or not.
     inner.pending |= refreshed.changed;
@@ -656,6 +703,7 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
             policy_ms = (t3 - t2).as_secs_f64() * 1e3,
             lb_dumps = inner.reconciler.dumps(),
             policy_dumps = inner.policy.dumps(),
+            policy_compiles = inner.policy.compiles(),
             "reconcile pass"
         );
         inner.sync.rejected = watch.rejected.clone();

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pinned_view;
 pub mod policy;
 pub mod reconcile;
+pub mod resync_dumper;
 pub mod snapshot;
 pub mod source;
 pub mod status;

@@ -7,7 +7,7 @@ use common::{
     map_names,
 };
 
-use super::Datapath;
+use super::{Datapath, MapSource};
 use crate::reconcile::{DesiredMaps, LbMaps, MapOp};
 
 pub struct AyaLbMaps<'a> {
@@ -18,14 +18,6 @@ impl Datapath {
     pub fn lb_maps(&mut self) -> AyaLbMaps<'_> {
         AyaLbMaps { datapath: self }
     }
-}
-
-fn hash<'m, K: aya::Pod, V: aya::Pod>(dp: &'m Datapath, name: &str) -> Result<HashMap<&'m MapData, K, V>> {
-    let map = dp
-        .ebpf
-        .map(name)
-        .with_context(|| format!("map {name} missing from the object"))?;
-    HashMap::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
 fn hash_mut<'m, K: aya::Pod, V: aya::Pod>(
@@ -39,28 +31,51 @@ fn hash_mut<'m, K: aya::Pod, V: aya::Pod>(
     HashMap::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+/// The load-balancing maps' contents, read from `src` (the loaded object, or pins).
+pub fn dump(src: &dyn MapSource) -> Result<DesiredMaps> {
+    fn read<'m, K: aya::Pod, V: aya::Pod>(
+        src: &'m dyn MapSource,
+        name: &str,
+    ) -> Result<HashMap<&'m MapData, K, V>> {
+        HashMap::try_from(src.map(name)?).with_context(|| format!("map {name} has an unexpected type"))
+    }
+    let mut out = DesiredMaps::default();
+    for entry in read::<Lb4Key, Lb4Service>(src, map_names::LB4_SERVICES)?.iter() {
+        let (k, v) = entry.context("reading the services map")?;
+        out.services.insert(k, v);
+    }
+    for entry in read::<u32, Backend4>(src, map_names::LB4_BACKENDS)?.iter() {
+        let (k, v) = entry.context("reading the backends map")?;
+        out.backends.insert(k, v);
+    }
+    for entry in read::<u32, RevNat4>(src, map_names::LB4_REVNAT)?.iter() {
+        let (k, v) = entry.context("reading the rev-NAT map")?;
+        out.revnat.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// The maps [`dump`] reads.
+pub const DUMPED: [&str; 3] = [
+    map_names::LB4_SERVICES,
+    map_names::LB4_BACKENDS,
+    map_names::LB4_REVNAT,
+];
+
 impl LbMaps for AyaLbMaps<'_> {
     fn dump(&self) -> Result<DesiredMaps> {
-        let mut out = DesiredMaps::default();
-        for entry in hash::<Lb4Key, Lb4Service>(self.datapath, map_names::LB4_SERVICES)?.iter() {
-            let (k, v) = entry.context("reading the services map")?;
-            out.services.insert(k, v);
-        }
-        for entry in hash::<u32, Backend4>(self.datapath, map_names::LB4_BACKENDS)?.iter() {
-            let (k, v) = entry.context("reading the backends map")?;
-            out.backends.insert(k, v);
-        }
-        for entry in hash::<u32, RevNat4>(self.datapath, map_names::LB4_REVNAT)?.iter() {
-            let (k, v) = entry.context("reading the rev-NAT map")?;
-            out.revnat.insert(k, v);
-        }
-        Ok(out)
+        dump(&*self.datapath)
     }
 
     fn apply(&mut self, op: &MapOp) -> Result<()> {
         let dp = &mut *self.datapath;
+        // Deleting an absent key (a resync's dump can be older than the last pass): aya reports
+        // ENOENT from the syscall, or KeyNotFound.
         let absent_ok = |r: Result<(), aya::maps::MapError>| match r {
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
             other => other,
         };
         match *op {

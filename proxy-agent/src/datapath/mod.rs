@@ -10,6 +10,8 @@ pub mod external_maps;
 pub mod lb_maps;
 pub mod links;
 pub mod loader;
+pub mod map_source;
+pub use map_source::MapSource;
 pub mod policy_maps;
 pub mod stats;
 

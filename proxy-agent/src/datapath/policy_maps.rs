@@ -16,7 +16,7 @@ use common::{
     },
 };
 
-use super::Datapath;
+use super::{Datapath, MapSource};
 use crate::policy::{PolicyMaps, PolicyMapsState, PolicyOp};
 
 pub struct AyaPolicyMaps<'a> {
@@ -62,12 +62,6 @@ fn sum(array: &PerCpuArray<&MapData, u64>, index: u32) -> Result<u64> {
     Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
 }
 
-fn map<'m>(dp: &'m Datapath, name: &str) -> Result<&'m aya::maps::Map> {
-    dp.ebpf
-        .map(name)
-        .with_context(|| format!("map {name} missing from the object"))
-}
-
 fn map_mut<'m>(dp: &'m mut Datapath, name: &str) -> Result<&'m mut aya::maps::Map> {
     dp.ebpf
         .map_mut(name)
@@ -103,49 +97,62 @@ fn name_value(name: &str) -> PolicyName {
     v
 }
 
+/// The policy maps' contents, read from `src` (the loaded object, or pins).
+pub fn dump(src: &dyn MapSource) -> Result<PolicyMapsState> {
+    let dp = src;
+    let mut out = PolicyMapsState::default();
+    let ipcache: LpmTrie<&MapData, Be32, IpCacheValue4> =
+        LpmTrie::try_from(dp.map(map_names::IPCACHE4)?).context("ipcache map type")?;
+    for entry in ipcache.iter() {
+        let (k, v) = entry.context("reading the ipcache map")?;
+        out.ipcache.insert(
+            IpCacheKey4 {
+                prefix_len: k.prefix_len(),
+                addr: k.data(),
+            },
+            v,
+        );
+    }
+    let policy: LpmTrie<&MapData, PolicyKeyData, PolicyEntry> =
+        LpmTrie::try_from(dp.map(map_names::POLICY)?).context("policy map type")?;
+    for entry in policy.iter() {
+        let (k, v) = entry.context("reading the policy map")?;
+        out.policy
+            .insert(PolicyKey::from_data(k.prefix_len(), &k.data()), v);
+    }
+    let endpoints: HashMap<&MapData, PolicyEndpointKey4, PolicyEndpoint4> =
+        HashMap::try_from(dp.map(map_names::POLICY_ENDPOINTS4)?).context("endpoints map type")?;
+    for entry in endpoints.iter() {
+        let (k, v) = entry.context("reading the policy endpoints map")?;
+        out.endpoints.insert(k, v);
+    }
+    let names: Array<&MapData, PolicyName> =
+        Array::try_from(dp.map(map_names::POLICY_NAMES)?).context("policy names map type")?;
+    for (i, v) in names.iter().enumerate() {
+        let v = v.context("reading the policy names map")?;
+        if v.len == 0 {
+            continue;
+        }
+        let len = usize::from(v.len).min(v.name.len());
+        let name = String::from_utf8_lossy(&v.name[..len]).into_owned();
+        if let Ok(r) = u16::try_from(i) {
+            out.names.insert(r, name);
+        }
+    }
+    Ok(out)
+}
+
+/// The maps [`dump`] reads.
+pub const DUMPED: [&str; 4] = [
+    map_names::IPCACHE4,
+    map_names::POLICY,
+    map_names::POLICY_ENDPOINTS4,
+    map_names::POLICY_NAMES,
+];
+
 impl PolicyMaps for AyaPolicyMaps<'_> {
     fn dump(&self) -> Result<PolicyMapsState> {
-        let dp = &*self.datapath;
-        let mut out = PolicyMapsState::default();
-        let ipcache: LpmTrie<&MapData, Be32, IpCacheValue4> =
-            LpmTrie::try_from(map(dp, map_names::IPCACHE4)?).context("ipcache map type")?;
-        for entry in ipcache.iter() {
-            let (k, v) = entry.context("reading the ipcache map")?;
-            out.ipcache.insert(
-                IpCacheKey4 {
-                    prefix_len: k.prefix_len(),
-                    addr: k.data(),
-                },
-                v,
-            );
-        }
-        let policy: LpmTrie<&MapData, PolicyKeyData, PolicyEntry> =
-            LpmTrie::try_from(map(dp, map_names::POLICY)?).context("policy map type")?;
-        for entry in policy.iter() {
-            let (k, v) = entry.context("reading the policy map")?;
-            out.policy
-                .insert(PolicyKey::from_data(k.prefix_len(), &k.data()), v);
-        }
-        let endpoints: HashMap<&MapData, PolicyEndpointKey4, PolicyEndpoint4> =
-            HashMap::try_from(map(dp, map_names::POLICY_ENDPOINTS4)?).context("endpoints map type")?;
-        for entry in endpoints.iter() {
-            let (k, v) = entry.context("reading the policy endpoints map")?;
-            out.endpoints.insert(k, v);
-        }
-        let names: Array<&MapData, PolicyName> =
-            Array::try_from(map(dp, map_names::POLICY_NAMES)?).context("policy names map type")?;
-        for (i, v) in names.iter().enumerate() {
-            let v = v.context("reading the policy names map")?;
-            if v.len == 0 {
-                continue;
-            }
-            let len = usize::from(v.len).min(v.name.len());
-            let name = String::from_utf8_lossy(&v.name[..len]).into_owned();
-            if let Ok(r) = u16::try_from(i) {
-                out.names.insert(r, name);
-            }
-        }
-        Ok(out)
+        dump(&*self.datapath)
     }
 
     fn apply(&mut self, op: &PolicyOp) -> Result<()> {

@@ -310,6 +310,10 @@ pub struct PolicyReconciler {
     last_unfit: Vec<String>,
     /// Passes that compiled since start.
     compiles: u64,
+    /// A dump read elsewhere (see `crate::resync_dumper`) for the next pass to diff against.
+    given_dump: Option<PolicyMapsState>,
+    /// Bumped by every pass that writes (or tries to); see [`Self::resync_from`].
+    writes: u64,
 }
 
 impl PolicyReconciler {
@@ -338,6 +342,23 @@ impl PolicyReconciler {
         }
     }
 
+    /// The write generation (see [`Self::resync_from`]).
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// As [`Self::require_dump`], with the dump already read — from the maps as they were at write
+    /// generation `writes`. A dump read while a pass wrote is not a picture of any one moment: then
+    /// this does nothing and returns false.
+    pub fn resync_from(&mut self, dump: PolicyMapsState, writes: u64) -> bool {
+        if writes != self.writes {
+            return false;
+        }
+        self.require_dump();
+        self.given_dump = Some(dump);
+        true
+    }
+
     /// How many passes compiled since start (a resync over unchanged objects does not).
     pub fn compiles(&self) -> u64 {
         self.compiles
@@ -358,19 +379,31 @@ impl PolicyReconciler {
         node: &str,
         maps: &mut dyn PolicyMaps,
     ) -> Result<PolicyOutcome> {
+        let from = InputAllocations::of(input, node);
+        let same_input = self.last.is_some() && self.compiled_from.as_ref().is_some_and(|(f, _)| *f == from);
+        if same_input && self.written.is_some() {
+            // The same objects, and the maps hold what the last compile asked for.
+            return Ok(PolicyOutcome {
+                ops: Vec::new(),
+                new_errors: Vec::new(),
+                unfit: self.last_unfit.clone(),
+                compiled: false,
+            });
+        }
         let actual = match self.written.take() {
             Some(written) => written,
             None => {
                 self.dumps += 1;
-                maps.dump().context("dumping the policy maps")?
+                match self.given_dump.take() {
+                    Some(dump) => dump,
+                    None => maps.dump().context("dumping the policy maps")?,
+                }
             }
         };
         if !self.restored {
             self.allocations = restore_allocations(&actual, input, node);
             self.restored = true;
         }
-        let from = InputAllocations::of(input, node);
-        let same_input = self.last.is_some() && self.compiled_from.as_ref().is_some_and(|(f, _)| *f == from);
         let (wanted, unfit, new_errors, compiled) = match self.last_wanted.take() {
             // A compile is a function of the input and the allocations, and these are the
             // allocations that compile produced: the result would be the same.
@@ -394,6 +427,7 @@ impl PolicyReconciler {
         };
         let ops = diff(&wanted, &actual);
         drop(actual);
+        self.writes += u64::from(!ops.is_empty());
         for (i, op) in ops.iter().enumerate() {
             maps.apply(op)
                 .with_context(|| format!("policy map operation {} of {}: {op}", i + 1, ops.len()))?;

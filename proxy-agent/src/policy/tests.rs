@@ -476,3 +476,38 @@ fn passes_trust_the_state_written_until_a_resync_or_a_failure_asks_for_a_dump() 
     assert_eq!(maps.maps, wanted);
     assert!(reconcile(&mut r, &other, &mut maps).ops.is_empty());
 }
+
+#[test]
+fn a_resync_takes_only_a_dump_read_with_nothing_written_since() {
+    let first = case("pod-selector");
+    let second = case("ingress-ip-block");
+    let mut maps = FakePolicyMaps::new();
+    let mut r = PolicyReconciler::new();
+    reconcile(&mut r, &first, &mut maps);
+    let (old, at) = (maps.maps.clone(), r.writes());
+    reconcile(&mut r, &second, &mut maps);
+    // The dump was read before the second input was written: not a picture of the maps now.
+    assert!(!r.resync_from(old, at), "a dump from before a write is refused");
+    // One read with nothing written since is taken; an entry removed behind our back comes back.
+    let (wanted, _) = PolicyMapsState::from_desired(r.last().unwrap());
+    let k = *maps.maps.policy.keys().next().unwrap();
+    maps.maps.policy.remove(&k);
+    assert!(r.resync_from(maps.maps.clone(), r.writes()));
+    let resync = reconcile(&mut r, &second, &mut maps);
+    assert!(!resync.compiled, "the same objects: no compile");
+    assert_eq!(resync.ops.len(), 1);
+    assert_eq!(maps.maps, wanted);
+    assert!(reconcile(&mut r, &second, &mut maps).ops.is_empty());
+}
+
+#[test]
+fn a_pass_over_the_same_objects_with_the_maps_as_written_neither_compiles_nor_writes() {
+    let input = case("pod-selector");
+    let mut maps = FakePolicyMaps::new();
+    let mut r = PolicyReconciler::new();
+    reconcile(&mut r, &input, &mut maps);
+    assert_eq!(r.compiles(), 1);
+    let again = reconcile(&mut r, &input, &mut maps);
+    assert!(again.ops.is_empty() && !again.compiled);
+    assert_eq!((r.compiles(), r.dumps()), (1, 1));
+}

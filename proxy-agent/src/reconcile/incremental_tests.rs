@@ -204,3 +204,110 @@ fn a_resync_of_the_same_plan_keeps_changing_in_place() {
         assert_eq!(fast.resyncs_from_written(), 14, "seed {seed}");
     }
 }
+
+/// A resync takes a dump read elsewhere only if no pass wrote since it was asked for (then it is a
+/// picture of the maps), and ends with the full pass's maps; an entry removed behind the agent's back
+/// comes back.
+#[test]
+fn a_resync_from_a_dump_read_elsewhere_ends_with_the_full_result() {
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed * 0x2545_F491_4F6C_DD1D);
+        let (mut fast, mut full) = (Reconciler::default(), Reconciler::default());
+        let (mut fast_maps, mut full_maps) = (FakeMaps::new(), FakeMaps::new());
+        let mut plan = LbPlan::default();
+        let (mut early, mut late) = (None, None);
+        let (mut taken, mut refused) = (0, 0);
+        for pass in 0..40 {
+            // Asked before a pass that changes the plan, and before one that does not.
+            match pass % 3 {
+                0 => early = Some((fast_maps.maps.clone(), fast.writes())),
+                1 => late = Some((fast_maps.maps.clone(), fast.writes())),
+                _ => {}
+            }
+            if pass % 3 != 1 {
+                plan = evolve(&mut rng, &plan.frontends);
+            }
+            if pass % 3 == 2 {
+                for (mut dump, at) in [early.take(), late.take()].into_iter().flatten() {
+                    let unchanged = fast.writes() == at;
+                    if unchanged && let Some(&k) = dump.services.keys().next() {
+                        fast_maps.maps.services.remove(&k);
+                        dump.services.remove(&k);
+                    }
+                    assert_eq!(fast.resync_from(dump, at), unchanged, "seed {seed} pass {pass}");
+                    if unchanged {
+                        taken += 1;
+                    } else {
+                        refused += 1;
+                    }
+                }
+            }
+            fast.reconcile(&plan, &mut fast_maps).unwrap();
+            full.require_dump();
+            full.reconcile(&plan, &mut full_maps).unwrap();
+            // Ids may differ (an id the older dump still showed stays held until the next dump),
+            // what they stand for may not.
+            assert_eq!(
+                by_frontend(&fast_maps.maps),
+                by_frontend(&full_maps.maps),
+                "seed {seed} pass {pass}"
+            );
+            fast_maps.maps.check_references().unwrap();
+            let slots = fast_maps.maps.services.len();
+            let frontends = by_frontend(&fast_maps.maps);
+            let entries: usize = frontends.values().map(|(_, _, b)| 1 + b.len()).sum();
+            assert_eq!(slots, entries, "seed {seed} pass {pass}: no stray slot");
+            let used: std::collections::BTreeSet<u32> = fast_maps
+                .maps
+                .services
+                .values()
+                .map(|v| v.backend_id)
+                .filter(|&id| id != 0)
+                .collect();
+            assert_eq!(
+                used.len(),
+                fast_maps.maps.backends.len(),
+                "seed {seed} pass {pass}: no unused backend left"
+            );
+            assert_eq!(
+                fast_maps.maps.revnat.len(),
+                full_maps.maps.revnat.len(),
+                "seed {seed} pass {pass}: no unused rev-NAT left"
+            );
+        }
+        assert_eq!(taken + refused, 26, "seed {seed}");
+        assert!(
+            taken > 0 && refused > 0,
+            "seed {seed}: {taken} taken, {refused} refused"
+        );
+    }
+}
+
+/// Each frontend (slot 0) with its flags and count, its rev-NAT entry and its backends in slot order,
+/// ids resolved.
+fn by_frontend(
+    maps: &super::super::DesiredMaps,
+) -> std::collections::BTreeMap<
+    common::lb::Lb4Key,
+    (
+        common::lb::Lb4Service,
+        common::lb::RevNat4,
+        Vec<common::lb::Backend4>,
+    ),
+> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in maps.services.iter().filter(|(k, _)| k.slot == 0) {
+        let backends = (1..=v.count)
+            .map(|slot| {
+                let s = maps.services[&common::lb::Lb4Key { slot, ..*k }];
+                maps.backends[&s.backend_id]
+            })
+            .collect();
+        let revnat = maps.revnat[&v.rev_nat];
+        out.insert(
+            *k,
+            (common::lb::Lb4Service { rev_nat: 0, ..*v }, revnat, backends),
+        );
+    }
+    out
+}

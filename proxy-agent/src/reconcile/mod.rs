@@ -145,6 +145,11 @@ pub struct Reconciler {
     written_from: Option<crate::lb::Frontends>,
     /// Resyncs that diffed the dump against the state last written (tests and the debug log).
     resyncs_from_written: u64,
+    /// A dump read elsewhere (see `crate::resync_dumper`) for the next pass to diff against.
+    given_dump: Option<DesiredMaps>,
+    /// Bumped by every pass that writes (or tries to): a dump read elsewhere is a true picture of
+    /// the maps only if this did not move while it was read.
+    writes: u64,
 }
 
 impl Reconciler {
@@ -181,6 +186,24 @@ impl Reconciler {
             (Some(from), Some(written), Some(users)) => Some((from, written, users)),
             _ => None,
         };
+    }
+
+    /// The write generation (see [`Self::resync_from`]).
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// As [`Self::require_dump`], with the dump already read — from the maps as they were at write
+    /// generation `writes` (asked for then, read before this reconciler writes again). A dump read
+    /// while a pass wrote is not a picture of any one moment (an entry added and removed since
+    /// would stay behind): then this does nothing and returns false.
+    pub fn resync_from(&mut self, dump: DesiredMaps, writes: u64) -> bool {
+        if writes != self.writes {
+            return false;
+        }
+        self.require_dump();
+        self.given_dump = Some(dump);
+        true
     }
 
     /// How many passes recomputed every entry since start (the others changed only what changed).
@@ -225,7 +248,10 @@ impl Reconciler {
             Some(written) => written,
             None => {
                 self.dumps += 1;
-                let dump = maps.dump().context("dumping the load-balancing maps")?;
+                let dump = match self.given_dump.take() {
+                    Some(dump) => dump,
+                    None => maps.dump().context("dumping the load-balancing maps")?,
+                };
                 self.ids.hold(&dump);
                 dump
             }
@@ -246,6 +272,7 @@ impl Reconciler {
         };
         let ops = diff(&wanted, &actual);
         drop(actual);
+        self.writes += u64::from(!ops.is_empty());
         for (i, op) in ops.iter().enumerate() {
             maps.apply(op)
                 .with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()))?;
@@ -262,6 +289,7 @@ impl Reconciler {
 
     fn write_change(&mut self, change: incremental::Change, maps: &mut dyn LbMaps) -> Result<Outcome> {
         let ops = change.ops;
+        self.writes += u64::from(!ops.is_empty());
         for (i, op) in ops.iter().enumerate() {
             if let Err(e) = maps.apply(op) {
                 self.written = None;

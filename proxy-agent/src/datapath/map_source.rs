@@ -1,0 +1,49 @@
+//! Where a dump reads maps from: the loaded object (the daemon's own handles), or the pins under a
+//! bpffs root, opened anew — so a thread of its own can read the maps while the daemon writes them
+//! (see `crate::resync_dumper`).
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context, Result};
+use aya::maps::{Map, MapData};
+
+use super::Datapath;
+
+pub trait MapSource {
+    fn map(&self, name: &str) -> Result<&Map>;
+}
+
+impl MapSource for Datapath {
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+}
+
+/// Maps opened from their pins (`ROOT/NAME`), each a handle of its own.
+pub struct PinnedMaps {
+    maps: BTreeMap<String, Map>,
+}
+
+impl PinnedMaps {
+    pub fn open(root: &Path, names: &[&str]) -> Result<Self> {
+        let mut maps = BTreeMap::new();
+        for name in names {
+            let path = root.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening the pinned map {}", path.display()))?;
+            let map = Map::from_map_data(data).with_context(|| format!("pinned map {}", path.display()))?;
+            maps.insert((*name).to_owned(), map);
+        }
+        Ok(Self { maps })
+    }
+}
+
+impl MapSource for PinnedMaps {
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.maps
+            .get(name)
+            .with_context(|| format!("map {name} was not opened"))
+    }
+}
