@@ -146,7 +146,7 @@ pub struct Reconciler {
     /// Resyncs that diffed the dump against the state last written (tests and the debug log).
     resyncs_from_written: u64,
     /// A dump read elsewhere (see `crate::resync_dumper`) for the next pass to diff against.
-    given_dump: Option<DesiredMaps>,
+    given_dump: Option<(DesiredMaps, u64)>,
     /// Bumped by every pass that writes (or tries to): a dump read elsewhere is a true picture of
     /// the maps only if this did not move while it was read.
     writes: u64,
@@ -180,12 +180,10 @@ impl Reconciler {
     /// The next pass diffs against a fresh dump of the maps instead of the state last written, and so
     /// repairs and prunes whatever someone else changed in them.
     pub fn require_dump(&mut self) {
-        let (written, users) = (self.written.take(), self.users.take());
-        // Only a state every frontend fitted in (`users` is kept for those alone).
-        self.resync_base = match (self.written_from.take(), written, users) {
-            (Some(from), Some(written), Some(users)) => Some((from, written, users)),
-            _ => None,
-        };
+        self.written = None;
+        self.users = None;
+        self.written_from = None;
+        self.resync_base = None;
     }
 
     /// The write generation (see [`Self::resync_from`]).
@@ -198,12 +196,17 @@ impl Reconciler {
     /// while a pass wrote is not a picture of any one moment (an entry added and removed since
     /// would stay behind): then this does nothing and returns false.
     pub fn resync_from(&mut self, dump: DesiredMaps, writes: u64) -> bool {
-        if writes != self.writes {
-            return false;
-        }
-        self.require_dump();
-        self.given_dump = Some(dump);
-        true
+        let (written, users) = (self.written.take(), self.users.take());
+        // Only a state every frontend fitted in (`users` is kept for those alone).
+        self.resync_base = match (self.written_from.take(), written, users) {
+            (Some(from), Some(written), Some(users)) => Some((from, written, users)),
+            _ => None,
+        };
+        // A dump read while passes wrote is usable with the state last written (see `reconcile`);
+        // without one, the pass reads the maps itself.
+        let usable = writes == self.writes || self.resync_base.is_some();
+        self.given_dump = usable.then_some((dump, writes));
+        usable
     }
 
     /// How many passes recomputed every entry since start (the others changed only what changed).
@@ -240,16 +243,30 @@ impl Reconciler {
             self.users = None;
         }
         self.full_passes += 1;
+        // The state last written, brought to this plan in place when the plan changed since (a
+        // change landing in the resync's pass): the same as recomputing every entry.
+        // Its operations go first: an entry written after the dump was read and dropped now is only
+        // in the state last written, and the dump's diff alone would leave it behind.
+        let mut ops = Vec::new();
         let base = self
             .resync_base
             .take()
-            .filter(|(from, _, _)| std::sync::Arc::ptr_eq(from, &plan.frontends));
+            .and_then(|(from, mut written, mut users)| {
+                if !std::sync::Arc::ptr_eq(&from, &plan.frontends) {
+                    ops = users.update(plan, &mut self.ids, &mut written)?.ops;
+                }
+                Some((from, written, users))
+            });
+        let given = self
+            .given_dump
+            .take()
+            .filter(|(_, at)| *at == self.writes || base.is_some());
         let actual = match self.written.take() {
             Some(written) => written,
             None => {
                 self.dumps += 1;
-                let dump = match self.given_dump.take() {
-                    Some(dump) => dump,
+                let dump = match given {
+                    Some((dump, _)) => dump,
                     None => maps.dump().context("dumping the load-balancing maps")?,
                 };
                 self.ids.hold(&dump);
@@ -270,7 +287,7 @@ impl Reconciler {
                 (wanted, unfit, None)
             }
         };
-        let ops = diff(&wanted, &actual);
+        ops.extend(diff(&wanted, &actual));
         drop(actual);
         self.writes += u64::from(!ops.is_empty());
         for (i, op) in ops.iter().enumerate() {

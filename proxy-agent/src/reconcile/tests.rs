@@ -385,8 +385,11 @@ fn the_resync_prunes_an_entry_written_behind_the_agents_back() {
     maps.maps.backends.get_mut(&ours).unwrap().flags ^= common::lb::backend_flags::TERMINATING;
     // Between resyncs the agent trusts what it wrote.
     assert_eq!(reconciler.reconcile(&plan, &mut maps).unwrap().ops, vec![]);
-    reconciler.require_dump();
+    // The resync's dump, read elsewhere with nothing written since: diffed against the state last
+    // written (the same plan), which prunes as well as a pass that recomputes everything.
+    assert!(reconciler.resync_from(maps.maps.clone(), reconciler.writes()));
     let resync = reconciler.reconcile(&plan, &mut maps).unwrap();
+    assert_eq!(reconciler.resyncs_from_written(), 1);
     // Our backend back to what it was, the stray frontend, its slot and its backend gone.
     assert_eq!(resync.ops.len(), 4, "{}", render_ops(&resync.ops));
     assert_eq!(maps.maps, clean);

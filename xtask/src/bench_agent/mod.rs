@@ -25,6 +25,8 @@ const PIN_DIR: &str = "/sys/fs/bpf/strait/benchagent";
 const ADMIN: &str = "127.0.0.1:9970";
 const SYNC_LIMIT: Duration = Duration::from_secs(180);
 const CHANGE_LIMIT: Duration = Duration::from_secs(30);
+/// Between two changes (100 in the full run: about 13 s, past one resync).
+const CHANGE_SPACING: Duration = Duration::from_millis(125);
 
 #[derive(Debug, Serialize)]
 pub struct AgentBench {
@@ -169,8 +171,9 @@ pub fn run(agent: &Path, quick: bool) -> Result<AgentBench> {
             .as_u64()
             .context("the agent's status has no lb.last_write_unix_us (an older agent?)")?;
         change_ms.push(written_us.saturating_sub(renamed_us) as f64 / 1000.0);
-        // The next change must not land in the same pass as this one's tail.
-        std::thread::sleep(Duration::from_millis(50));
+        // Spread so that the full run's changes span more than the agent's 10 s resync: a change that
+        // arrives during one waits for it, and the figures should say so.
+        std::thread::sleep(CHANGE_SPACING);
     }
     let rss_peak_mib = proc_status_kib(pid, "VmHWM")? as f64 / 1024.0;
     let cpu_changes_s = cpu_seconds(pid)? - cpu_sync_s;
@@ -394,7 +397,8 @@ pub fn markdown(b: &AgentBench) -> String {
          | CPU time (user + system): start to first sync / the {} changes | {:.2} s / {:.2} s | |\n\n\
          The change figures run from the rename of one rewritten slice file (the bench's clock) to the end of \
          the map write (the agent's stamp `lb.last_write_unix_us` in its status; the same machine's clock); \
-         the second row is when the bench's status poll, every 2 ms, first showed the write. They include inotify waking the agent, its debounce (0.3 ms), re-reading \
+         the second row is when the bench's status poll, every 2 ms, first showed the write. Changes are \
+         125 ms apart, so the full run's span the agent's 10 s resync. They include inotify waking the agent, its debounce (0.3 ms), re-reading \
          and parsing that one file, and planning and diffing every Service; they do not include the datapath \
          seeing the entry, which is immediate once written. The first-sync figure includes starting the \
          process, loading and verifying the eBPF programs, and the first pass; the row below it splits the \
