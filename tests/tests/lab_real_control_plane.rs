@@ -237,14 +237,17 @@ fn real_control_plane_serves_clusterip_applies_policy_and_survives_an_apiserver_
     assert_served_by(&allowed, 30, &WEB, "client-1 under the policy");
     kubectl(&lab, &["delete", "-f", policy.to_str().unwrap()]);
     let _ = std::fs::remove_file(&policy);
-    let back = until(
+    until(
         &lab,
         "shop/api-1",
         "10.96.0.10:80/tcp",
         Duration::from_secs(10),
         |p| !summary(p).contains_key("timeout"),
     );
-    assert_served_by(&back, 12, &WEB, "api-1 after the policy's deletion");
+    // Every backend at least once: over 12 attempts one of three misses out 2 % of the time, over
+    // 60 practically never.
+    let back = lab.probe("shop/api-1", "10.96.0.10:80/tcp", 60);
+    assert_served_by(&back, 60, &WEB, "api-1 after the policy's deletion");
 
     // The apiserver goes away: the datapath keeps serving from what the agents hold.
     let stop = lab.json(&["control-plane", "stop", "apiserver", "--json"]);
@@ -447,15 +450,18 @@ fn upstream_kube_proxy_in_iptables_and_nftables_mode_serves_the_clusterip_scenar
         assert_eq!(web, 0, "{node}: served with kube-proxy stopped: {none:#}");
         let start = lab.json(&["proxy", "start", node, "--json"]);
         assert_ne!(start["pid"].as_i64(), Some(pid), "{start:#}");
-        let back = until(&lab, client, "10.96.0.10:80/tcp", Duration::from_secs(60), |p| {
+        until(&lab, client, "10.96.0.10:80/tcp", Duration::from_secs(60), |p| {
             WEB.iter()
                 .map(|w| summary(p).get(*w).copied().unwrap_or(0))
                 .sum::<u64>()
                 == 12
         });
+        // Served again; every backend at least once over 60 attempts (over 12, one of three
+        // misses out 2 % of the time, as it did once in CI).
+        let back = lab.probe(client, "10.96.0.10:80/tcp", 60);
         assert_served_by(
             &back,
-            12,
+            60,
             &WEB,
             &format!("{client} after kube-proxy of {node} restarted"),
         );
