@@ -69,15 +69,6 @@ impl LbMaps for AyaLbMaps<'_> {
 
     fn apply(&mut self, op: &MapOp) -> Result<()> {
         let dp = &mut *self.datapath;
-        // Deleting an absent key (a resync's dump can be older than the last pass): aya reports
-        // ENOENT from the syscall, or KeyNotFound.
-        let absent_ok = |r: Result<(), aya::maps::MapError>| match r {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            other => other,
-        };
         match *op {
             MapOp::UpsertBackend { id, backend } => {
                 hash_mut::<u32, Backend4>(dp, map_names::LB4_BACKENDS)?.insert(id, backend, 0)?;
@@ -89,13 +80,13 @@ impl LbMaps for AyaLbMaps<'_> {
                 hash_mut::<u32, RevNat4>(dp, map_names::LB4_REVNAT)?.insert(id, revnat, 0)?;
             }
             MapOp::DeleteService { key } => {
-                absent_ok(hash_mut::<Lb4Key, Lb4Service>(dp, map_names::LB4_SERVICES)?.remove(&key))?;
+                super::absent_ok(hash_mut::<Lb4Key, Lb4Service>(dp, map_names::LB4_SERVICES)?.remove(&key))?;
             }
             MapOp::DeleteRevNat { id } => {
-                absent_ok(hash_mut::<u32, RevNat4>(dp, map_names::LB4_REVNAT)?.remove(&id))?;
+                super::absent_ok(hash_mut::<u32, RevNat4>(dp, map_names::LB4_REVNAT)?.remove(&id))?;
             }
             MapOp::DeleteBackend { id } => {
-                absent_ok(hash_mut::<u32, Backend4>(dp, map_names::LB4_BACKENDS)?.remove(&id))?;
+                super::absent_ok(hash_mut::<u32, Backend4>(dp, map_names::LB4_BACKENDS)?.remove(&id))?;
             }
         }
         Ok(())

@@ -47,3 +47,16 @@ impl MapSource for PinnedMaps {
             .with_context(|| format!("map {name} was not opened"))
     }
 }
+
+/// A delete of a key that is not there counts as done: the key may be gone already (a resync's dump
+/// older than the last pass, or a write behind the agent's back). aya reports it as KeyNotFound or as
+/// ENOENT from the syscall, depending on the map type.
+pub fn absent_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}

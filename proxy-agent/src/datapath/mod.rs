@@ -11,7 +11,7 @@ pub mod lb_maps;
 pub mod links;
 pub mod loader;
 pub mod map_source;
-pub use map_source::MapSource;
+pub use map_source::{MapSource, absent_ok};
 pub mod policy_maps;
 pub mod stats;
 

@@ -157,14 +157,6 @@ impl PolicyMaps for AyaPolicyMaps<'_> {
 
     fn apply(&mut self, op: &PolicyOp) -> Result<()> {
         let dp = &mut *self.datapath;
-        // Deleting an absent key: aya reports ENOENT from the syscall (or KeyNotFound).
-        let absent_ok = |r: Result<(), aya::maps::MapError>| match r {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            other => other,
-        };
         match op {
             PolicyOp::UpsertName { policy_ref, name } => {
                 names(dp)?.set(u32::from(*policy_ref), name_value(name), 0)?;
@@ -176,19 +168,19 @@ impl PolicyMaps for AyaPolicyMaps<'_> {
                 policy(dp)?.insert(&Key::new(key.prefix_len, key.data()), entry, 0)?;
             }
             PolicyOp::DeletePolicy { key } => {
-                absent_ok(policy(dp)?.remove(&Key::new(key.prefix_len, key.data())))?;
+                super::absent_ok(policy(dp)?.remove(&Key::new(key.prefix_len, key.data())))?;
             }
             PolicyOp::UpsertIpCache { key, value } => {
                 ipcache(dp)?.insert(&Key::new(key.prefix_len, key.addr), value, 0)?;
             }
             PolicyOp::DeleteIpCache { key } => {
-                absent_ok(ipcache(dp)?.remove(&Key::new(key.prefix_len, key.addr)))?;
+                super::absent_ok(ipcache(dp)?.remove(&Key::new(key.prefix_len, key.addr)))?;
             }
             PolicyOp::UpsertEndpoint { key, value } => {
                 endpoints(dp)?.insert(key, value, 0)?;
             }
             PolicyOp::DeleteEndpoint { key } => {
-                absent_ok(endpoints(dp)?.remove(key))?;
+                super::absent_ok(endpoints(dp)?.remove(key))?;
             }
         }
         Ok(())
