@@ -538,6 +538,8 @@ struct SourceWatch {
     resync_misses: u32,
     /// The source's rejected objects of the last update.
     rejected: Vec<String>,
+    /// This node's pods (`endpoints::local_pods`), kept as the pods change.
+    local_pods: Vec<LocalEndpoint>,
     reported: BTreeSet<String>,
 }
 
@@ -562,6 +564,7 @@ impl SourceWatch {
             dumper: crate::resync_dumper::ResyncDumper::start(pin_dir.to_path_buf()),
             resync_misses: 0,
             rejected: Vec::new(),
+            local_pods: Vec::new(),
             reported: BTreeSet::new(),
         }
     }
@@ -595,7 +598,9 @@ impl SourceWatch {
             }
         }
         self.rejected = update.rejected.iter().map(ToString::to_string).collect();
-        let changed = if resync { Kinds::ALL } else { update.changed };
+        // A resync brings what the source found changed (the API-server source: every kind, from its
+        // stores; the manifests: the files whose text changed); the maps' side of it is the dump.
+        let changed = update.changed;
         if changed.intersects(Kinds::SERVICES) {
             self.selector_services = lb::any_selector_service(&self.snapshot);
         }
@@ -625,6 +630,9 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
     let inner = &mut *inner;
     let t0 = Instant::now();
     let refreshed = watch.refresh(&mut inner.sync, &mut inner.counters, wake)?;
+    if refreshed.changed.intersects(Kinds::PODS) {
+        watch.local_pods = endpoints::local_pods(&watch.snapshot, &args.node);
+    }
     if refreshed.resync {
         // The first pass reads the maps here; later resyncs have them read off this loop and diff
         // against that dump when it is there (a pass or a tick later), so no change waits for it.
@@ -632,6 +640,7 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
         if !(inner.sync.synced && watch.dumper.request(writes.0, writes.1)) {
             inner.reconciler.require_dump();
             inner.policy.require_dump();
+            inner.pending |= Kinds::SERVICE_INPUTS | Kinds::POLICY_INPUTS;
         }
         inner.external.resync();
     }
@@ -740,7 +749,7 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
 fn reconcile_attachments(args: &RunArgs, watch: &SourceWatch, inner: &mut Inner) -> Result<()> {
     let table = routes::read_routes()?;
     let links = links::read_links()?;
-    let local = endpoints::local_endpoints(&watch.snapshot, &args.node, &table);
+    let local = endpoints::with_interfaces(&watch.local_pods, &table);
     let mut desired = DesiredAttachments::default();
     for ep in &local {
         if let Some(link) = ep.interface.as_ref().and_then(|name| links.get(name)) {

@@ -19,6 +19,13 @@ pub struct LocalEndpoint {
 /// Pods scheduled on `node` with an IP of their own (hostNetwork pods share the node's and get no
 /// tc program), each with the interface of the directly connected route to its IP.
 pub fn local_endpoints(snapshot: &Snapshot, node: &str, table: &[routes::Route]) -> Vec<LocalEndpoint> {
+    with_interfaces(&local_pods(snapshot, node), table)
+}
+
+/// [`local_endpoints`] without the interfaces, sorted by pod: it changes only with the pods, while
+/// the interfaces are looked up on every scan of the links (walking 10k pods on each was most of
+/// what the daemon's periodic tick cost).
+pub fn local_pods(snapshot: &Snapshot, node: &str) -> Vec<LocalEndpoint> {
     let mut out: Vec<LocalEndpoint> = snapshot
         .pods
         .iter()
@@ -31,14 +38,27 @@ pub fn local_endpoints(snapshot: &Snapshot, node: &str, table: &[routes::Route])
                 p.metadata.namespace.as_deref().unwrap_or("default"),
                 p.metadata.name.as_deref().unwrap_or("")
             );
-            let interface = routes::lookup(table, ip)
-                .filter(|r| r.gateway.is_none() && r.prefix_len == 32)
-                .map(|r| r.interface.clone());
-            Some(LocalEndpoint { pod, ip, interface })
+            Some(LocalEndpoint {
+                pod,
+                ip,
+                interface: None,
+            })
         })
         .collect();
     out.sort_by(|a, b| a.pod.cmp(&b.pod));
     out
+}
+
+/// The local pods, each with the interface of the directly connected route to its IP.
+pub fn with_interfaces(pods: &[LocalEndpoint], table: &[routes::Route]) -> Vec<LocalEndpoint> {
+    pods.iter()
+        .map(|p| LocalEndpoint {
+            interface: routes::lookup(table, p.ip)
+                .filter(|r| r.gateway.is_none() && r.prefix_len == 32)
+                .map(|r| r.interface.clone()),
+            ..p.clone()
+        })
+        .collect()
 }
 
 /// The node's own addresses from its Node object (InternalIP and ExternalIP).

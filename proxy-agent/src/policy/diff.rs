@@ -1,8 +1,9 @@
 //! Desired vs actual policy maps → ordered operations.
 
-use common::policy::{IpCacheKey4, PolicyEndpoint4};
+use common::policy::{IpCacheKey4, IpCacheValue4, PolicyEndpoint4};
 
 use super::{PolicyMapsState, PolicyOp};
+use crate::reconcile::diff::differing;
 
 /// The operations that turn `actual` (A) into `desired` (D), ordered so that after every single
 /// operation a flow that both A and D allow is still allowed (no transient deny of allowed traffic):
@@ -21,82 +22,89 @@ use super::{PolicyMapsState, PolicyOp};
 ///
 /// Unchanged entries produce no operation, so `diff(d, d)` is empty.
 pub fn diff(desired: &PolicyMapsState, actual: &PolicyMapsState) -> Vec<PolicyOp> {
+    // Each map walked once beside its other side (at 44k entries, a lookup per key into the other
+    // side was most of a resync's policy pass).
+    let names = differing(&desired.names, &actual.names);
+    let policy = differing(&desired.policy, &actual.policy);
+    let endpoints = differing(&desired.endpoints, &actual.endpoints);
+    let ipcache = differing(&desired.ipcache, &actual.ipcache);
     let mut ops = Vec::new();
-    for (r, name) in &desired.names {
-        if actual.names.get(r) != Some(name) {
+    for &(r, want, _) in &names {
+        if let Some(name) = want {
             ops.push(PolicyOp::UpsertName {
                 policy_ref: *r,
                 name: name.clone(),
             });
         }
     }
-    for (key, entry) in &desired.policy {
-        if actual.policy.get(key) != Some(entry) {
+    for &(key, want, _) in &policy {
+        if let Some(entry) = want {
             ops.push(PolicyOp::UpsertPolicy {
                 key: *key,
                 entry: *entry,
             });
         }
     }
-    // Endpoint records as they stand after step 3.
-    let mut endpoints = actual.endpoints.clone();
-    for (key, want) in &desired.endpoints {
-        let Some(have) = actual.endpoints.get(key) else {
-            continue;
-        };
-        let kept = have.flags & want.flags;
-        if kept != have.flags {
-            let relaxed = PolicyEndpoint4 { flags: kept, ..*want };
-            ops.push(PolicyOp::UpsertEndpoint {
-                key: *key,
-                value: relaxed,
-            });
-            endpoints.insert(*key, relaxed);
+    // Endpoint records as they stand after step 3 (of those that differ).
+    let mut after_relax: Vec<Option<PolicyEndpoint4>> = Vec::with_capacity(endpoints.len());
+    for &(key, want, have) in &endpoints {
+        let mut now = have.copied();
+        if let (Some(want), Some(have)) = (want, have) {
+            let kept = have.flags & want.flags;
+            if kept != have.flags {
+                let relaxed = PolicyEndpoint4 { flags: kept, ..*want };
+                ops.push(PolicyOp::UpsertEndpoint {
+                    key: *key,
+                    value: relaxed,
+                });
+                now = Some(relaxed);
+            }
         }
+        after_relax.push(now);
     }
     let by_len_desc = |k: &&IpCacheKey4| (std::cmp::Reverse(k.prefix_len), k.addr.get());
-    let mut upserts: Vec<&IpCacheKey4> = desired
-        .ipcache
+    let mut upserts: Vec<(&IpCacheKey4, &IpCacheValue4)> = ipcache
         .iter()
-        .filter(|(k, v)| actual.ipcache.get(k) != Some(v))
-        .map(|(k, _)| k)
+        .filter_map(|&(k, want, _)| Some((k, want?)))
         .collect();
-    upserts.sort_by_key(by_len_desc);
-    for key in upserts {
+    upserts.sort_by_key(|(k, _)| by_len_desc(k));
+    for (key, value) in upserts {
         ops.push(PolicyOp::UpsertIpCache {
             key: *key,
-            value: desired.ipcache[key],
+            value: *value,
         });
     }
-    let mut stale: Vec<&IpCacheKey4> = actual
-        .ipcache
-        .keys()
-        .filter(|k| !desired.ipcache.contains_key(k))
+    let mut stale: Vec<&IpCacheKey4> = ipcache
+        .iter()
+        .filter(|(_, want, _)| want.is_none())
+        .map(|&(k, _, _)| k)
         .collect();
     stale.sort_by_key(|k| (k.prefix_len, k.addr.get()));
     for key in stale {
         ops.push(PolicyOp::DeleteIpCache { key: *key });
     }
-    for (key, want) in &desired.endpoints {
-        if endpoints.get(key) != Some(want) {
+    for (&(key, want, _), now) in endpoints.iter().zip(&after_relax) {
+        if let Some(want) = want
+            && now.as_ref() != Some(want)
+        {
             ops.push(PolicyOp::UpsertEndpoint {
                 key: *key,
                 value: *want,
             });
         }
     }
-    for key in actual.endpoints.keys() {
-        if !desired.endpoints.contains_key(key) {
+    for &(key, want, _) in &endpoints {
+        if want.is_none() {
             ops.push(PolicyOp::DeleteEndpoint { key: *key });
         }
     }
-    for key in actual.policy.keys() {
-        if !desired.policy.contains_key(key) {
+    for &(key, want, _) in &policy {
+        if want.is_none() {
             ops.push(PolicyOp::DeletePolicy { key: *key });
         }
     }
-    for r in actual.names.keys() {
-        if !desired.names.contains_key(r) {
+    for &(r, want, _) in &names {
+        if want.is_none() {
             ops.push(PolicyOp::DeleteName { policy_ref: *r });
         }
     }

@@ -426,7 +426,7 @@ impl PolicyReconciler {
             }
         };
         let ops = diff(&wanted, &actual);
-        drop(actual);
+        crate::reconcile::drop_elsewhere(actual, |a| a.policy.len() + a.ipcache.len() + a.endpoints.len());
         self.writes += u64::from(!ops.is_empty());
         for (i, op) in ops.iter().enumerate() {
             maps.apply(op)

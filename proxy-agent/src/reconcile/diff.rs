@@ -92,7 +92,7 @@ pub fn diff(desired: &DesiredMaps, actual: &DesiredMaps) -> Vec<MapOp> {
 /// The keys whose entries differ (present on one side only, or with another value), in key order,
 /// with the desired and the actual value. One walk over both sorted maps side by side: at 100k
 /// entries, a lookup per key into the other map cost more than everything else in a pass.
-fn differing<'a, K: Ord, V: PartialEq>(
+pub(crate) fn differing<'a, K: Ord, V: PartialEq>(
     desired: &'a BTreeMap<K, V>,
     actual: &'a BTreeMap<K, V>,
 ) -> Vec<(&'a K, Option<&'a V>, Option<&'a V>)> {

@@ -88,8 +88,15 @@ impl<K: Ord + Clone> Pool<K> {
         Some(id)
     }
 
+    /// `present`: ascending. Walked beside `by_id` (a lookup per id cost milliseconds at 100k).
     fn hold(&mut self, present: impl Iterator<Item = u32>) {
-        self.held = present.filter(|id| !self.by_id.contains_key(id)).collect();
+        let mut known = self.by_id.keys().peekable();
+        self.held = present
+            .filter(|id| {
+                while known.next_if(|k| **k < *id).is_some() {}
+                known.peek() != Some(&id)
+            })
+            .collect();
     }
 
     fn release(&mut self, id: u32) {
@@ -99,8 +106,18 @@ impl<K: Ord + Clone> Pool<K> {
         }
     }
 
-    fn retain(&mut self, keep: impl Fn(u32) -> bool) {
-        let gone: Vec<u32> = self.by_id.keys().copied().filter(|id| !keep(*id)).collect();
+    /// Frees every id not in `keep` (ascending), walked beside `by_id`.
+    fn retain(&mut self, keep: impl Iterator<Item = u32>) {
+        let mut keep = keep.peekable();
+        let gone: Vec<u32> = self
+            .by_id
+            .keys()
+            .copied()
+            .filter(|id| {
+                while keep.next_if(|k| *k < *id).is_some() {}
+                keep.peek() != Some(id)
+            })
+            .collect();
         for id in gone {
             if let Some(key) = self.by_id.remove(&id) {
                 self.by_key.remove(&key);
@@ -182,8 +199,8 @@ impl Ids {
 
     /// Frees every id that `desired` does not use. Call after `desired` has been written completely.
     pub fn release_unused(&mut self, desired: &DesiredMaps) {
-        self.backends.retain(|id| desired.backends.contains_key(&id));
-        self.revnat.retain(|id| desired.revnat.contains_key(&id));
+        self.backends.retain(desired.backends.keys().copied());
+        self.revnat.retain(desired.revnat.keys().copied());
     }
 
     /// Frees the given ids (no entry uses them any more; call after that was written).
@@ -217,7 +234,7 @@ mod tests {
         assert_eq!(pool.alloc(&2), Some(2));
         assert_eq!(pool.alloc(&3), Some(3));
         assert_eq!(pool.alloc(&2), Some(2), "same key, same id");
-        pool.retain(|id| id == 3);
+        pool.retain([3].into_iter());
         pool.hold([1].into_iter());
         assert_eq!(pool.alloc(&4), Some(2), "1 is held by an orphan");
         pool.hold(std::iter::empty());

@@ -13,7 +13,7 @@
 //! change performs no operation either way.
 
 mod desired;
-mod diff;
+pub(crate) mod diff;
 pub mod dump;
 pub mod external;
 mod fake;
@@ -44,6 +44,15 @@ pub struct DesiredMaps {
 }
 
 impl DesiredMaps {
+    /// Entries in all three maps.
+    pub fn len(&self) -> usize {
+        self.services.len() + self.backends.len() + self.revnat.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every reference the datapath follows resolves: each frontend's slots 1..=count exist, each slot's
     /// backend exists, each frontend's rev-NAT entry exists. Holds after every single operation of a
     /// [`diff`], starting from maps for which it holds.
@@ -103,6 +112,20 @@ impl std::fmt::Display for MapOp {
             Self::DeleteRevNat { id } => write!(f, "delete REVNAT {id}"),
             Self::DeleteBackend { id } => write!(f, "delete BE {id}"),
         }
+    }
+}
+
+/// Frees a large value on a thread of its own: a dump of 100k entries took milliseconds to free, and
+/// every change arriving meanwhile waited for it. Small values are freed here.
+pub(crate) fn drop_elsewhere<T: Send + 'static>(value: T, len: impl Fn(&T) -> usize) {
+    if len(&value) < 10_000 {
+        return;
+    }
+    if let Err(e) = std::thread::Builder::new()
+        .name("drop".into())
+        .spawn(move || drop(value))
+    {
+        tracing::debug!(error = %e, "no thread to free a dump on; freed on the loop");
     }
 }
 
@@ -288,7 +311,7 @@ impl Reconciler {
             }
         };
         ops.extend(diff(&wanted, &actual));
-        drop(actual);
+        drop_elsewhere(actual, DesiredMaps::len);
         self.writes += u64::from(!ops.is_empty());
         for (i, op) in ops.iter().enumerate() {
             maps.apply(op)

@@ -113,6 +113,11 @@ impl FileWatch {
         (!std::mem::take(&mut d.overflow)).then_some(names)
     }
 
+    /// What wakes [`Self::changed`], for others with news of the directory (the scanner).
+    pub fn signal(&self) -> std::sync::Weak<Notify> {
+        Arc::downgrade(&self.notify)
+    }
+
     /// Waits until something happened in the directory since the last call.
     pub async fn changed(&mut self) {
         self.notify.notified().await;

@@ -16,7 +16,10 @@ use super::kube::strip::Strip;
 use crate::snapshot::Snapshot;
 
 pub use super::Rejected;
-use super::{Kinds, Update};
+use super::{
+    Kinds, Update,
+    dir_scan::{DirScanner, list_files, text_hash},
+};
 
 /// Re-reads the files that change (or all of them when a resync asks for it). Each file's objects
 /// are one run per kind in the caller's snapshot, in file order, so editing one file costs parsing
@@ -25,7 +28,16 @@ use super::{Kinds, Update};
 pub struct ManifestsSource {
     path: PathBuf,
     files: BTreeMap<PathBuf, ParsedFile>,
+    /// The sum of `files`' counts (summing a thousand records on every poll was a tenth of a
+    /// millisecond before each change).
+    totals: Counts,
     loaded: bool,
+    /// Looks at every file off the caller's loop (started at the first scan of a directory).
+    scanner: Option<DirScanner>,
+    /// A resync asked for every text to be hashed and no scan has done it yet.
+    hash_wanted: bool,
+    /// Signalled when a scan is done.
+    scan_done: Option<std::sync::Weak<tokio::sync::Notify>>,
 }
 
 struct ParsedFile {
@@ -37,6 +49,14 @@ struct ParsedFile {
     /// changed (parsing every file is seconds at 100k endpoints; reading and hashing, milliseconds).
     hash: u64,
     rejected: Vec<Rejected>,
+    /// A resync found text that differs from what was parsed: read again whatever the metadata says.
+    suspect: bool,
+}
+
+impl ParsedFile {
+    fn unchanged(&self, len: u64, modified: Option<SystemTime>) -> bool {
+        !self.suspect && self.len == len && self.modified == modified
+    }
 }
 
 /// Objects per kind, in [`Snapshot`]'s field order.
@@ -90,8 +110,18 @@ impl ManifestsSource {
         Self {
             path: path.to_path_buf(),
             files: BTreeMap::new(),
+            totals: [0; 6],
             loaded: false,
+            scanner: None,
+            hash_wanted: false,
+            scan_done: None,
         }
+    }
+
+    /// Signals `done` when a scan asked for by [`Self::poll`] is there to be taken.
+    pub fn with_scan_signal(mut self, done: std::sync::Weak<tokio::sync::Notify>) -> Self {
+        self.scan_done = Some(done);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -102,34 +132,115 @@ impl ManifestsSource {
         self.loaded
     }
 
-    /// Brings `snapshot` up to date with the files, if any changed (every file is read again when
-    /// `resync`). `snapshot` must be the one the previous call left; anything else (checked by its
-    /// object counts) is rebuilt from every file. `dirty`: the only names of the directory that can
-    /// have changed since the last call (from inotify); `None` looks at every file.
+    /// Brings `snapshot` up to date with the files, if any changed. `dirty`: the names of the
+    /// directory that may have changed since the last call (from inotify; `None`: any may have). With
+    /// `scan`, every file's metadata is looked at on a thread of its own, and a later call looks at
+    /// the files that scan found changed; a `resync` is always an update, and its scan hashes every
+    /// text too, so a file rewritten with the same size and mtime is read again (when events were
+    /// lost, every text is read here and the update is of every kind). `snapshot` must
+    /// be the one the previous call left; anything else (checked by its object counts) is rebuilt from
+    /// every file.
     pub fn poll(
         &mut self,
         resync: bool,
         snapshot: &mut Snapshot,
         dirty: Option<BTreeSet<OsString>>,
+        scan: bool,
     ) -> Result<Option<Update>> {
-        if let Some(names) = dirty
-            && !resync
-            && self.loaded
-            && self.path.is_dir()
-            && counts(snapshot) == self.expected_counts()
-        {
-            return self.poll_names(snapshot, names);
+        let in_place = self.loaded && self.path.is_dir() && counts(snapshot) == self.expected_counts();
+        // Events were lost (or there is no inotify): every file is looked at here.
+        let (true, Some(mut names)) = (in_place, dirty) else {
+            return self.poll_all(resync, snapshot);
+        };
+        names.extend(self.take_scan(false).unwrap_or_default());
+        self.hash_wanted |= resync;
+        if (scan || self.hash_wanted) && !self.ask_scan() {
+            // Without a scanner thread (it failed) the scan is done here.
+            return self.poll_all(resync || self.hash_wanted, snapshot);
         }
-        self.poll_all(resync, snapshot)
+        let update = self.poll_names(snapshot, names)?;
+        if !resync {
+            return Ok(update);
+        }
+        // The texts are checked by the scan; this resync's update is what changed so far.
+        Ok(Some(Update {
+            changed: update.map_or(Kinds::NONE, |u| u.changed),
+            rejected: self.rejected(),
+        }))
+    }
+
+    /// Has every file looked at off this thread (texts too if a resync wants them); false if that
+    /// cannot be done.
+    fn ask_scan(&mut self) -> bool {
+        let (path, done) = (&self.path, &self.scan_done);
+        self.scanner
+            .get_or_insert_with(|| DirScanner::start(path.clone(), done.clone()))
+            .request(self.hash_wanted)
+    }
+
+    /// The names a finished scan found changed, added or gone (`wait`: for the scan to finish);
+    /// files whose text differs from what was parsed are marked to be read whatever their metadata.
+    fn take_scan(&mut self, wait: bool) -> Option<BTreeSet<OsString>> {
+        let scan = match self.scanner.as_mut()?.take(wait)? {
+            Ok(scan) => scan,
+            Err(e) => {
+                // The next scan or resync tries again; inotify still names what is written.
+                tracing::warn!(error = %format!("{e:#}"), path = %self.path.display(), "scanning the manifests");
+                return None;
+            }
+        };
+        if scan.hashed {
+            self.hash_wanted = false;
+        }
+        let name = |p: &Path| p.file_name().map(ToOwned::to_owned);
+        let mut found = BTreeSet::new();
+        // Both in path order: one walk, no lookups (a thousand path lookups cost milliseconds).
+        let mut records = self.files.iter_mut().peekable();
+        for s in scan.files {
+            while let Some((gone, _)) = records.next_if(|(p, _)| **p < s.path) {
+                found.extend(name(gone));
+            }
+            // A file read again since the scan may be named for nothing: looking at it again finds
+            // it unchanged.
+            match records.next_if(|(p, _)| **p == s.path) {
+                None => found.extend(name(&s.path)),
+                Some((_, f)) => {
+                    if scan.hashed && s.hash != Some(f.hash) {
+                        f.suspect = true;
+                    }
+                    if !f.unchanged(s.len, s.modified) {
+                        found.extend(name(&s.path));
+                    }
+                }
+            }
+        }
+        found.extend(records.filter_map(|(gone, _)| name(gone)));
+        Some(found)
+    }
+
+    /// Waits for the scan asked for and returns the names it found to look at (tests).
+    #[cfg(test)]
+    fn finish_scan(&mut self) -> BTreeSet<OsString> {
+        self.take_scan(true).unwrap_or_default()
     }
 
     fn expected_counts(&self) -> Counts {
-        self.files.values().fold([0; 6], |mut acc, f| {
-            for (a, c) in acc.iter_mut().zip(f.counts) {
-                *a += c;
-            }
-            acc
-        })
+        self.totals
+    }
+
+    fn take_record(&mut self, path: &Path) -> Option<ParsedFile> {
+        let f = self.files.remove(path)?;
+        for (t, c) in self.totals.iter_mut().zip(f.counts) {
+            *t -= c;
+        }
+        Some(f)
+    }
+
+    fn put_record(&mut self, path: PathBuf, f: ParsedFile) {
+        for (t, c) in self.totals.iter_mut().zip(f.counts) {
+            *t += c;
+        }
+        self.files.insert(path, f);
     }
 
     /// [`Self::poll`] for the given names only.
@@ -146,7 +257,7 @@ impl ManifestsSource {
                 }
                 acc
             });
-            let cached = self.files.remove(&path);
+            let cached = self.take_record(&path);
             let Some(meta) = meta else {
                 if let Some(f) = cached {
                     splice(snapshot, &at, &f.counts, Snapshot::default());
@@ -157,7 +268,7 @@ impl ManifestsSource {
             };
             let (len, modified) = (meta.len(), meta.modified().ok());
             let parsed = match cached {
-                Some(f) if f.len == len && f.modified == modified => f,
+                Some(f) if f.unchanged(len, modified) => f,
                 cached => {
                     let (parsed, kinds) = read_file(&path, len, modified, cached, snapshot, &at)?;
                     if let Some(kinds) = kinds {
@@ -167,7 +278,7 @@ impl ManifestsSource {
                     parsed
                 }
             };
-            self.files.insert(path, parsed);
+            self.put_record(path, parsed);
         }
         if !reread {
             return Ok(None);
@@ -185,13 +296,17 @@ impl ManifestsSource {
             .collect()
     }
 
+    /// Every file's metadata, and with `resync` every file's text.
     fn poll_all(&mut self, resync: bool, snapshot: &mut Snapshot) -> Result<Option<Update>> {
-        let current = fingerprint(&self.path)?;
+        self.hash_wanted &= !resync;
+        let current = list_files(&self.path)?;
         let rebuild = !self.loaded || counts(snapshot) != self.expected_counts();
         if rebuild {
             *snapshot = Snapshot::default();
             self.files.clear();
         }
+        // Until the walk below completes, no record is trusted (an error leaves none).
+        self.totals = [0; 6];
         let mut changed = Kinds::NONE;
         let mut reread = false;
         let mut at: Counts = [0; 6];
@@ -211,9 +326,8 @@ impl ManifestsSource {
                 Some((p, _)) if *p == path => old_files.next().map(|(_, f)| f),
                 _ => None,
             };
-            let unchanged = |f: &ParsedFile| f.len == len && f.modified == modified;
             let parsed = match cached {
-                Some(f) if !resync && unchanged(&f) => f,
+                Some(f) if !resync && f.unchanged(len, modified) => f,
                 cached => {
                     let (parsed, kinds) = read_file(&path, len, modified, cached, snapshot, &at)?;
                     if let Some(kinds) = kinds {
@@ -234,6 +348,7 @@ impl ManifestsSource {
             reread = true;
         }
         self.files = files;
+        self.totals = at;
         self.loaded = true;
         if rebuild || resync {
             changed = Kinds::ALL;
@@ -271,6 +386,7 @@ fn read_file(
                 counts: f.counts,
                 hash,
                 rejected: f.rejected.clone(),
+                suspect: false,
             },
             None,
         ));
@@ -287,16 +403,10 @@ fn read_file(
             counts: new_counts,
             hash,
             rejected,
+            suspect: false,
         },
         Some(kinds_present(&old_counts) | kinds_present(&new_counts)),
     ))
-}
-
-fn text_hash(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
 }
 
 /// A name the directory source reads (`*.yaml`, `*.yml`, `*.json`).
@@ -307,36 +417,10 @@ pub fn is_manifest_name(path: &Path) -> bool {
     )
 }
 
-/// Files to read, in a stable order.
-pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>> {
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("reading manifests directory {}", path.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && is_manifest_name(p))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// A cheap fingerprint of the files (names, sizes, mtimes): when it changes, the snapshot is re-read.
-pub fn fingerprint(path: &Path) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>> {
-    Ok(manifest_files(path)?
-        .into_iter()
-        .filter_map(|p| {
-            let meta = std::fs::metadata(&p).ok()?;
-            Some((p, meta.len(), meta.modified().ok()))
-        })
-        .collect())
-}
-
 pub fn load(path: &Path) -> Result<(Snapshot, Vec<Rejected>)> {
     let mut snapshot = Snapshot::default();
     let mut rejected = Vec::new();
-    for file in manifest_files(path)? {
+    for (file, _, _) in list_files(path)? {
         let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
         parse_into(&text, &file, &mut snapshot, &mut rejected);
     }
@@ -547,11 +631,14 @@ spec: {containers: "not a list"}
         std::fs::write(dir.join("b.yaml"), ns("b")).unwrap();
         let mut src = ManifestsSource::new(&dir);
         let mut snapshot = Snapshot::default();
-        let first = src.poll(false, &mut snapshot, None).unwrap().expect("first read");
+        let first = src
+            .poll(false, &mut snapshot, None, false)
+            .unwrap()
+            .expect("first read");
         assert_eq!(first.changed, Kinds::ALL);
         assert_eq!(names(&snapshot), ["a", "b"]);
         assert!(
-            src.poll(false, &mut snapshot, None).unwrap().is_none(),
+            src.poll(false, &mut snapshot, None, false).unwrap().is_none(),
             "nothing changed"
         );
         // a.yaml rewritten behind the source's back with the same size and mtime: only a re-read would
@@ -567,24 +654,61 @@ spec: {containers: "not a list"}
             .unwrap();
         std::fs::write(dir.join("b.yaml"), ns("b2") + "---\n" + &ns("b3")).unwrap();
         let second = src
-            .poll(false, &mut snapshot, None)
+            .poll(false, &mut snapshot, None, false)
             .unwrap()
             .expect("b.yaml changed");
         assert_eq!(second.changed, Kinds::NAMESPACES, "only the kinds of b.yaml");
         assert_eq!(names(&snapshot), ["a", "b2", "b3"]);
-        src.poll(true, &mut snapshot, None)
+        // A resync with inotify working: the texts are hashed off the caller's thread, and a.yaml,
+        // whose metadata says nothing changed, is read again on the next call.
+        let resync = src
+            .poll(true, &mut snapshot, Some(BTreeSet::new()), false)
             .unwrap()
             .expect("a resync is an update");
-        assert_eq!(names(&snapshot), ["b2", "b3", "z"], "a resync reads all");
+        assert_eq!(resync.changed, Kinds::NONE, "nothing seen changed yet");
+        assert_eq!(names(&snapshot), ["a", "b2", "b3"], "not read yet");
+        let found = src.finish_scan();
+        assert_eq!(found, BTreeSet::from(["a.yaml".into()]));
+        src.poll(false, &mut snapshot, Some(found), false)
+            .unwrap()
+            .expect("a.yaml is read again");
+        assert_eq!(
+            names(&snapshot),
+            ["b2", "b3", "z"],
+            "a resync finds every changed text"
+        );
+        src.poll(true, &mut snapshot, Some(BTreeSet::new()), false)
+            .unwrap();
+        assert!(src.finish_scan().is_empty(), "every text is what was parsed");
+        // A scan of metadata only, with a file added, one removed and one changed in size.
+        std::fs::write(dir.join("c.yaml"), ns("c")).unwrap();
+        std::fs::write(dir.join("b.yaml"), ns("b4")).unwrap();
         std::fs::remove_file(dir.join("a.yaml")).unwrap();
-        src.poll(false, &mut snapshot, None)
+        src.poll(false, &mut snapshot, Some(BTreeSet::new()), true)
+            .unwrap();
+        let found = src.finish_scan();
+        assert_eq!(
+            found,
+            BTreeSet::from(["a.yaml".into(), "b.yaml".into(), "c.yaml".into()])
+        );
+        src.poll(false, &mut snapshot, Some(found), false)
+            .unwrap()
+            .expect("three files changed");
+        assert_eq!(names(&snapshot), ["b4", "c"]);
+        std::fs::write(dir.join("a.yaml"), ns("z")).unwrap();
+        std::fs::write(dir.join("b.yaml"), ns("b2") + "---\n" + &ns("b3")).unwrap();
+        std::fs::remove_file(dir.join("c.yaml")).unwrap();
+        src.poll(false, &mut snapshot, None, false).unwrap();
+        assert_eq!(names(&snapshot), ["b2", "b3", "z"]);
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        src.poll(false, &mut snapshot, None, false)
             .unwrap()
             .expect("a.yaml went away");
         assert_eq!(names(&snapshot), ["b2", "b3"]);
         // A file added between two others lands in file order, next to its neighbours' runs.
         std::fs::write(dir.join("a0.yaml"), ns("a0") + "---\n" + SLICE).unwrap();
         let added = src
-            .poll(false, &mut snapshot, None)
+            .poll(false, &mut snapshot, None, false)
             .unwrap()
             .expect("a0.yaml appeared");
         assert_eq!(added.changed, Kinds::NAMESPACES | Kinds::ENDPOINT_SLICES);
@@ -593,7 +717,9 @@ spec: {containers: "not a list"}
         assert_eq!(snapshot.endpoint_slices.len(), 1);
         // A snapshot that is not the one the source left is rebuilt from every file.
         let mut other = Snapshot::default();
-        src.poll(false, &mut other, None).unwrap().expect("rebuilt");
+        src.poll(false, &mut other, None, false)
+            .unwrap()
+            .expect("rebuilt");
         assert_eq!(names(&other), ["a0", "b2", "b3"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -610,13 +736,17 @@ spec: {containers: "not a list"}
         }
         let mut src = ManifestsSource::new(&dir);
         let mut snapshot = Snapshot::default();
-        src.poll(false, &mut snapshot, None).unwrap().expect("first read");
+        src.poll(false, &mut snapshot, None, false)
+            .unwrap()
+            .expect("first read");
         let named = |n: &[&str]| -> Option<BTreeSet<OsString>> {
             Some(n.iter().map(|n| format!("{n}.yaml").into()).collect())
         };
         let full = || {
             let mut fresh = Snapshot::default();
-            ManifestsSource::new(&dir).poll(false, &mut fresh, None).unwrap();
+            ManifestsSource::new(&dir)
+                .poll(false, &mut fresh, None, false)
+                .unwrap();
             fresh
                 .namespaces
                 .iter()
@@ -641,20 +771,20 @@ spec: {containers: "not a list"}
         std::fs::write(dir.join("c.yaml"), ns("c")).unwrap();
         std::fs::remove_file(dir.join("f.yaml")).unwrap();
         let update = src
-            .poll(false, &mut snapshot, named(&["d", "a", "c", "f"]))
+            .poll(false, &mut snapshot, named(&["d", "a", "c", "f"]), false)
             .unwrap()
             .expect("changes");
         assert_eq!(update.changed, Kinds::NAMESPACES);
         assert_eq!(in_order(&snapshot), full());
         assert_eq!(in_order(&snapshot), ["a", "b", "c", "d1", "d2"]);
         std::fs::write(dir.join("g.yaml"), ns("g")).unwrap();
-        src.poll(false, &mut snapshot, named(&["g"]))
+        src.poll(false, &mut snapshot, named(&["g"]), false)
             .unwrap()
             .expect("g.yaml appeared");
         assert_eq!(in_order(&snapshot), full());
         // A name without a change, and a name of a file that never existed: no update.
         assert!(
-            src.poll(false, &mut snapshot, named(&["b", "x"]))
+            src.poll(false, &mut snapshot, named(&["b", "x"]), false)
                 .unwrap()
                 .is_none()
         );
@@ -666,8 +796,12 @@ spec: {containers: "not a list"}
 " + &ns("b2"),
         )
         .unwrap();
-        assert!(src.poll(false, &mut snapshot, named(&[])).unwrap().is_none());
-        src.poll(false, &mut snapshot, None)
+        assert!(
+            src.poll(false, &mut snapshot, named(&[]), false)
+                .unwrap()
+                .is_none()
+        );
+        src.poll(false, &mut snapshot, None, false)
             .unwrap()
             .expect("seen by a full read");
         assert_eq!(in_order(&snapshot), full());

@@ -1,6 +1,7 @@
 //! Where cluster objects come from: the API server (in a cluster, the default) or manifests
 //! (standalone). Both produce a [`crate::snapshot::Snapshot`]; nothing downstream knows which.
 
+pub mod dir_scan;
 pub mod file_watch;
 pub mod kinds;
 pub mod kube;
@@ -61,7 +62,11 @@ impl Source {
                     tracing::warn!(error = %format!("{e:#}"), "changes are seen on the periodic poll only")
                 })
                 .ok();
-            return Ok(Self::Manifests(manifests::ManifestsSource::new(path), watch));
+            let mut source = manifests::ManifestsSource::new(path);
+            if let Some(w) = &watch {
+                source = source.with_scan_signal(w.signal());
+            }
+            return Ok(Self::Manifests(source, watch));
         }
         let (client, url) = kube::config::connect(kubeconfig).await?;
         tracing::info!(%url, "watching the API server");
@@ -78,15 +83,15 @@ impl Source {
 
     /// Brings `snapshot` (the one the previous poll left) up to date if the objects changed since, or
     /// `resync` asks for a full read anyway. Never a partial one: the API-server source gives nothing
-    /// until every kind is listed. `scan_all`: look at every manifest file's metadata, not only at
-    /// the files inotify said were written (a file may change without an event in its directory: a
-    /// symlink to elsewhere, a ConfigMap volume's swap).
+    /// until every kind is listed. `scan_all`: have every manifest file's metadata looked at (off
+    /// this thread; a later poll reads what it found), not only the files inotify said were written
+    /// (a file may change without an event in its directory: a symlink to elsewhere, a ConfigMap
+    /// volume's swap).
     pub fn poll(&mut self, resync: bool, snapshot: &mut Snapshot, scan_all: bool) -> Result<Option<Update>> {
         match self {
             Self::Manifests(m, watch) => {
-                // Taken even when every file is looked at, so that the names are not looked at twice.
                 let dirty = watch.as_ref().and_then(file_watch::FileWatch::take_dirty);
-                m.poll(resync, snapshot, dirty.filter(|_| !scan_all))
+                m.poll(resync, snapshot, dirty, scan_all)
             }
             Self::Kube(k) => Ok(k.poll_into(resync, snapshot).map(|changed| Update {
                 changed,
