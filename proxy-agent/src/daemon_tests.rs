@@ -49,3 +49,54 @@ async fn a_manifest_change_wakes_a_pass_before_the_tick() {
     assert_eq!(snapshot.namespaces.len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A rewrite that inotify cannot report (here: size and mtime kept, and the event drained) is found
+/// by the resync's scan off the loop; the scan's end wakes a pass, which reads the file again.
+#[tokio::test]
+async fn a_resync_scan_finds_a_silent_rewrite_and_wakes_a_pass() {
+    let dir = std::env::temp_dir().join(format!("strait-daemon-scan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = dir.join("a.yaml");
+    std::fs::write(&a, namespace("a")).unwrap();
+    let mut source = Source::start(Some(&dir), None).await.unwrap();
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    assert_eq!(wait_for_work(&mut ticker, &mut source).await, Wake::Tick);
+    let mut snapshot = Snapshot::default();
+    source
+        .poll(false, &mut snapshot, true)
+        .unwrap()
+        .expect("first read");
+    let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+    std::fs::write(&a, namespace("z")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    // The write's own event wakes a pass; polled as the daemon does, it names a.yaml, whose
+    // metadata says nothing changed.
+    let wake = tokio::time::timeout(Duration::from_secs(5), wait_for_work(&mut ticker, &mut source))
+        .await
+        .expect("the write wakes a pass");
+    assert_eq!(wake, Wake::Changed);
+    assert!(source.poll(false, &mut snapshot, false).unwrap().is_none());
+    assert_eq!(snapshot.namespaces[0].metadata.name.as_deref(), Some("a"));
+    // The resync: an update at once, the text checked off this thread.
+    source
+        .poll(true, &mut snapshot, false)
+        .unwrap()
+        .expect("a resync is an update");
+    let wake = tokio::time::timeout(Duration::from_secs(5), wait_for_work(&mut ticker, &mut source))
+        .await
+        .expect("the scan's end wakes a pass");
+    assert_eq!(wake, Wake::Changed);
+    let update = source
+        .poll(false, &mut snapshot, false)
+        .unwrap()
+        .expect("the pass reads a.yaml again");
+    assert_eq!(update.changed, Kinds::NAMESPACES);
+    assert_eq!(snapshot.namespaces[0].metadata.name.as_deref(), Some("z"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
