@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod background;
 pub mod cleanup;
 pub mod cli;
 pub mod daemon;

@@ -41,6 +41,7 @@ impl ResyncDumper {
         std::thread::Builder::new()
             .name("resync-dumper".into())
             .spawn(move || {
+                crate::background::lower_this_thread();
                 while let Ok((lb_writes, policy_writes)) = asks.recv() {
                     let dumps = dump(&root).map(|(lb, policy)| Dumps {
                         lb,

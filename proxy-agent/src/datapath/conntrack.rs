@@ -148,6 +148,7 @@ pub fn spawn_sweeper(pin_dir: std::path::PathBuf) {
     let spawned = std::thread::Builder::new()
         .name("ct-sweeper".into())
         .spawn(move || {
+            crate::background::lower_this_thread();
             let timeouts = Timeouts::default();
             loop {
                 std::thread::sleep(SWEEP_EVERY);

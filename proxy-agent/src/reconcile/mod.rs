@@ -121,10 +121,10 @@ pub(crate) fn drop_elsewhere<T: Send + 'static>(value: T, len: impl Fn(&T) -> us
     if len(&value) < 10_000 {
         return;
     }
-    if let Err(e) = std::thread::Builder::new()
-        .name("drop".into())
-        .spawn(move || drop(value))
-    {
+    if let Err(e) = std::thread::Builder::new().name("drop".into()).spawn(move || {
+        crate::background::lower_this_thread();
+        drop(value);
+    }) {
         tracing::debug!(error = %e, "no thread to free a dump on; freed on the loop");
     }
 }

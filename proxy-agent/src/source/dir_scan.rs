@@ -51,6 +51,7 @@ impl DirScanner {
         std::thread::Builder::new()
             .name("manifests-scan".into())
             .spawn(move || {
+                crate::background::lower_this_thread();
                 while let Ok(hash) = asks.recv() {
                     if answers.send(scan(&path, hash)).is_err() {
                         break;
