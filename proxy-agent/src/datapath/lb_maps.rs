@@ -39,20 +39,22 @@ pub fn dump(src: &dyn MapSource) -> Result<DesiredMaps> {
     ) -> Result<HashMap<&'m MapData, K, V>> {
         HashMap::try_from(src.map(name)?).with_context(|| format!("map {name} has an unexpected type"))
     }
-    let mut out = DesiredMaps::default();
-    for entry in read::<Lb4Key, Lb4Service>(src, map_names::LB4_SERVICES)?.iter() {
-        let (k, v) = entry.context("reading the services map")?;
-        out.services.insert(k, v);
-    }
-    for entry in read::<u32, Backend4>(src, map_names::LB4_BACKENDS)?.iter() {
-        let (k, v) = entry.context("reading the backends map")?;
-        out.backends.insert(k, v);
-    }
-    for entry in read::<u32, RevNat4>(src, map_names::LB4_REVNAT)?.iter() {
-        let (k, v) = entry.context("reading the rev-NAT map")?;
-        out.revnat.insert(k, v);
-    }
-    Ok(out)
+    // Collected, not inserted one by one: a map built from sorted entries has full nodes laid out in
+    // order, and the resync's diff walks it several times faster than one built in hash order.
+    Ok(DesiredMaps {
+        services: read::<Lb4Key, Lb4Service>(src, map_names::LB4_SERVICES)?
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading the services map")?,
+        backends: read::<u32, Backend4>(src, map_names::LB4_BACKENDS)?
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading the backends map")?,
+        revnat: read::<u32, RevNat4>(src, map_names::LB4_REVNAT)?
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading the rev-NAT map")?,
+    })
 }
 
 /// The maps [`dump`] reads.

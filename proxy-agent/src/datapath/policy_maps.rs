@@ -103,29 +103,33 @@ pub fn dump(src: &dyn MapSource) -> Result<PolicyMapsState> {
     let mut out = PolicyMapsState::default();
     let ipcache: LpmTrie<&MapData, Be32, IpCacheValue4> =
         LpmTrie::try_from(dp.map(map_names::IPCACHE4)?).context("ipcache map type")?;
-    for entry in ipcache.iter() {
-        let (k, v) = entry.context("reading the ipcache map")?;
-        out.ipcache.insert(
-            IpCacheKey4 {
-                prefix_len: k.prefix_len(),
-                addr: k.data(),
-            },
-            v,
-        );
-    }
+    // Collected, not inserted one by one (see `lb_maps::dump`).
+    out.ipcache = ipcache
+        .iter()
+        .map(|e| {
+            e.map(|(k, v)| {
+                let key = IpCacheKey4 {
+                    prefix_len: k.prefix_len(),
+                    addr: k.data(),
+                };
+                (key, v)
+            })
+        })
+        .collect::<Result<_, _>>()
+        .context("reading the ipcache map")?;
     let policy: LpmTrie<&MapData, PolicyKeyData, PolicyEntry> =
         LpmTrie::try_from(dp.map(map_names::POLICY)?).context("policy map type")?;
-    for entry in policy.iter() {
-        let (k, v) = entry.context("reading the policy map")?;
-        out.policy
-            .insert(PolicyKey::from_data(k.prefix_len(), &k.data()), v);
-    }
+    out.policy = policy
+        .iter()
+        .map(|e| e.map(|(k, v)| (PolicyKey::from_data(k.prefix_len(), &k.data()), v)))
+        .collect::<Result<_, _>>()
+        .context("reading the policy map")?;
     let endpoints: HashMap<&MapData, PolicyEndpointKey4, PolicyEndpoint4> =
         HashMap::try_from(dp.map(map_names::POLICY_ENDPOINTS4)?).context("endpoints map type")?;
-    for entry in endpoints.iter() {
-        let (k, v) = entry.context("reading the policy endpoints map")?;
-        out.endpoints.insert(k, v);
-    }
+    out.endpoints = endpoints
+        .iter()
+        .collect::<Result<_, _>>()
+        .context("reading the policy endpoints map")?;
     let names: Array<&MapData, PolicyName> =
         Array::try_from(dp.map(map_names::POLICY_NAMES)?).context("policy names map type")?;
     for (i, v) in names.iter().enumerate() {
