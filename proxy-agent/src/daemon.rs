@@ -265,7 +265,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut datapath = Datapath::load(&args.bpffs_root)?;
     datapath.attachments.xdp_mode = args.xdp_mode;
     // Ids come back from the pinned maps, so a restarted agent rewrites nothing that is still right.
-    let reconciler = Reconciler::restore(&datapath.lb_maps())?;
+    let mut reconciler = Reconciler::restore(&datapath.lb_maps())?;
+    // The resync's dumper keeps a copy of the state written, so that it can diff its dump off the loop.
+    reconciler.keep_journal();
     let mut flags = 0;
     if args.policy_established == crate::cli::PolicyEstablished::Keep {
         flags |= common::config::config_flags::KEEP_ESTABLISHED;
@@ -625,6 +627,82 @@ impl SourceWatch {
     }
 }
 
+/// Asks the dumper for the resync's dumps, diffed against the states written now; false if the
+/// dumper thread is gone.
+fn ask_resync(watch: &mut SourceWatch, inner: &mut Inner) -> bool {
+    // What the reconciler journaled goes first: the dumper's copy must be the state written now.
+    watch.dumper.journal(inner.reconciler.take_journal());
+    watch.dumper.request(crate::resync_dumper::Request {
+        lb_writes: inner.reconciler.writes(),
+        policy_writes: inner.policy.writes(),
+        lb_ticket: inner.reconciler.resync_request(),
+        policy_written: inner.policy.written(),
+    })
+}
+
+/// The service maps' side of a resync that came back; false if it cannot be used (ask again).
+fn take_lb_resync(inner: &mut Inner, dump: crate::resync_dumper::LbDump, writes: u64) -> bool {
+    match dump {
+        crate::resync_dumper::LbDump::Diff(diff, ticket) => {
+            match inner
+                .reconciler
+                .resync_with(diff, ticket, &mut inner.datapath.lb_maps())
+            {
+                Ok(Some(outcome)) => {
+                    if !outcome.ops.is_empty() {
+                        inner.lb.last_write_unix_us = crate::status::unix_us_now();
+                        tracing::info!(ops = outcome.ops.len(), "resync repaired the service maps");
+                    }
+                    for op in &outcome.ops {
+                        *inner.counters.reconcile_ops.entry(lb_map_name(op)).or_default() += 1;
+                    }
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    // The reconciler forgot what it wrote: the next pass reads the maps.
+                    tracing::warn!(error = %format!("{e:#}"), "applying the resync's diff to the service maps");
+                    inner.pending |= Kinds::SERVICE_INPUTS;
+                    true
+                }
+            }
+        }
+        crate::resync_dumper::LbDump::Full(dump) => {
+            inner.pending |= Kinds::SERVICE_INPUTS;
+            inner.reconciler.resync_from(dump, writes)
+        }
+    }
+}
+
+/// The policy maps' side of a resync that came back; false if it cannot be used (ask again).
+fn take_policy_resync(inner: &mut Inner, dump: crate::resync_dumper::PolicyDump, writes: u64) -> bool {
+    match dump {
+        crate::resync_dumper::PolicyDump::Diff(ops) => {
+            match inner
+                .policy
+                .resync_with(ops, writes, &mut inner.datapath.policy_maps())
+            {
+                Ok(Some(ops)) => {
+                    if !ops.is_empty() {
+                        tracing::info!(ops = ops.len(), "resync repaired the policy maps");
+                    }
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "applying the resync's diff to the policy maps");
+                    inner.pending |= Kinds::POLICY_INPUTS;
+                    true
+                }
+            }
+        }
+        crate::resync_dumper::PolicyDump::Full(dump) => {
+            inner.pending |= Kinds::POLICY_INPUTS;
+            inner.policy.resync_from(dump, writes)
+        }
+    }
+}
+
 fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake: Wake) -> Result<()> {
     let mut inner = shared.lock();
     let inner = &mut *inner;
@@ -634,10 +712,9 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
         watch.local_pods = endpoints::local_pods(&watch.snapshot, &args.node);
     }
     if refreshed.resync {
-        // The first pass reads the maps here; later resyncs have them read off this loop and diff
-        // against that dump when it is there (a pass or a tick later), so no change waits for it.
-        let writes = (inner.reconciler.writes(), inner.policy.writes());
-        if !(inner.sync.synced && watch.dumper.request(writes.0, writes.1)) {
+        // The first pass reads the maps here; later resyncs have them read and diffed off this loop
+        // and apply that diff when it is there (a pass or a tick later), so no change waits for it.
+        if !(inner.sync.synced && ask_resync(watch, inner)) {
             inner.reconciler.require_dump();
             inner.policy.require_dump();
             inner.pending |= Kinds::SERVICE_INPUTS | Kinds::POLICY_INPUTS;
@@ -646,18 +723,15 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
     }
     match watch.dumper.take() {
         Some(Ok(dumps)) => {
-            let lb = inner.reconciler.resync_from(dumps.lb, dumps.lb_writes);
-            let policy = inner.policy.resync_from(dumps.policy, dumps.policy_writes);
+            let lb = take_lb_resync(inner, dumps.lb, dumps.lb_writes);
+            let policy = take_policy_resync(inner, dumps.policy, dumps.policy_writes);
             if lb && policy {
                 watch.resync_misses = 0;
             } else {
                 // A pass wrote while the maps were read: ask again, or read them here after a few
                 // misses (a change every few milliseconds would otherwise put the resync off for good).
                 watch.resync_misses += 1;
-                let again = watch.resync_misses < RESYNC_MISSES
-                    && watch
-                        .dumper
-                        .request(inner.reconciler.writes(), inner.policy.writes());
+                let again = watch.resync_misses < RESYNC_MISSES && ask_resync(watch, inner);
                 if !again {
                     watch.resync_misses = 0;
                     if !lb {
@@ -666,9 +740,9 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
                     if !policy {
                         inner.policy.require_dump();
                     }
+                    inner.pending |= Kinds::SERVICE_INPUTS | Kinds::POLICY_INPUTS;
                 }
             }
-            inner.pending |= Kinds::SERVICE_INPUTS | Kinds::POLICY_INPUTS;
         }
         Some(Err(e)) => {
             tracing::warn!(error = %format!("{e:#}"), "resync dump failed; reading the maps on the loop");
@@ -720,6 +794,7 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
         services?;
         policy?;
     }
+    watch.dumper.journal(inner.reconciler.take_journal());
     // Until the source has given a first full snapshot there is nothing to compare attachments
     // with; an empty one would detach every pod of a restarted agent.
     if !watch.loaded() {

@@ -7,48 +7,104 @@
 
 use std::{
     path::PathBuf,
-    sync::mpsc::{self, Receiver, Sender, TryRecvError},
+    sync::{
+        Arc,
+        mpsc::{self, Receiver, Sender, TryRecvError},
+    },
 };
 
 use anyhow::{Context, Result};
 
 use crate::{
     datapath::{lb_maps, map_source::PinnedMaps, policy_maps},
-    policy::PolicyMapsState,
-    reconcile::DesiredMaps,
+    policy::{PolicyMapsState, PolicyOp},
+    reconcile::{
+        DesiredMaps, ResyncTicket,
+        resync::{Journal, Mirror, ResyncDiff},
+    },
 };
 
+/// The load-balancing maps' side of a resync.
+pub enum LbDump {
+    /// The dump diffed against the state written at the request (see `reconcile::resync`).
+    Diff(ResyncDiff, ResyncTicket),
+    /// The dump itself (the state written was not known here).
+    Full(DesiredMaps),
+}
+
+/// The policy maps' side of a resync.
+pub enum PolicyDump {
+    /// The operations that bring the dump to the state written at the request.
+    Diff(Vec<PolicyOp>),
+    Full(PolicyMapsState),
+}
+
 pub struct Dumps {
-    pub lb: DesiredMaps,
-    pub policy: PolicyMapsState,
+    pub lb: LbDump,
+    pub policy: PolicyDump,
     /// The write generations of the request (`Reconciler::writes`, `PolicyReconciler::writes`).
     pub lb_writes: u64,
     pub policy_writes: u64,
 }
 
+/// What the daemon asks for.
+pub struct Request {
+    pub lb_writes: u64,
+    pub policy_writes: u64,
+    /// The service reconciler's request (`Reconciler::resync_request`): diff against the mirror.
+    pub lb_ticket: Option<ResyncTicket>,
+    /// The policy state written: diff against it.
+    pub policy_written: Option<Arc<PolicyMapsState>>,
+}
+
+enum Message {
+    Journal(Vec<Journal>),
+    Dump(Request),
+}
+
 pub struct ResyncDumper {
-    requests: Sender<(u64, u64)>,
+    messages: Sender<Message>,
     results: Receiver<Result<Dumps>>,
     /// A request is out and its answer not taken yet.
     asked: bool,
 }
 
 impl ResyncDumper {
-    /// A thread that dumps the maps pinned under `root` when asked.
+    /// A thread that dumps the maps pinned under `root` when asked, and keeps the mirror of the
+    /// service reconciler's state from its journal.
     pub fn start(root: PathBuf) -> Self {
-        let (requests, asks) = mpsc::channel::<(u64, u64)>();
+        let (messages, inbox) = mpsc::channel::<Message>();
         let (answers, results) = mpsc::channel();
         std::thread::Builder::new()
             .name("resync-dumper".into())
             .spawn(move || {
                 crate::background::lower_this_thread();
-                while let Ok((lb_writes, policy_writes)) = asks.recv() {
+                let mut mirror = Mirror::default();
+                while let Ok(message) = inbox.recv() {
+                    let request = match message {
+                        Message::Journal(entries) => {
+                            entries.into_iter().for_each(|e| mirror.follow(e));
+                            continue;
+                        }
+                        Message::Dump(r) => r,
+                    };
                     let dumps = dump(&root).map(|(lb, policy)| Dumps {
-                        lb,
-                        policy,
-                        lb_writes,
-                        policy_writes,
+                        lb: match (request.lb_ticket, mirror.state()) {
+                            (Some(ticket), Some(written)) => {
+                                let diff = ResyncDiff::of(written, &lb);
+                                crate::reconcile::drop_elsewhere(lb, DesiredMaps::len);
+                                LbDump::Diff(diff, ticket)
+                            }
+                            _ => LbDump::Full(lb),
+                        },
+                        policy: match &request.policy_written {
+                            Some(written) => PolicyDump::Diff(crate::policy::diff::diff(written, &policy)),
+                            None => PolicyDump::Full(policy),
+                        },
+                        lb_writes: request.lb_writes,
+                        policy_writes: request.policy_writes,
                     });
+                    drop(request);
                     if answers.send(dumps).is_err() {
                         break;
                     }
@@ -56,19 +112,25 @@ impl ResyncDumper {
             })
             .expect("spawning the resync dumper thread");
         Self {
-            requests,
+            messages,
             results,
             asked: false,
         }
     }
 
-    /// Asks for a dump of the maps as they are at these write generations, unless one is on its
-    /// way; false if the thread is gone.
-    pub fn request(&mut self, lb_writes: u64, policy_writes: u64) -> bool {
+    /// Hands on what the service reconciler journaled (in order, before any later request).
+    pub fn journal(&mut self, entries: Vec<Journal>) {
+        if !entries.is_empty() {
+            let _ = self.messages.send(Message::Journal(entries));
+        }
+    }
+
+    /// Asks for a dump, unless one is on its way; false if the thread is gone.
+    pub fn request(&mut self, request: Request) -> bool {
         if self.asked {
             return true;
         }
-        self.asked = self.requests.send((lb_writes, policy_writes)).is_ok();
+        self.asked = self.messages.send(Message::Dump(request)).is_ok();
         self.asked
     }
 

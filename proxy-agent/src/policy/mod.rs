@@ -7,7 +7,7 @@
 //! classes, policy refs) are restored from the pinned maps at start ([`restore_allocations`]), so a
 //! restarted agent renumbers nothing.
 
-mod diff;
+pub(crate) mod diff;
 mod fake;
 pub mod render;
 #[cfg(test)]
@@ -299,14 +299,14 @@ pub struct PolicyReconciler {
     /// What the maps hold as far as this reconciler knows: the last state written without error.
     /// `None` makes the next pass dump the maps (start, after a failure, on [`Self::require_dump`]);
     /// a dump costs one syscall per entry, far more than a small change.
-    written: Option<PolicyMapsState>,
+    written: Option<Arc<PolicyMapsState>>,
     /// Passes that dumped the maps since start.
     dumps: u64,
     /// What the last compile was of, and the map state it asked for (kept when a resync drops
     /// `written`): a resync over unchanged objects diffs the dump against it without compiling.
     /// The input's `Arc`s are held, so that an address cannot be reused by another object.
     compiled_from: Option<(InputAllocations, PolicyInput)>,
-    last_wanted: Option<(PolicyMapsState, Vec<String>)>,
+    last_wanted: Option<(Arc<PolicyMapsState>, Vec<String>)>,
     last_unfit: Vec<String>,
     /// Passes that compiled since start.
     compiles: u64,
@@ -345,6 +345,36 @@ impl PolicyReconciler {
     /// The write generation (see [`Self::resync_from`]).
     pub fn writes(&self) -> u64 {
         self.writes
+    }
+
+    /// The state last written, shared (it is replaced, never changed in place): the resync's dumper
+    /// diffs its dump against it off the loop.
+    pub fn written(&self) -> Option<Arc<PolicyMapsState>> {
+        self.written.clone()
+    }
+
+    /// Applies the resync's diff (its dump against [`Self::written`] at write generation `writes`);
+    /// `None` if this reconciler wrote since (ask again). A failed write leaves the next pass to dump.
+    pub fn resync_with(
+        &mut self,
+        ops: Vec<PolicyOp>,
+        writes: u64,
+        maps: &mut dyn PolicyMaps,
+    ) -> Result<Option<Vec<PolicyOp>>> {
+        if writes != self.writes || self.written.is_none() {
+            return Ok(None);
+        }
+        self.dumps += 1;
+        self.writes += u64::from(!ops.is_empty());
+        for (i, op) in ops.iter().enumerate() {
+            if let Err(e) = maps.apply(op) {
+                self.require_dump();
+                return Err(e)
+                    .with_context(|| format!("policy map operation {} of {}: {op}", i + 1, ops.len()));
+            }
+            *self.ops_by_map.entry(op.map_name()).or_default() += 1;
+        }
+        Ok(Some(ops))
     }
 
     /// As [`Self::require_dump`], with the dump already read — from the maps as they were at write
@@ -395,8 +425,8 @@ impl PolicyReconciler {
             None => {
                 self.dumps += 1;
                 match self.given_dump.take() {
-                    Some(dump) => dump,
-                    None => maps.dump().context("dumping the policy maps")?,
+                    Some(dump) => Arc::new(dump),
+                    None => Arc::new(maps.dump().context("dumping the policy maps")?),
                 }
             }
         };
@@ -413,6 +443,7 @@ impl PolicyReconciler {
                     policy::compile(input, node, &self.allocations).context("compiling NetworkPolicies")?;
                 self.compiles += 1;
                 let (wanted, unfit) = PolicyMapsState::from_desired(&desired);
+                let wanted = Arc::new(wanted);
                 // The numbers of this compile are the ones the maps will hold: keep them even if a
                 // write fails.
                 self.allocations = desired.allocations.clone();

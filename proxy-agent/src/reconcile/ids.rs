@@ -197,6 +197,12 @@ impl Ids {
         self.revnat.hold(actual.revnat.keys().copied());
     }
 
+    /// As [`Self::hold`], with the ids (ascending) a dump holds that the state written does not.
+    pub fn hold_ids(&mut self, backends: impl Iterator<Item = u32>, revnat: impl Iterator<Item = u32>) {
+        self.backends.hold(backends);
+        self.revnat.hold(revnat);
+    }
+
     /// Frees every id that `desired` does not use. Call after `desired` has been written completely.
     pub fn release_unused(&mut self, desired: &DesiredMaps) {
         self.backends.retain(desired.backends.keys().copied());

@@ -318,3 +318,100 @@ fn by_frontend(
     }
     out
 }
+
+/// A resync diffed elsewhere (against the mirror of the journal as it was when the resync asked),
+/// applied after passes that wrote in between, repairs what was changed behind the agent's back and
+/// ends with the full pass's maps: the keys written since the request are left as written.
+#[test]
+fn a_resync_diffed_elsewhere_ends_with_the_full_result() {
+    use super::super::resync::{Mirror, ResyncDiff};
+    let mut taken = 0;
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed * 0x9E37_79B9_7F4A_7C15);
+        let (mut fast, mut full) = (Reconciler::default(), Reconciler::default());
+        fast.keep_journal();
+        let mut mirror = Mirror::default();
+        let (mut fast_maps, mut full_maps) = (FakeMaps::new(), FakeMaps::new());
+        let mut plan = LbPlan::default();
+        let mut asked = None;
+        for pass in 0..45 {
+            mirror_follow(&mut mirror, &mut fast);
+            match pass % 5 {
+                // The resync asks: the mirror is the state written now.
+                1 => {
+                    asked = fast
+                        .resync_request()
+                        .map(|t| (t, mirror.state().cloned().expect("the mirror follows")));
+                    if let Some((_, written)) = &asked {
+                        assert_eq!(written, fast.written.as_ref().unwrap(), "seed {seed} pass {pass}");
+                    }
+                }
+                // Behind the agent's back, then the dump is read (a pass or two after the request),
+                // diffed against the state of the request, and applied after another pass.
+                3 => {
+                    // A frontend entry (its slots stay: nothing dangles for the fake's checks) that the
+                    // agent has not written since the request: one it wrote since and one changed
+                    // behind its back after that are the next resync's (the dump diff skips the keys
+                    // written since the request, whose dump values may be older than the write).
+                    let touched = fast.touched.clone().unwrap_or_default();
+                    let frontends = fast_maps
+                        .maps
+                        .services
+                        .keys()
+                        .filter(|k| k.slot == 0 && !touched.has_service(k));
+                    if let Some(&k) = frontends.clone().nth(rng.below(4) as usize) {
+                        fast_maps.maps.services.remove(&k);
+                    }
+                    let stray = 60_000 + rng.below(100) as u32;
+                    fast_maps.maps.backends.insert(stray, Default::default());
+                }
+                _ => {}
+            }
+            let dump = (pass % 5 == 3).then(|| fast_maps.maps.clone());
+            plan = evolve(&mut rng, &plan.frontends);
+            fast.reconcile(&plan, &mut fast_maps).unwrap();
+            mirror_follow(&mut mirror, &mut fast);
+            if let Some(dump) = dump
+                && let Some((ticket, written)) = asked.take()
+            {
+                let diff = ResyncDiff::of(&written, &dump);
+                plan = evolve(&mut rng, &plan.frontends);
+                fast.reconcile(&plan, &mut fast_maps).unwrap();
+                if fast.resync_with(diff, ticket, &mut fast_maps).unwrap().is_some() {
+                    taken += 1;
+                } else {
+                    // Void (the state written was replaced since): the daemon asks again, and in
+                    // the end reads the maps on the loop, as here.
+                    fast.require_dump();
+                    fast.reconcile(&plan, &mut fast_maps).unwrap();
+                }
+            }
+            full.require_dump();
+            full.reconcile(&plan, &mut full_maps).unwrap();
+            if pass % 5 != 3 {
+                continue;
+            }
+            assert_eq!(
+                by_frontend(&fast_maps.maps),
+                by_frontend(&full_maps.maps),
+                "seed {seed} pass {pass}"
+            );
+            assert!(
+                !fast_maps.maps.backends.keys().any(|&id| id >= 60_000),
+                "seed {seed} pass {pass}: the stray backend is gone"
+            );
+            assert_eq!(
+                &fast_maps.maps,
+                fast.written.as_ref().unwrap(),
+                "seed {seed} pass {pass}: the maps hold what was written"
+            );
+        }
+    }
+    assert!(taken > 100, "only {taken} resyncs applied");
+}
+
+fn mirror_follow(mirror: &mut super::super::resync::Mirror, r: &mut Reconciler) {
+    for entry in r.take_journal() {
+        mirror.follow(entry);
+    }
+}

@@ -19,6 +19,7 @@ pub mod external;
 mod fake;
 mod ids;
 mod incremental;
+pub mod resync;
 #[cfg(test)]
 mod tests;
 
@@ -173,6 +174,18 @@ pub struct Reconciler {
     /// Bumped by every pass that writes (or tries to): a dump read elsewhere is a true picture of
     /// the maps only if this did not move while it was read.
     writes: u64,
+    /// What happened to `written`, for the copy the resync's dumper keeps (`None`: not kept).
+    journal: Option<Vec<resync::Journal>>,
+    /// Bumped whenever `written` is replaced or lost: a resync diff against an older one is void.
+    epoch: u64,
+    /// The keys written since the outstanding resync request (see [`Self::resync_with`]).
+    touched: Option<resync::Touched>,
+}
+
+/// A resync's request, for [`Reconciler::resync_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResyncTicket {
+    epoch: u64,
 }
 
 impl Reconciler {
@@ -207,6 +220,83 @@ impl Reconciler {
         self.users = None;
         self.written_from = None;
         self.resync_base = None;
+        self.lose();
+    }
+
+    /// `written` is gone or replaced by something the journal does not say.
+    fn lose(&mut self) {
+        self.epoch += 1;
+        if let Some(j) = self.journal.as_mut() {
+            j.push(resync::Journal::Lost);
+        }
+    }
+
+    /// `written` was replaced by a full pass.
+    fn reset(&mut self) {
+        self.epoch += 1;
+        if let Some(j) = self.journal.as_mut() {
+            j.push(
+                self.written
+                    .clone()
+                    .map_or(resync::Journal::Lost, resync::Journal::Reset),
+            );
+        }
+    }
+
+    /// From now on, what happens to the state written is journaled (see [`Self::take_journal`]),
+    /// starting with that state.
+    pub fn keep_journal(&mut self) {
+        self.journal = Some(Vec::new());
+        self.reset();
+    }
+
+    /// The journal since the last call, to be applied to a [`resync::Mirror`] in order.
+    pub fn take_journal(&mut self) -> Vec<resync::Journal> {
+        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// A resync asks for a dump diffed elsewhere against the state written now (the mirror of the
+    /// journal so far); `None` if that state is not known.
+    pub fn resync_request(&mut self) -> Option<ResyncTicket> {
+        if self.journal.is_none() || self.written.is_none() {
+            return None;
+        }
+        self.touched = Some(resync::Touched::default());
+        Some(ResyncTicket { epoch: self.epoch })
+    }
+
+    /// Applies the resync's diff (the dump against the state written at `ticket`), except for the
+    /// keys written since; holds the dump's orphan ids. `None` when the state written was replaced
+    /// or lost since the request (ask again).
+    pub fn resync_with(
+        &mut self,
+        diff: resync::ResyncDiff,
+        ticket: ResyncTicket,
+        maps: &mut dyn LbMaps,
+    ) -> Result<Option<Outcome>> {
+        let touched = self.touched.take();
+        let Some(touched) = touched.filter(|_| ticket.epoch == self.epoch && self.written.is_some()) else {
+            return Ok(None);
+        };
+        self.dumps += 1;
+        self.resyncs_from_written += 1;
+        let ops: Vec<MapOp> = diff.ops.into_iter().filter(|op| !touched.contains(op)).collect();
+        self.writes += u64::from(!ops.is_empty());
+        for (i, op) in ops.iter().enumerate() {
+            if let Err(e) = maps.apply(op) {
+                self.written = None;
+                self.users = None;
+                self.lose();
+                return Err(e).with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()));
+            }
+        }
+        // The maps hold `written` again: nothing to journal.
+        self.ids
+            .hold_ids(diff.orphan_backends.into_iter(), diff.orphan_revnat.into_iter());
+        Ok(Some(Outcome {
+            ops,
+            unfit: Vec::new(),
+        }))
     }
 
     /// The write generation (see [`Self::resync_from`]).
@@ -220,6 +310,7 @@ impl Reconciler {
     /// would stay behind): then this does nothing and returns false.
     pub fn resync_from(&mut self, dump: DesiredMaps, writes: u64) -> bool {
         let (written, users) = (self.written.take(), self.users.take());
+        self.lose();
         // Only a state every frontend fitted in (`users` is kept for those alone).
         self.resync_base = match (self.written_from.take(), written, users) {
             (Some(from), Some(written), Some(users)) => Some((from, written, users)),
@@ -264,6 +355,7 @@ impl Reconciler {
             // A state half-updated in place is not trusted: start over from the maps.
             self.written = None;
             self.users = None;
+            self.lose();
         }
         self.full_passes += 1;
         // The state last written, brought to this plan in place when the plan changed since (a
@@ -313,12 +405,18 @@ impl Reconciler {
         ops.extend(diff(&wanted, &actual));
         drop_elsewhere(actual, DesiredMaps::len);
         self.writes += u64::from(!ops.is_empty());
+        if let Some(t) = self.touched.as_mut() {
+            t.record(&ops);
+        }
         for (i, op) in ops.iter().enumerate() {
-            maps.apply(op)
-                .with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()))?;
+            if let Err(e) = maps.apply(op) {
+                self.lose();
+                return Err(e).with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()));
+            }
         }
         self.ids.release_unused(&wanted);
         self.written = Some(wanted);
+        self.reset();
         self.written_from = Some(plan.frontends.clone());
         // With a frontend left out, which ones fit depends on all of them: the next pass is full too.
         if unfit.is_empty() {
@@ -330,12 +428,21 @@ impl Reconciler {
     fn write_change(&mut self, change: incremental::Change, maps: &mut dyn LbMaps) -> Result<Outcome> {
         let ops = change.ops;
         self.writes += u64::from(!ops.is_empty());
+        if let Some(t) = self.touched.as_mut() {
+            t.record(&ops);
+        }
         for (i, op) in ops.iter().enumerate() {
             if let Err(e) = maps.apply(op) {
                 self.written = None;
                 self.users = None;
+                self.lose();
                 return Err(e).with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()));
             }
+        }
+        if let Some(j) = self.journal.as_mut()
+            && !ops.is_empty()
+        {
+            j.push(resync::Journal::Ops(ops.clone()));
         }
         self.ids.release(&change.unused_backends, &change.unused_revnat);
         Ok(Outcome {
