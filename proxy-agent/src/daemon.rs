@@ -630,6 +630,10 @@ impl SourceWatch {
 /// Asks the dumper for the resync's dumps, diffed against the states written now; false if the
 /// dumper thread is gone.
 fn ask_resync(watch: &mut SourceWatch, inner: &mut Inner) -> bool {
+    // The request that is out stands (a new ticket would forget what was written since it).
+    if watch.dumper.asked() {
+        return true;
+    }
     // What the reconciler journaled goes first: the dumper's copy must be the state written now.
     watch.dumper.journal(inner.reconciler.take_journal());
     watch.dumper.request(crate::resync_dumper::Request {

@@ -126,6 +126,11 @@ impl ResyncDumper {
         }
     }
 
+    /// A request is out and its answer not taken yet.
+    pub fn asked(&self) -> bool {
+        self.asked
+    }
+
     /// Asks for a dump, unless one is on its way; false if the thread is gone.
     pub fn request(&mut self, request: Request) -> bool {
         if self.asked {

@@ -261,7 +261,8 @@ impl Reconciler {
         if self.journal.is_none() || self.written.is_none() {
             return None;
         }
-        self.touched = Some(resync::Touched::default());
+        // A request already out keeps what it recorded: skipping more keys only defers repairs.
+        self.touched.get_or_insert_default();
         Some(ResyncTicket { epoch: self.epoch })
     }
 
