@@ -636,12 +636,16 @@ fn ask_resync(watch: &mut SourceWatch, inner: &mut Inner) -> bool {
     }
     // What the reconciler journaled goes first: the dumper's copy must be the state written now.
     watch.dumper.journal(inner.reconciler.take_journal());
-    watch.dumper.request(crate::resync_dumper::Request {
+    let sent = watch.dumper.request(crate::resync_dumper::Request {
         lb_writes: inner.reconciler.writes(),
         policy_writes: inner.policy.writes(),
         lb_ticket: inner.reconciler.resync_request(),
         policy_written: inner.policy.written(),
-    })
+    });
+    if !sent {
+        inner.reconciler.resync_dropped();
+    }
+    sent
 }
 
 /// The service maps' side of a resync that came back; false if it cannot be used (ask again).

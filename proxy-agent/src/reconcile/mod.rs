@@ -266,6 +266,11 @@ impl Reconciler {
         Some(ResyncTicket { epoch: self.epoch })
     }
 
+    /// The request of [`Self::resync_request`] was not sent: stop recording the keys written.
+    pub fn resync_dropped(&mut self) {
+        self.touched = None;
+    }
+
     /// Applies the resync's diff (the dump against the state written at `ticket`), except for the
     /// keys written since; holds the dump's orphan ids. `None` when the state written was replaced
     /// or lost since the request (ask again).
