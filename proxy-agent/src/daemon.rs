@@ -600,8 +600,9 @@ impl SourceWatch {
             }
         }
         self.rejected = update.rejected.iter().map(ToString::to_string).collect();
-        // A resync brings what the source found changed (the API-server source: every kind, from its
-        // stores; the manifests: the files whose text changed); the maps' side of it is the dump.
+        // A resync brings what the source found changed (the API-server source: the stores whose
+        // watches changed them; the manifests: the files the scans found changed); the maps' side of it
+        // is the dump.
         let changed = update.changed;
         if changed.intersects(Kinds::SERVICES) {
             self.selector_services = lb::any_selector_service(&self.snapshot);

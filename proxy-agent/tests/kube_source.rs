@@ -9,7 +9,7 @@ use std::time::Duration;
 use fake_apiserver::FakeApiServer;
 use proxy_agent::{
     snapshot::Snapshot,
-    source::{Source, kube::KubeSource},
+    source::{Kinds, Source, kube::KubeSource},
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -594,4 +594,42 @@ async fn a_store_change_wakes_the_source_and_names_its_kind() {
         .expect("a change after the wake");
     assert_eq!(update.changed, proxy_agent::source::Kinds::SERVICES);
     assert!(service_names(&snapshot).contains(&"late".to_owned()));
+}
+
+/// A resync into the daemon's snapshot answers (the daemon's resync goes on to the maps) but copies
+/// no store that did not change; a change copies its kind only.
+#[tokio::test]
+async fn a_resync_copies_no_store_that_did_not_change() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    let mut source = start(&server);
+    until_true(WAIT, "the first sync", || source.synced()).await;
+    let mut snapshot = Snapshot::default();
+    assert!(source.poll_into(false, &mut snapshot).is_some(), "the first sync");
+    let (pods, services) = (snapshot.pods.as_ptr(), snapshot.services.as_ptr());
+    assert_eq!(source.poll_into(true, &mut snapshot), Some(Kinds::NONE));
+    assert_eq!(source.poll_into(false, &mut snapshot), None, "nothing changed");
+    assert!(
+        std::ptr::eq(snapshot.pods.as_ptr(), pods),
+        "the pods were not copied"
+    );
+    assert!(std::ptr::eq(snapshot.services.as_ptr(), services));
+    server.apply(service("cart", "10.96.0.12"));
+    let deadline = Instant::now() + WAIT;
+    let kinds = loop {
+        if let Some(k) = source
+            .poll_into(true, &mut snapshot)
+            .filter(|k| *k != Kinds::NONE)
+        {
+            break k;
+        }
+        assert!(Instant::now() < deadline, "the new Service never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(kinds, Kinds::SERVICES);
+    assert!(service_names(&snapshot).contains(&"cart".to_owned()));
+    assert!(
+        std::ptr::eq(snapshot.pods.as_ptr(), pods),
+        "the pods were not copied"
+    );
 }
