@@ -124,7 +124,7 @@ impl KubeSource {
 
     /// The kinds whose stores changed since the last poll, once synced; on a resync an answer even
     /// when none did (the stores are kept current by their watches: copying and sorting unchanged
-    /// ones again every 10 s cost the daemon's loop milliseconds at 10k objects, for nothing).
+    /// ones again every 10 s spent the daemon's loop time for nothing).
     fn changed_kinds(&mut self, resync: bool) -> Option<Kinds> {
         if !self.synced() {
             // Marked seen, so that [`Self::changed`] waits for the next event instead of returning at
