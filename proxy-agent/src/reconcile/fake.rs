@@ -38,26 +38,7 @@ impl LbMaps for FakeMaps {
     fn apply(&mut self, op: &MapOp) -> Result<()> {
         injected_failure(&mut self.fail_after)?;
         let before = self.check_references.then(|| self.maps.clone());
-        match *op {
-            MapOp::UpsertBackend { id, backend } => {
-                self.maps.backends.insert(id, backend);
-            }
-            MapOp::UpsertService { key, value } => {
-                self.maps.services.insert(key, value);
-            }
-            MapOp::UpsertRevNat { id, revnat } => {
-                self.maps.revnat.insert(id, revnat);
-            }
-            MapOp::DeleteService { key } => {
-                self.maps.services.remove(&key);
-            }
-            MapOp::DeleteRevNat { id } => {
-                self.maps.revnat.remove(&id);
-            }
-            MapOp::DeleteBackend { id } => {
-                self.maps.backends.remove(&id);
-            }
-        }
+        super::resync::apply(&mut self.maps, op);
         if let Some(before) = before {
             if let Err(e) = self.maps.check_references() {
                 self.maps = before;

@@ -288,14 +288,7 @@ impl Reconciler {
         self.resyncs_from_written += 1;
         let ops: Vec<MapOp> = diff.ops.into_iter().filter(|op| !touched.contains(op)).collect();
         self.writes += u64::from(!ops.is_empty());
-        for (i, op) in ops.iter().enumerate() {
-            if let Err(e) = maps.apply(op) {
-                self.written = None;
-                self.users = None;
-                self.lose();
-                return Err(e).with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()));
-            }
-        }
+        self.apply_all(&ops, maps)?;
         // The maps hold `written` again: nothing to journal.
         self.ids
             .hold_ids(diff.orphan_backends.into_iter(), diff.orphan_revnat.into_iter());
@@ -414,12 +407,7 @@ impl Reconciler {
         if let Some(t) = self.touched.as_mut() {
             t.record(&ops);
         }
-        for (i, op) in ops.iter().enumerate() {
-            if let Err(e) = maps.apply(op) {
-                self.lose();
-                return Err(e).with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()));
-            }
-        }
+        self.apply_all(&ops, maps)?;
         self.ids.release_unused(&wanted);
         self.written = Some(wanted);
         self.reset();
@@ -431,12 +419,9 @@ impl Reconciler {
         Ok(Outcome { ops, unfit })
     }
 
-    fn write_change(&mut self, change: incremental::Change, maps: &mut dyn LbMaps) -> Result<Outcome> {
-        let ops = change.ops;
-        self.writes += u64::from(!ops.is_empty());
-        if let Some(t) = self.touched.as_mut() {
-            t.record(&ops);
-        }
+    /// Writes `ops` in order; at the first failure the state written is forgotten (the next pass
+    /// reads the maps).
+    fn apply_all(&mut self, ops: &[MapOp], maps: &mut dyn LbMaps) -> Result<()> {
         for (i, op) in ops.iter().enumerate() {
             if let Err(e) = maps.apply(op) {
                 self.written = None;
@@ -445,6 +430,16 @@ impl Reconciler {
                 return Err(e).with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()));
             }
         }
+        Ok(())
+    }
+
+    fn write_change(&mut self, change: incremental::Change, maps: &mut dyn LbMaps) -> Result<Outcome> {
+        let ops = change.ops;
+        self.writes += u64::from(!ops.is_empty());
+        if let Some(t) = self.touched.as_mut() {
+            t.record(&ops);
+        }
+        self.apply_all(&ops, maps)?;
         if let Some(j) = self.journal.as_mut()
             && !ops.is_empty()
         {

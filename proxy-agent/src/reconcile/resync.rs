@@ -49,7 +49,7 @@ impl Mirror {
     }
 }
 
-/// One operation on an in-memory copy of the maps.
+/// One operation on an in-memory copy of the maps (the mirror's, and the test maps').
 pub fn apply(state: &mut DesiredMaps, op: &MapOp) {
     match *op {
         MapOp::UpsertBackend { id, backend } => {
