@@ -21,7 +21,12 @@ pub struct DatapathConfig {
     /// The node's address, network order: the source external traffic is SNATed to when its backend is
     /// elsewhere (externalTrafficPolicy Cluster), whichever node address or service IP it arrived on.
     pub node_addr: u32,
-    pub _pad: u32,
+    /// The node's ephemeral port range (`net.ipv4.ip_local_port_range`, host order; both 0: unknown).
+    /// External traffic SNATed to `node_addr` never leaves from a port in it: the node's own sockets
+    /// take their ports from there, unseen by conntrack here, and a backend's answer to such a socket
+    /// would otherwise match an SNAT entry and be reverse-translated to an outside client.
+    pub local_port_min: u16,
+    pub local_port_max: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 16);

@@ -44,7 +44,8 @@ pub mod ct_flags {
     /// The client's source port was rewritten (`client_port` → `wire_port`) because the reply tuple it
     /// would have had was already taken by another translated connection: the same client port reaching
     /// one backend through two VIPs (or a VIP and a NodePort). netfilter resolves such clashes the same
-    /// way, by picking another source port.
+    /// way, by picking another source port. External traffic SNATed to the node also moves when its port
+    /// is in the node's ephemeral range (`DatapathConfig::local_port_min`).
     pub const PORT_SNAT: u16 = 1 << 8;
     /// North-south: a connection from outside the node to a NodePort, externalIP or LoadBalancer IP,
     /// translated on the node's device (XDP, or tc where XDP cannot finish). Its replies are rewritten
@@ -97,4 +98,83 @@ mod pod_impls {
     use super::*;
     unsafe impl aya::Pod for CtKey4 {}
     unsafe impl aya::Pod for CtEntry4 {}
+}
+
+/// Ports below this are never chosen for a rewritten source port: a privileged source port can mean
+/// something to a server.
+pub const NAT_PORT_MIN: u16 = 1024;
+
+/// The unprivileged port number `r` picks (uniformly, modulo the count) among those outside
+/// `avoid_min..=avoid_max` (host order; `avoid_min` 0: nothing avoided). A range that would leave no
+/// port is ignored rather than leave the connection without one.
+#[inline(always)]
+pub fn nat_port(r: u32, avoid_min: u16, avoid_max: u16) -> u16 {
+    const ALL: u32 = 65_536 - NAT_PORT_MIN as u32;
+    let lo = if avoid_min < NAT_PORT_MIN {
+        NAT_PORT_MIN
+    } else {
+        avoid_min
+    } as u32;
+    let hi = avoid_max as u32;
+    let mut avoided = if avoid_min == 0 || hi < lo { 0 } else { hi - lo + 1 };
+    if avoided >= ALL {
+        avoided = 0;
+    }
+    let port = NAT_PORT_MIN as u32 + r % (ALL - avoided);
+    let port = if avoided != 0 && port >= lo {
+        port + avoided
+    } else {
+        port
+    };
+    port as u16
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every `r` over one period of the modulus, as the ports it gives.
+    fn ports(avoid_min: u16, avoid_max: u16, period: u32) -> std::vec::Vec<u16> {
+        (0..period).map(|r| nat_port(r, avoid_min, avoid_max)).collect()
+    }
+
+    #[test]
+    fn without_a_range_every_unprivileged_port_is_picked_once_per_period() {
+        let got = ports(0, 0, 64_512);
+        assert_eq!((got[0], got[64_511]), (1024, 65_535));
+        assert_eq!(got.iter().collect::<BTreeSet<_>>().len(), 64_512);
+        assert_eq!(nat_port(64_512, 0, 0), 1024, "the period wraps");
+    }
+
+    #[test]
+    fn the_ephemeral_range_is_never_picked_and_every_other_port_is() {
+        // Linux's default net.ipv4.ip_local_port_range.
+        let allowed = 64_512 - (60_999 - 32_768 + 1);
+        let got = ports(32_768, 60_999, allowed);
+        assert!(got.iter().all(|p| *p >= 1024 && !(32_768..=60_999).contains(p)));
+        assert_eq!(got.iter().collect::<BTreeSet<_>>().len(), allowed as usize);
+        assert_eq!((got[32_767 - 1024], got[32_768 - 1024]), (32_767, 61_000));
+        assert_eq!(*got.last().unwrap(), 65_535);
+        assert_eq!(nat_port(allowed, 32_768, 60_999), 1024, "the period wraps");
+        assert_eq!(
+            nat_port(u32::MAX, 32_768, 60_999),
+            got[(u32::MAX % allowed) as usize]
+        );
+    }
+
+    #[test]
+    fn a_range_reaching_below_1024_or_covering_everything_is_clipped_or_ignored() {
+        let got = ports(1, 2000, 64_512 - 977);
+        assert!(got.iter().all(|p| *p > 2000));
+        assert_eq!(got.iter().collect::<BTreeSet<_>>().len(), 64_512 - 977);
+        assert_eq!(ports(1024, 65_535, 64_512), ports(0, 0, 64_512));
+        assert_eq!(
+            ports(40_000, 30_000, 64_512),
+            ports(0, 0, 64_512),
+            "an empty range"
+        );
+    }
 }

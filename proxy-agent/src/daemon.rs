@@ -276,11 +276,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         flags |= common::config::config_flags::NODEPORT_DSR;
     }
     // The node address for SNAT is filled in once the Node is known (see `reconcile_services`).
+    let (local_port_min, local_port_max) = local_ports();
     let config = common::config::DatapathConfig {
         flags,
         maglev_size: args.maglev_table_size.get(),
         node_addr: 0,
-        _pad: 0,
+        local_port_min,
+        local_port_max,
     };
     datapath.set_config(config)?;
     tracing::info!(node = %args.node, pin_dir = %args.bpffs_root.display(), "datapath loaded");
@@ -392,6 +394,15 @@ async fn wait_for_work(ticker: &mut tokio::time::Interval, source: &mut Source) 
 
 /// Service maps follow the snapshot: plan (pure) → reconcile (diff against the state last written,
 /// ordered writes).
+/// The node's ephemeral port range for the datapath; (0, 0), which keeps no port out of SNAT, if it
+/// cannot be read (said once a resync: it matters only to external traffic SNATed to the node).
+fn local_ports() -> (u16, u16) {
+    crate::host::ports::ephemeral_range().unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "node's ephemeral port range unknown; SNAT may clash with the node's own connections");
+        (0, 0)
+    })
+}
+
 fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner) -> Result<()> {
     let plan = watch.planner.plan(&watch.snapshot, &watch.derived, &args.node);
     for r in &plan.rejected {
@@ -729,6 +740,22 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
             inner.pending |= Kinds::SERVICE_INPUTS | Kinds::POLICY_INPUTS;
         }
         inner.external.resync();
+        // The sysctl may have been changed since; a change is rare, so the resync period is soon enough.
+        let (local_port_min, local_port_max) = local_ports();
+        let config = common::config::DatapathConfig {
+            local_port_min,
+            local_port_max,
+            ..inner.config
+        };
+        if config != inner.config {
+            inner.datapath.set_config(config)?;
+            inner.config = config;
+            tracing::info!(
+                local_port_min,
+                local_port_max,
+                "node's ephemeral port range changed"
+            );
+        }
     }
     match watch.dumper.take() {
         Some(Ok(dumps)) => {

@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
 use common::{
-    ct::{CtEntry4, CtKey4, ct_flags},
+    ct::{CtEntry4, CtKey4, ct_flags, nat_port},
     lb::Backend4,
     net::{Be16, Be32, proto},
 };
@@ -141,21 +141,21 @@ fn reply_free(reply: &CtKey4, rev_nat: u32) -> bool {
 /// Candidates tried for a clashing connection's new source port before giving up (the packet is dropped
 /// then, and the client retransmits or retries).
 const PORT_ATTEMPTS: u32 = 8;
-/// Ports below this are never chosen: a privileged source port can mean something to a server.
-const PORT_MIN: u32 = 1024;
 
-/// The source port a new connection leaves with: its own when its reply tuple is free, otherwise a
-/// random unprivileged port whose reply tuple is free. `reply.dport` is updated to match.
+/// The source port a new connection leaves with: its own when its reply tuple is free and the port is
+/// outside `avoid` (host order, `nat::nat_port`), otherwise a random unprivileged port outside `avoid`
+/// whose reply tuple is free. `reply.dport` is updated to match.
 #[inline(always)]
-pub fn wire_port(reply: &mut CtKey4, rev_nat: u32) -> Option<u16> {
-    if reply_free(reply, rev_nat) {
+pub fn wire_port(reply: &mut CtKey4, rev_nat: u32, avoid: (u16, u16)) -> Option<u16> {
+    let own = reply.dport.get();
+    let avoided = avoid.0 != 0 && avoid.0 <= own && own <= avoid.1;
+    if !avoided && reply_free(reply, rev_nat) {
         return Some(reply.dport.raw());
     }
     for _ in 0..PORT_ATTEMPTS {
         // SAFETY: helper without preconditions.
         let r = unsafe { bpf_get_prandom_u32() };
-        let port = (PORT_MIN + r % (65_536 - PORT_MIN)) as u16;
-        reply.dport = Be16::new(port);
+        reply.dport = Be16::new(nat_port(r, avoid.0, avoid.1));
         if lookup(reply).is_none() {
             return Some(reply.dport.raw());
         }

@@ -143,7 +143,8 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         proto: flow.proto,
         _pad: [0; 3],
     };
-    let Some(wire_port) = ct::wire_port(&mut reply, svc.rev_nat) else {
+    // Nothing to avoid: the client's sockets are its own namespace's, and no socket has HAIRPIN_ADDR.
+    let Some(wire_port) = ct::wire_port(&mut reply, svc.rev_nat, (0, 0)) else {
         return Outcome::Drop;
     };
     let translation = ct::Translation {

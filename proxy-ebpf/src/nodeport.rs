@@ -148,7 +148,9 @@ fn new_connection(flow: &Ipv4Flow, forward: &CtKey4) -> Plan {
     let wire_port = if dsr {
         flow.sport
     } else {
-        let Some(port) = ct::wire_port(&mut reply, svc.rev_nat) else {
+        // SNATed to the node, the connection must not take a port the node's own sockets may hold.
+        let avoid = if snat_addr != 0 { local_ports() } else { (0, 0) };
+        let Some(port) = ct::wire_port(&mut reply, svc.rev_nat, avoid) else {
             return Plan::Drop(DropReason::ConntrackFull);
         };
         port
@@ -187,6 +189,14 @@ fn backend(id: u32) -> Option<&'static Backend4> {
 #[inline(always)]
 fn datapath_flags() -> u32 {
     CONFIG.get(0).map_or(0, |c| c.flags)
+}
+
+/// The node's ephemeral port range (host order; (0, 0) until the agent has written it).
+#[inline(always)]
+fn local_ports() -> (u16, u16) {
+    CONFIG
+        .get(0)
+        .map_or((0, 0), |c| (c.local_port_min, c.local_port_max))
 }
 
 #[inline(always)]

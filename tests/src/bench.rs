@@ -801,7 +801,8 @@ fn nodeport_cases(p: &Params) -> anyhow::Result<(Vec<Measurement>, String)> {
         flags: 0,
         maglev_size: 0,
         node_addr: u32::from_ne_bytes(NODE.octets()),
-        _pad: 0,
+        local_port_min: 0,
+        local_port_max: 0,
     });
     let mut svc = TestService::new(NODE, 30080, packet::PROTO_TCP, 1);
     svc.flags = common::lb::svc_flags::NODEPORT;

@@ -1,6 +1,6 @@
 //! North-south traffic with real packets from the lab's `external` client (testdata/lab/nodeport.yaml):
 //! NodePorts through each node's address for TCP, UDP and SCTP with externalTrafficPolicy Cluster (the
-//! backend sees the node), from the nodes themselves, and Local (the backend sees the client, only local backends answer);
+//! backend sees the node), from the nodes themselves (also beside SNATed connections), and Local (the backend sees the client, only local backends answer);
 //! loadBalancerSourceRanges; Maglev (a 5-tuple reaches the same backend through either node, and
 //! removing a backend moves few of the other flows).
 
@@ -113,6 +113,57 @@ fn node_port_from_nodes(lab: &Lab) {
                 "node/{from} -> {ip}:30080: answered by backends on both nodes: {v:#}"
             );
         }
+    }
+}
+
+/// An outside client whose source port is one the node's own sockets may take (here 40000, in Linux's
+/// default ephemeral range), SNATed to the node: a socket of the node on that port talking straight
+/// to the same backend still gets its answers (they would match the SNAT entry if the connection had
+/// kept its port), and the client gets its own.
+fn node_sockets_beside_snat(lab: &Lab) {
+    let pods = BTreeMap::from([
+        ("shop/web-1", "10.244.1.11"),
+        ("shop/web-2", "10.244.2.11"),
+        ("shop/web-3", "10.244.2.12"),
+    ]);
+    for (node, ip) in NODES {
+        let outside = probe(lab, "external", node, &format!("{ip}:30053/udp"), 1, Some(40000));
+        let (backend, _) = answers(&outside).pop().expect("one attempt");
+        let pod = pods
+            .get(backend.as_str())
+            .unwrap_or_else(|| panic!("via {node}: answered by a backend: {outside:#}"));
+        let port = outside["attempts"][0]["client_seen"]
+            .as_str()
+            .and_then(|s| s.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("via {node}: the port the backend saw: {outside:#}"));
+        let own = lab.json(&[
+            "probe",
+            "--from",
+            &format!("node/{node}"),
+            "--to",
+            &format!("{pod}:5353/udp"),
+            "--count",
+            "3",
+            "--source-port",
+            "40000",
+            "--timeout-ms",
+            "500",
+            "--json",
+        ]);
+        assert!(
+            answers(&own).iter().all(|(b, seen)| *b == backend && seen == ip),
+            "node/{node} from port 40000 -> {backend}: answered while the SNAT entry lives: {own:#}"
+        );
+        assert!(
+            !(32768..=60999).contains(&port),
+            "via {node}: SNAT to {ip} keeps out of the node's ephemeral ports, took {port}: {outside:#}"
+        );
+        let again = probe(lab, "external", node, &format!("{ip}:30053/udp"), 1, Some(40000));
+        assert!(
+            answers(&again).iter().all(|(b, _)| *b == backend),
+            "via {node}: the outside client's flow is still answered by {backend}: {again:#}"
+        );
     }
 }
 
@@ -234,6 +285,7 @@ fn node_port_load_balancer_and_maglev_from_outside() {
     lab.up_with_agents(FILE, FRONTENDS);
     node_port_cluster(&lab);
     node_port_from_nodes(&lab);
+    node_sockets_beside_snat(&lab);
     node_port_local(&lab);
     source_ranges(&lab);
     maglev(&lab);

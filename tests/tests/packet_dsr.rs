@@ -39,7 +39,8 @@ fn load(name: &str, flags: u32) -> TestDatapath {
         flags,
         maglev_size: 0,
         node_addr: u32::from_ne_bytes(NODE.octets()),
-        _pad: 0,
+        local_port_min: 0,
+        local_port_max: 0,
     });
     dp
 }
@@ -221,7 +222,8 @@ fn tc_inserts_the_option_for_what_xdp_leaves_and_snat_mode_adds_none() {
         flags: 0,
         maglev_size: 0,
         node_addr: u32::from_ne_bytes(NODE.octets()),
-        _pad: 0,
+        local_port_min: 0,
+        local_port_max: 0,
     });
     let mut svc = TestService::new(NODE, 30091, PROTO_TCP, 12);
     svc.flags = svc_flags::NODEPORT;

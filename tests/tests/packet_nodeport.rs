@@ -34,7 +34,8 @@ fn load(name: &str, maglev_size: u32) -> TestDatapath {
         flags: 0,
         maglev_size,
         node_addr: u32::from_ne_bytes(NODE.octets()),
-        _pad: 0,
+        local_port_min: 0,
+        local_port_max: 0,
     });
     dp
 }
@@ -299,4 +300,76 @@ fn other_traffic_passes_and_a_service_without_endpoints_is_refused_at_tc() {
     assert_eq!((seen.src, seen.dst), (NODE, CLIENT));
     assert_ne!(seen.tcp_flags & TCP_RST, 0);
     assert_checksums(&out.packet, "RST");
+}
+
+/// SNATed to the node, a connection never takes a source port from the node's ephemeral range: a node's
+/// own socket on that port talking to the same backend would see its answers reverse-translated to
+/// the outside client (kube-proxy's conntrack moves the NATed connection's port on such a clash).
+#[test]
+fn snat_to_the_node_stays_out_of_the_nodes_ephemeral_ports() {
+    if !privilege::require("snat_to_the_node_stays_out_of_the_nodes_ephemeral_ports") {
+        return;
+    }
+    let ifindex = node_netns();
+    let mut dp = TestDatapath::load("np-ephemeral");
+    dp.set_datapath_config(DatapathConfig {
+        flags: 0,
+        maglev_size: 0,
+        node_addr: u32::from_ne_bytes(NODE.octets()),
+        local_port_min: 32768,
+        local_port_max: 60999,
+    });
+    let ephemeral = 32768..=60999;
+    for (i, proto) in [PROTO_TCP, PROTO_UDP].into_iter().enumerate() {
+        let mut svc = TestService::new(NODE, 30053, proto, 1 + i as u32);
+        svc.flags = svc_flags::NODEPORT;
+        svc.backends.push((REMOTE_BACKEND, 5353));
+        dp.add_service(&svc);
+        let build = |src, sport, dst, dport| match proto {
+            PROTO_TCP => Ipv4Packet::tcp(src, sport, dst, dport),
+            _ => Ipv4Packet::udp(src, sport, dst, dport),
+        };
+
+        let out = dp.run_xdp_on("xdp_node", &build(CLIENT, 20000, NODE, 30053).build(), ifindex);
+        assert_eq!(out.action, XDP_TX, "proto {proto}");
+        let seen = packet::read(&out.packet);
+        assert_eq!(
+            (seen.src, seen.sport),
+            (NODE, 20000),
+            "proto {proto}: a port outside the range is kept"
+        );
+
+        for sport in [32768, 40000, 60999] {
+            let out = dp.run_xdp_on("xdp_node", &build(CLIENT, sport, NODE, 30053).build(), ifindex);
+            assert_eq!(out.action, XDP_TX, "proto {proto} port {sport}");
+            let seen = packet::read(&out.packet);
+            assert_eq!(seen.src, NODE, "proto {proto} port {sport}: SNAT");
+            assert!(
+                seen.sport >= 1024 && !ephemeral.contains(&seen.sport),
+                "proto {proto} port {sport}: moved out of the node's range, to {}",
+                seen.sport
+            );
+            assert_checksums(&out.packet, "request");
+
+            let mut reply = build(REMOTE_BACKEND, 5353, NODE, seen.sport);
+            reply.tcp_flags = TCP_SYN | TCP_ACK;
+            let out = dp.run_xdp_on("xdp_node", &reply.build(), ifindex);
+            assert_eq!(out.action, XDP_TX, "proto {proto} port {sport}: reply");
+            let back = packet::read(&out.packet);
+            assert_eq!(
+                (back.src, back.sport, back.dst, back.dport),
+                (NODE, 30053, CLIENT, sport),
+                "proto {proto} port {sport}: the reply reaches the client's own port"
+            );
+
+            // The node's own socket on the client's port, answered by the same backend: left to the stack.
+            let own = build(REMOTE_BACKEND, 5353, NODE, sport).build();
+            let out = dp.run_xdp_on("xdp_node", &own, ifindex);
+            assert_eq!(
+                out.action, XDP_PASS,
+                "proto {proto} port {sport}: the node's own answer"
+            );
+            assert_eq!(out.packet, own, "proto {proto} port {sport}: untouched");
+        }
+    }
 }

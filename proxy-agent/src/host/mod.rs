@@ -1,5 +1,6 @@
-//! What the agent reads about the node it runs on: interfaces, addresses, routes.
+//! What the agent reads about the node it runs on: interfaces, addresses, routes, ephemeral ports.
 //! Everything here reads the network namespace of the calling thread.
 
 pub mod links;
+pub mod ports;
 pub mod routes;
