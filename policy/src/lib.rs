@@ -16,6 +16,7 @@ pub mod net;
 pub mod scenario;
 pub mod selector;
 pub mod simulate;
+pub mod slim;
 
 pub use compile::{CompileError, EndpointInfo, PolicyDesired, compile};
 pub use identity::{Allocations, IdentityKey};

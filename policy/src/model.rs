@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::net::{Cidr, Ipv4Net};
 use crate::selector::{Labels, Selector};
+use crate::slim::Pod;
 
 /// The label every namespace carries (set by the API server); added here when a manifest omits it.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";

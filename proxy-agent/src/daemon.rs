@@ -540,7 +540,7 @@ struct SourceWatch {
     /// Standalone mode plays the EndpointSlice controller for selector Services that come without
     /// slices; kept apart from the snapshot so that adding them copies nothing. A slice derived again
     /// unchanged keeps its allocation, so the planner sees its Service unchanged.
-    derived: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
+    derived: Vec<Arc<crate::slim::EndpointSlice>>,
     /// Whether any Service of the snapshot has a selector (kept as Services change).
     selector_services: bool,
     /// Plans only the Services whose objects changed since the last pass.
@@ -843,6 +843,9 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
         reconcile_attachments(args, watch, inner)?;
     }
     inner.errors.clone_from(&inner.attach_errors);
+    if !inner.sync.synced {
+        crate::memory::return_freed();
+    }
     inner.sync.synced = true;
     inner.sync.node_eligible = endpoints::node_eligible(&watch.snapshot, &args.node);
     inner.sync.last_pass_ok_unix_ms = crate::status::unix_ms_now();

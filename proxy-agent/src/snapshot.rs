@@ -3,15 +3,17 @@
 //!
 //! Objects are shared (`Arc`): a pass that keeps most of the cluster as it was copies pointers, not
 //! objects, and an unchanged object is the same allocation from one pass to the next, which is how the
-//! service planner tells cheaply which Services a change touched.
+//! service planner tells cheaply which Services a change touched. Pods and EndpointSlices, which every
+//! node holds by the thousand, are kept in their compact forms (`crate::slim`).
 
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Pod, Service},
-    discovery::v1::EndpointSlice,
+    core::v1::{Namespace, Node, Service},
     networking::v1::NetworkPolicy,
 };
+
+use crate::slim::{EndpointSlice, Pod};
 
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {

@@ -10,7 +10,7 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{ObjectReference, Pod, Service, ServicePort},
+        core::v1::{ObjectReference, Service, ServicePort},
         discovery::v1::{
             Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,
         },
@@ -19,18 +19,22 @@ use k8s_openapi::{
 };
 
 use super::{SERVICE_NAME_LABEL, ZONE_LABEL};
-use crate::snapshot::Snapshot;
+use crate::{slim::Pod, snapshot::Snapshot};
 
 /// The derived slices `new` as shared objects, each taking the allocation of an equal slice of the
 /// same namespace/name in `old` (the last derivation) when there is one: the planner re-plans a
 /// Service only when one of its slices is a new allocation.
-pub fn keep_unchanged(old: Vec<Arc<EndpointSlice>>, new: Vec<EndpointSlice>) -> Vec<Arc<EndpointSlice>> {
-    let mut old: BTreeMap<(Option<String>, Option<String>), Arc<EndpointSlice>> = old
+pub fn keep_unchanged(
+    old: Vec<Arc<crate::slim::EndpointSlice>>,
+    new: Vec<EndpointSlice>,
+) -> Vec<Arc<crate::slim::EndpointSlice>> {
+    let mut old: BTreeMap<(Option<String>, Option<String>), Arc<crate::slim::EndpointSlice>> = old
         .into_iter()
         .map(|s| ((s.metadata.namespace.clone(), s.metadata.name.clone()), s))
         .collect();
     new.into_iter()
         .map(|s| {
+            let s = crate::slim::EndpointSlice::from(s);
             let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
             match old.remove(&key) {
                 Some(kept) if *kept == s => kept,

@@ -6,9 +6,8 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
 use super::{Proto, Rejected, SERVICE_NAME_LABEL};
+use crate::slim::EndpointSlice;
 
 /// One endpoint of one Service port, after the merge of all the Service's slices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +170,7 @@ fn validate(slice: &EndpointSlice) -> Result<Slice, (String, String)> {
             }
         };
         let conditions = ep.conditions.clone().unwrap_or_default();
-        let hints = ep.hints.clone().unwrap_or_default();
+        let hints = ep.hints.as_deref().cloned().unwrap_or_default();
         endpoints.push(SliceEndpoint {
             addr,
             // As kube-proxy and the API docs: an absent ready or serving means true, an absent

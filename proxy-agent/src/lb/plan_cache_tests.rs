@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::discovery::v1::Endpoint;
+use crate::slim::Endpoint;
 
 use super::PlanCache;
 use crate::lb::{plan, tests::load};

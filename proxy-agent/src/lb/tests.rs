@@ -44,7 +44,7 @@ pub(crate) fn load(name: &str) -> (Snapshot, String, Vec<EndpointSlice>) {
         derived = derive_endpoint_slices(&snapshot);
         snapshot
             .endpoint_slices
-            .extend(derived.iter().cloned().map(std::sync::Arc::new));
+            .extend(derived.iter().cloned().map(|s| std::sync::Arc::new(s.into())));
     }
     (snapshot, node, derived)
 }

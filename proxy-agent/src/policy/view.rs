@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::slim::Pod;
 use policy::{
     DirectionVerdict, Explainer, Explanation, Flow, Peer, PodRef, PolicyDesired, PolicyInput, PolicyRef,
     Protocol,

@@ -4,8 +4,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::slim::Endpoint;
 use common::lb::{Lb4Key, svc_flags};
-use k8s_openapi::api::discovery::v1::Endpoint;
 
 use super::*;
 use crate::{

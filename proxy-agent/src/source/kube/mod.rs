@@ -16,15 +16,17 @@ use std::sync::Arc;
 
 use ::kube::{Client, Resource, ResourceExt, runtime::reflector::Store};
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Pod, Service},
-    discovery::v1::EndpointSlice,
+    core::v1::{Namespace, Node, Service},
     networking::v1::NetworkPolicy,
 };
 use tokio::{sync::watch, task::JoinHandle};
 
 use self::reflect::KindState;
 use super::{Kinds, Rejected};
-use crate::snapshot::Snapshot;
+use crate::{
+    slim::{EndpointSlice, Pod},
+    snapshot::Snapshot,
+};
 
 /// Where a rejected object came from, in reports.
 pub const ORIGIN: &str = "API server";

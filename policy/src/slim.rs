@@ -1,0 +1,222 @@
+//! The Pod as policy (and the agent) keep it: the fields their readers use, with the API's names and
+//! shapes, deserialized through k8s-openapi's `Pod` (`#[serde(from = ...)]`). Every node holds every
+//! Pod of the cluster; k8s-openapi's `Pod` is ~2 KB inline and each container another ~2 KB, whatever
+//! is set, which at 10k pods was ~48 MB of an agent's memory.
+//!
+//! Kept: identity, labels, uid and deletionTimestamp (the metadata is cut down by the agent's source,
+//! see its `strip.rs`); spec.nodeName, hostNetwork, and the containers and init containers that declare
+//! ports, with their name, ports and restartPolicy; status.phase, podIP, podIPs and the Ready condition.
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::core::v1::{self as core, ContainerPort, PodIP},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(from = "core::Pod")]
+pub struct Pod {
+    pub metadata: ObjectMeta,
+    pub spec: Option<PodSpec>,
+    pub status: Option<PodStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodSpec {
+    pub node_name: Option<String>,
+    pub host_network: Option<bool>,
+    /// Only those that declare ports (named ports, named targetPorts).
+    pub containers: Vec<Container>,
+    pub init_containers: Option<Vec<Container>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Container {
+    pub name: String,
+    pub ports: Option<Vec<ContainerPort>>,
+    /// `Always` on an init container: a sidecar, whose ports a Service may name.
+    pub restart_policy: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodStatus {
+    pub phase: Option<String>,
+    pub pod_ip: Option<String>,
+    pub pod_ips: Option<Vec<PodIP>>,
+    /// The Ready condition only.
+    pub conditions: Option<Vec<PodCondition>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodCondition {
+    pub type_: String,
+    pub status: String,
+}
+
+impl From<core::Pod> for Pod {
+    fn from(pod: core::Pod) -> Self {
+        Self {
+            metadata: pod.metadata,
+            spec: pod.spec.map(|spec| PodSpec {
+                node_name: spec.node_name,
+                host_network: spec.host_network,
+                containers: with_ports_only(spec.containers),
+                init_containers: spec
+                    .init_containers
+                    .map(with_ports_only)
+                    .filter(|c| !c.is_empty()),
+            }),
+            status: pod.status.map(|status| PodStatus {
+                phase: status.phase,
+                pod_ip: status.pod_ip,
+                pod_ips: status.pod_ips,
+                // The Ready condition, in a vector of its own (see `with_ports_only`).
+                conditions: status
+                    .conditions
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c.type_ == "Ready")
+                    .map(|c| {
+                        vec![PodCondition {
+                            type_: c.type_,
+                            status: c.status,
+                        }]
+                    }),
+            }),
+        }
+    }
+}
+
+/// The containers that declare ports, in a new vector: `collect()` would reuse the API type's
+/// allocation in place (~2 KB a container) for elements a tenth as big.
+fn with_ports_only(containers: Vec<core::Container>) -> Vec<Container> {
+    let mut kept = Vec::new();
+    for c in containers {
+        kept.extend(with_ports(c));
+    }
+    kept
+}
+
+/// A container with its name, ports (name, number, protocol) and restart policy; `None` when it
+/// declares no port.
+fn with_ports(c: core::Container) -> Option<Container> {
+    let ports: Vec<ContainerPort> = c
+        .ports?
+        .into_iter()
+        .map(|p| ContainerPort {
+            name: p.name,
+            container_port: p.container_port,
+            protocol: p.protocol,
+            ..Default::default()
+        })
+        .collect();
+    (!ports.is_empty()).then_some(Container {
+        name: c.name,
+        ports: Some(ports),
+        restart_policy: c.restart_policy,
+    })
+}
+
+/// The API's identity of the kind, so that a Kubernetes client lists and watches Pods into this type.
+impl k8s_openapi::Resource for Pod {
+    const API_VERSION: &'static str = <core::Pod as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <core::Pod as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <core::Pod as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <core::Pod as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str = <core::Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for Pod {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop, labels: {app: web}, uid: u1}
+spec:
+  nodeName: n1
+  hostNetwork: false
+  initContainers:
+  - {name: proxy, restartPolicy: Always, ports: [{name: admin, containerPort: 9901}]}
+  - {name: setup, image: busybox}
+  containers:
+  - name: web
+    image: nginx
+    env: [{name: A, value: b}]
+    ports: [{name: http, containerPort: 8080, protocol: TCP, hostPort: 80}]
+  - {name: logger, image: fluentd}
+status:
+  phase: Running
+  podIP: 10.244.1.10
+  podIPs: [{ip: 10.244.1.10}]
+  hostIP: 192.168.0.1
+  conditions:
+  - {type: Ready, status: "True", lastTransitionTime: "2026-01-01T00:00:00Z"}
+  - {type: PodScheduled, status: "True"}
+"#;
+
+    #[test]
+    fn what_the_readers_use_is_kept_and_the_rest_is_not() {
+        let pod: Pod = serde_yaml::from_str(POD).unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("web-0"));
+        assert_eq!(pod.metadata.uid.as_deref(), Some("u1"));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.host_network, Some(false));
+        assert_eq!(spec.containers.len(), 1, "the port-less logger is dropped");
+        let port = &spec.containers[0].ports.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                port.name.as_deref(),
+                port.container_port,
+                port.protocol.as_deref(),
+                port.host_port
+            ),
+            (Some("http"), 8080, Some("TCP"), None)
+        );
+        let init = spec.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1);
+        assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.pod_ip.as_deref(), Some("10.244.1.10"));
+        assert_eq!(status.pod_ips.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            status.conditions,
+            Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into()
+            }])
+        );
+    }
+
+    #[test]
+    fn a_pod_without_ports_or_conditions_keeps_no_empty_lists() {
+        let pod: Pod = serde_yaml::from_str(
+            "metadata: {name: p}\nspec: {containers: [{name: c}], initContainers: [{name: i}]}\nstatus: {conditions: []}\n",
+        )
+        .unwrap();
+        let spec = pod.spec.unwrap();
+        assert!(spec.containers.is_empty() && spec.init_containers.is_none());
+        assert!(pod.status.unwrap().conditions.is_none());
+    }
+
+    #[test]
+    fn a_pod_is_a_fraction_of_the_api_type() {
+        let slim = std::mem::size_of::<Pod>() + std::mem::size_of::<Container>();
+        let full = std::mem::size_of::<core::Pod>() + std::mem::size_of::<core::Container>();
+        assert!(slim * 4 < full, "{slim} bytes against {full}");
+    }
+}

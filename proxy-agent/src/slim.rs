@@ -1,0 +1,133 @@
+//! Compact stored forms of the kinds every node holds by the thousand. The sources deserialize an
+//! object as its k8s-openapi type and keep only this (`#[serde(from = ...)]`, so the reflector, the
+//! manifests and the tests read them unchanged); the field names and shapes are the API's, so readers
+//! are written as against k8s-openapi. What is kept is what the readers use (see `source/kube/strip.rs`).
+//!
+//! Why: k8s-openapi types carry every field inline as an `Option`, whatever is set. At 10k Services the
+//! EndpointSlices' 100k endpoints took ~45 MB as k8s-openapi `Endpoint`s (a full `ObjectReference`
+//! among their options, ~350 bytes before any string) and take ~15 MB here; the Pods (see
+//! `policy::slim`) went from ~48 MB to a few.
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::discovery::v1::{self as discovery, EndpointConditions, EndpointHints, EndpointPort},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+pub use policy::slim::{Container, Pod, PodCondition, PodSpec, PodStatus};
+
+/// An EndpointSlice: its identity and labels, address type, ports, and per endpoint what kube-proxy
+/// reads.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(from = "discovery::EndpointSlice")]
+pub struct EndpointSlice {
+    pub metadata: ObjectMeta,
+    pub address_type: String,
+    pub ports: Option<Vec<EndpointPort>>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Endpoint {
+    pub addresses: Vec<String>,
+    pub conditions: Option<EndpointConditions>,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    /// Boxed: most endpoints carry none, and an `EndpointHints` is two vectors.
+    pub hints: Option<Box<EndpointHints>>,
+}
+
+impl From<discovery::EndpointSlice> for EndpointSlice {
+    fn from(slice: discovery::EndpointSlice) -> Self {
+        // A new vector, not `collect()`: that would reuse the API type's allocation in place, keeping
+        // its size (~350 bytes an endpoint) for elements a quarter as big.
+        let mut endpoints = Vec::with_capacity(slice.endpoints.len());
+        for e in slice.endpoints {
+            endpoints.push(Endpoint {
+                addresses: e.addresses,
+                conditions: e.conditions,
+                node_name: e.node_name,
+                zone: e.zone,
+                hints: e.hints.map(Box::new),
+            });
+        }
+        Self {
+            metadata: slice.metadata,
+            address_type: slice.address_type,
+            ports: slice.ports,
+            endpoints,
+        }
+    }
+}
+
+/// The API's identity of the kind, so that the reflector lists and watches EndpointSlices into this
+/// type (kube's `Resource` comes with these two).
+impl k8s_openapi::Resource for EndpointSlice {
+    const API_VERSION: &'static str = <discovery::EndpointSlice as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <discovery::EndpointSlice as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <discovery::EndpointSlice as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <discovery::EndpointSlice as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str =
+        <discovery::EndpointSlice as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for EndpointSlice {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SLICE: &str = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.244.1.10]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: n1
+  zone: z1
+  hints: {forZones: [{name: z1}], forNodes: [{name: n1}]}
+  hostname: web-0
+  targetRef: {kind: Pod, namespace: shop, name: web-0, uid: 1234}
+- addresses: [10.244.2.10]
+"#;
+
+    #[test]
+    fn what_the_planner_reads_is_kept_and_the_rest_is_not() {
+        let full: discovery::EndpointSlice = serde_yaml::from_str(SLICE).unwrap();
+        let slim: EndpointSlice = serde_yaml::from_str(SLICE).unwrap();
+        assert_eq!(slim.metadata, full.metadata);
+        assert_eq!(slim.address_type, "IPv4");
+        assert_eq!(slim.ports, full.ports);
+        assert_eq!(slim.endpoints.len(), 2);
+        for (s, f) in slim.endpoints.iter().zip(&full.endpoints) {
+            assert_eq!(s.addresses, f.addresses);
+            assert_eq!(s.conditions, f.conditions);
+            assert_eq!(s.node_name, f.node_name);
+            assert_eq!(s.zone, f.zone);
+            assert_eq!(s.hints.as_deref(), f.hints.as_ref());
+        }
+        assert!(full.endpoints[0].target_ref.is_some(), "the full type had more");
+    }
+
+    #[test]
+    fn an_endpoint_is_a_fraction_of_the_api_type() {
+        let slim = std::mem::size_of::<Endpoint>();
+        let full = std::mem::size_of::<discovery::Endpoint>();
+        assert!(slim * 3 < full, "{slim} bytes against {full}");
+    }
+}
