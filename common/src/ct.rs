@@ -104,28 +104,44 @@ mod pod_impls {
 /// something to a server.
 pub const NAT_PORT_MIN: u16 = 1024;
 
-/// The unprivileged port number `r` picks (uniformly, modulo the count) among those outside
-/// `avoid_min..=avoid_max` (host order; `avoid_min` 0: nothing avoided). A range that would leave no
-/// port is ignored rather than leave the connection without one.
+/// Unprivileged ports a rewritten source port may take: 1024–65535.
+const NAT_PORTS: u32 = 65_536 - NAT_PORT_MIN as u32;
+
+/// The part of `avoid_min..=avoid_max` (host order; `avoid_min` 0: none) that rewritten source ports keep
+/// out of, as its first port and length (length 0: nothing avoided). Clipped to the unprivileged ports;
+/// a range that would leave no port is ignored rather than leave the connection without one.
 #[inline(always)]
-pub fn nat_port(r: u32, avoid_min: u16, avoid_max: u16) -> u16 {
-    const ALL: u32 = 65_536 - NAT_PORT_MIN as u32;
+fn avoided(avoid_min: u16, avoid_max: u16) -> (u32, u32) {
     let lo = if avoid_min < NAT_PORT_MIN {
         NAT_PORT_MIN
     } else {
         avoid_min
     } as u32;
     let hi = avoid_max as u32;
-    let mut avoided = if avoid_min == 0 || hi < lo { 0 } else { hi - lo + 1 };
-    if avoided >= ALL {
-        avoided = 0;
-    }
-    let port = NAT_PORT_MIN as u32 + r % (ALL - avoided);
-    let port = if avoided != 0 && port >= lo {
-        port + avoided
-    } else {
-        port
-    };
+    let len = if avoid_min == 0 || hi < lo { 0 } else { hi - lo + 1 };
+    (lo, if len >= NAT_PORTS { 0 } else { len })
+}
+
+/// Whether `port` (host order) is one [`nat_port`] keeps out of.
+#[inline(always)]
+pub fn is_avoided(port: u16, avoid_min: u16, avoid_max: u16) -> bool {
+    let (lo, len) = avoided(avoid_min, avoid_max);
+    let port = port as u32;
+    len != 0 && lo <= port && port < lo + len
+}
+
+/// How many ports [`nat_port`] picks from with this range avoided.
+pub fn nat_port_count(avoid_min: u16, avoid_max: u16) -> u32 {
+    NAT_PORTS - avoided(avoid_min, avoid_max).1
+}
+
+/// The unprivileged port number `r` picks (uniformly, modulo the count) among those outside the avoided
+/// range (see [`avoided`]).
+#[inline(always)]
+pub fn nat_port(r: u32, avoid_min: u16, avoid_max: u16) -> u16 {
+    let (lo, len) = avoided(avoid_min, avoid_max);
+    let port = NAT_PORT_MIN as u32 + r % (NAT_PORTS - len);
+    let port = if len != 0 && port >= lo { port + len } else { port };
     port as u16
 }
 
@@ -176,5 +192,29 @@ mod tests {
             ports(0, 0, 64_512),
             "an empty range"
         );
+    }
+
+    #[test]
+    fn is_avoided_and_the_count_agree_with_the_picks() {
+        let ranges = [
+            (0, 0),
+            (32_768, 60_999),
+            (1, 2000),
+            (1024, 65_535),
+            (40_000, 30_000),
+            (65_535, 65_535),
+        ];
+        for (lo, hi) in ranges {
+            let count = nat_port_count(lo, hi);
+            let picked: BTreeSet<u16> = ports(lo, hi, count).into_iter().collect();
+            assert_eq!(picked.len() as u32, count, "{lo}-{hi}");
+            for port in 1024..=u16::MAX {
+                assert_eq!(
+                    is_avoided(port, lo, hi),
+                    !picked.contains(&port),
+                    "{lo}-{hi}: {port}"
+                );
+            }
+        }
     }
 }

@@ -8,8 +8,7 @@
 //! ports, with their name, ports and restartPolicy; status.phase, podIP, podIPs and the Ready condition.
 
 use k8s_openapi::{
-    NamespaceResourceScope,
-    api::core::v1::{self as core, ContainerPort, PodIP},
+    api::core::v1::{self as core, PodIP},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
@@ -38,12 +37,20 @@ pub struct Container {
     pub restart_policy: Option<String>,
 }
 
+/// A container port: no hostPort or hostIP, which nothing reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub container_port: i32,
+    pub protocol: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodStatus {
     pub phase: Option<String>,
     pub pod_ip: Option<String>,
     pub pod_ips: Option<Vec<PodIP>>,
-    /// The Ready condition only.
+    /// The Ready conditions only (one, unless written by hand).
     pub conditions: Option<Vec<PodCondition>>,
 }
 
@@ -70,21 +77,24 @@ impl From<core::Pod> for Pod {
                 phase: status.phase,
                 pod_ip: status.pod_ip,
                 pod_ips: status.pod_ips,
-                // The Ready condition, in a vector of its own (see `with_ports_only`).
-                conditions: status
-                    .conditions
-                    .into_iter()
-                    .flatten()
-                    .find(|c| c.type_ == "Ready")
-                    .map(|c| {
-                        vec![PodCondition {
-                            type_: c.type_,
-                            status: c.status,
-                        }]
-                    }),
+                conditions: ready_conditions(status.conditions.unwrap_or_default()),
             }),
         }
     }
+}
+
+/// The Ready conditions, in a new vector (see `with_ports_only`); `None` without any.
+fn ready_conditions(conditions: Vec<core::PodCondition>) -> Option<Vec<PodCondition>> {
+    let mut kept = Vec::new();
+    for c in conditions {
+        if c.type_ == "Ready" {
+            kept.push(PodCondition {
+                type_: c.type_,
+                status: c.status,
+            });
+        }
+    }
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// The containers that declare ports, in a new vector: `collect()` would reuse the API type's
@@ -100,16 +110,14 @@ fn with_ports_only(containers: Vec<core::Container>) -> Vec<Container> {
 /// A container with its name, ports (name, number, protocol) and restart policy; `None` when it
 /// declares no port.
 fn with_ports(c: core::Container) -> Option<Container> {
-    let ports: Vec<ContainerPort> = c
-        .ports?
-        .into_iter()
-        .map(|p| ContainerPort {
+    let mut ports = Vec::new();
+    for p in c.ports? {
+        ports.push(ContainerPort {
             name: p.name,
             container_port: p.container_port,
             protocol: p.protocol,
-            ..Default::default()
-        })
-        .collect();
+        });
+    }
     (!ports.is_empty()).then_some(Container {
         name: c.name,
         ports: Some(ports),
@@ -117,25 +125,33 @@ fn with_ports(c: core::Container) -> Option<Container> {
     })
 }
 
-/// The API's identity of the kind, so that a Kubernetes client lists and watches Pods into this type.
-impl k8s_openapi::Resource for Pod {
-    const API_VERSION: &'static str = <core::Pod as k8s_openapi::Resource>::API_VERSION;
-    const GROUP: &'static str = <core::Pod as k8s_openapi::Resource>::GROUP;
-    const KIND: &'static str = <core::Pod as k8s_openapi::Resource>::KIND;
-    const VERSION: &'static str = <core::Pod as k8s_openapi::Resource>::VERSION;
-    const URL_PATH_SEGMENT: &'static str = <core::Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT;
-    type Scope = NamespaceResourceScope;
+/// Gives a compact type (with a `metadata: ObjectMeta` field) the API identity of the k8s-openapi type
+/// it is read from, so that a Kubernetes client (kube's reflector) lists and watches the kind into it.
+#[macro_export]
+macro_rules! api_kind {
+    ($slim:ty, $api:ty) => {
+        impl k8s_openapi::Resource for $slim {
+            const API_VERSION: &'static str = <$api as k8s_openapi::Resource>::API_VERSION;
+            const GROUP: &'static str = <$api as k8s_openapi::Resource>::GROUP;
+            const KIND: &'static str = <$api as k8s_openapi::Resource>::KIND;
+            const VERSION: &'static str = <$api as k8s_openapi::Resource>::VERSION;
+            const URL_PATH_SEGMENT: &'static str = <$api as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+            type Scope = <$api as k8s_openapi::Resource>::Scope;
+        }
+
+        impl k8s_openapi::Metadata for $slim {
+            type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+            fn metadata(&self) -> &Self::Ty {
+                &self.metadata
+            }
+            fn metadata_mut(&mut self) -> &mut Self::Ty {
+                &mut self.metadata
+            }
+        }
+    };
 }
 
-impl k8s_openapi::Metadata for Pod {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+api_kind!(Pod, core::Pod);
 
 #[cfg(test)]
 mod tests {
@@ -181,10 +197,9 @@ status:
             (
                 port.name.as_deref(),
                 port.container_port,
-                port.protocol.as_deref(),
-                port.host_port
+                port.protocol.as_deref()
             ),
-            (Some("http"), 8080, Some("TCP"), None)
+            (Some("http"), 8080, Some("TCP"))
         );
         let init = spec.init_containers.as_ref().unwrap();
         assert_eq!(init.len(), 1);

@@ -276,7 +276,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         flags |= common::config::config_flags::NODEPORT_DSR;
     }
     // The node address for SNAT is filled in once the Node is known (see `reconcile_services`).
-    let (local_port_min, local_port_max) = local_ports();
+    let (local_port_min, local_port_max) = local_ports((0, 0), &mut BTreeSet::new());
     let config = common::config::DatapathConfig {
         flags,
         maglev_size: args.maglev_table_size.get(),
@@ -394,13 +394,53 @@ async fn wait_for_work(ticker: &mut tokio::time::Interval, source: &mut Source) 
 
 /// Service maps follow the snapshot: plan (pure) → reconcile (diff against the state last written,
 /// ordered writes).
-/// The node's ephemeral port range for the datapath; (0, 0), which keeps no port out of SNAT, if it
-/// cannot be read (said once a resync: it matters only to external traffic SNATed to the node).
-fn local_ports() -> (u16, u16) {
-    crate::host::ports::ephemeral_range().unwrap_or_else(|e| {
-        tracing::warn!(error = %format!("{e:#}"), "node's ephemeral port range unknown; SNAT may clash with the node's own connections");
-        (0, 0)
-    })
+/// The port range SNAT keeps out of: the node's ephemeral range; `current` if it cannot be read (it is
+/// read again at every resync); (0, 0), which keeps no port out, for a range that would leave SNAT too
+/// few ports. Each problem is reported once (`reported`).
+fn local_ports(current: (u16, u16), reported: &mut BTreeSet<String>) -> (u16, u16) {
+    use crate::host::ports;
+    let range = match ports::ephemeral_range() {
+        Ok(range) => range,
+        Err(e) => {
+            let e = format!("{e:#}");
+            if reported.insert(e.clone()) {
+                tracing::warn!(error = %e, "node's ephemeral port range unknown; SNAT keeps the range it had");
+            }
+            return current;
+        }
+    };
+    match ports::avoidable(range) {
+        Ok(range) => range,
+        Err(left) => {
+            if reported.insert(format!("ephemeral range {range:?}")) {
+                tracing::warn!(
+                    min = range.0,
+                    max = range.1,
+                    left,
+                    least = ports::MIN_SNAT_PORTS,
+                    "node's ephemeral port range leaves SNAT too few ports; SNATed connections may take ports of the node's own sockets"
+                );
+            }
+            (0, 0)
+        }
+    }
+}
+
+/// Applies `change` to the datapath config (`current`, as last written) and writes it if that changed
+/// anything; true if written.
+fn update_config(
+    current: &mut common::config::DatapathConfig,
+    datapath: &mut Datapath,
+    change: impl FnOnce(&mut common::config::DatapathConfig),
+) -> Result<bool> {
+    let mut config = *current;
+    change(&mut config);
+    if config == *current {
+        return Ok(false);
+    }
+    datapath.set_config(config)?;
+    *current = config;
+    Ok(true)
 }
 
 fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner) -> Result<()> {
@@ -430,13 +470,9 @@ fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner
         lb.last_write_unix_us = crate::status::unix_us_now();
     }
     let node_addr = plan.snat_addr.map_or(0, |a| u32::from_ne_bytes(a.octets()));
-    if inner.config.node_addr != node_addr {
-        let config = common::config::DatapathConfig {
-            node_addr,
-            ..inner.config
-        };
-        inner.datapath.set_config(config)?;
-        inner.config = config;
+    if update_config(&mut inner.config, &mut inner.datapath, |c| {
+        c.node_addr = node_addr
+    })? {
         tracing::info!(snat_addr = ?plan.snat_addr, "node address for SNAT of external traffic set");
     }
     let external_ops = inner.external.reconcile(
@@ -741,20 +777,12 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
         }
         inner.external.resync();
         // The sysctl may have been changed since; a change is rare, so the resync period is soon enough.
-        let (local_port_min, local_port_max) = local_ports();
-        let config = common::config::DatapathConfig {
-            local_port_min,
-            local_port_max,
-            ..inner.config
-        };
-        if config != inner.config {
-            inner.datapath.set_config(config)?;
-            inner.config = config;
-            tracing::info!(
-                local_port_min,
-                local_port_max,
-                "node's ephemeral port range changed"
-            );
+        let current = (inner.config.local_port_min, inner.config.local_port_max);
+        let (min, max) = local_ports(current, &mut watch.reported);
+        if update_config(&mut inner.config, &mut inner.datapath, |c| {
+            (c.local_port_min, c.local_port_max) = (min, max);
+        })? {
+            tracing::info!(min, max, "ephemeral port range kept out of SNAT changed");
         }
     }
     match watch.dumper.take() {

@@ -25,9 +25,27 @@ mod tests {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    /// Runs in a process of its own (this test binary again, this test only): resident memory is the
+    /// whole process's, and the other tests allocate beside it.
     #[test]
     #[cfg(target_env = "gnu")]
     fn freed_memory_between_live_blocks_goes_back() {
+        const CHILD: &str = "STRAIT_MEMORY_TEST_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "memory::tests::freed_memory_between_live_blocks_goes_back",
+                ])
+                .args(["--test-threads", "1", "--nocapture"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text =
+                String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            return;
+        }
         // Small blocks (on the heap, below the mmap threshold), all touched; every 64th stays, so each
         // freed run of ~64 KB lies between live blocks, where free() itself never gives pages back.
         let mut blocks: Vec<Vec<u8>> = (0..64_000).map(|i| vec![1 + (i % 200) as u8; 1000]).collect();

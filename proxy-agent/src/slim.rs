@@ -9,12 +9,11 @@
 //! `policy::slim`) went from ~48 MB to a few.
 
 use k8s_openapi::{
-    NamespaceResourceScope,
     api::discovery::v1::{self as discovery, EndpointConditions, EndpointHints, EndpointPort},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-pub use policy::slim::{Container, Pod, PodCondition, PodSpec, PodStatus};
+pub use policy::slim::{Container, ContainerPort, Pod, PodCondition, PodSpec, PodStatus};
 
 /// An EndpointSlice: its identity and labels, address type, ports, and per endpoint what kube-proxy
 /// reads.
@@ -60,27 +59,7 @@ impl From<discovery::EndpointSlice> for EndpointSlice {
     }
 }
 
-/// The API's identity of the kind, so that the reflector lists and watches EndpointSlices into this
-/// type (kube's `Resource` comes with these two).
-impl k8s_openapi::Resource for EndpointSlice {
-    const API_VERSION: &'static str = <discovery::EndpointSlice as k8s_openapi::Resource>::API_VERSION;
-    const GROUP: &'static str = <discovery::EndpointSlice as k8s_openapi::Resource>::GROUP;
-    const KIND: &'static str = <discovery::EndpointSlice as k8s_openapi::Resource>::KIND;
-    const VERSION: &'static str = <discovery::EndpointSlice as k8s_openapi::Resource>::VERSION;
-    const URL_PATH_SEGMENT: &'static str =
-        <discovery::EndpointSlice as k8s_openapi::Resource>::URL_PATH_SEGMENT;
-    type Scope = NamespaceResourceScope;
-}
-
-impl k8s_openapi::Metadata for EndpointSlice {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+policy::api_kind!(EndpointSlice, discovery::EndpointSlice);
 
 #[cfg(test)]
 mod tests {

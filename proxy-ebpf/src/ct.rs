@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
 use common::{
-    ct::{CtEntry4, CtKey4, ct_flags, nat_port},
+    ct::{CtEntry4, CtKey4, ct_flags, is_avoided, nat_port},
     lb::Backend4,
     net::{Be16, Be32, proto},
 };
@@ -147,9 +147,7 @@ const PORT_ATTEMPTS: u32 = 8;
 /// whose reply tuple is free. `reply.dport` is updated to match.
 #[inline(always)]
 pub fn wire_port(reply: &mut CtKey4, rev_nat: u32, avoid: (u16, u16)) -> Option<u16> {
-    let own = reply.dport.get();
-    let avoided = avoid.0 != 0 && avoid.0 <= own && own <= avoid.1;
-    if !avoided && reply_free(reply, rev_nat) {
+    if !is_avoided(reply.dport.get(), avoid.0, avoid.1) && reply_free(reply, rev_nat) {
         return Some(reply.dport.raw());
     }
     for _ in 0..PORT_ATTEMPTS {

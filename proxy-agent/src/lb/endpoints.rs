@@ -134,7 +134,7 @@ pub(crate) fn merged_endpoints<'a>(
 }
 
 fn validate(slice: &EndpointSlice) -> Result<Slice, (String, String)> {
-    let mut ports = Vec::new();
+    let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
     for (i, port) in slice.ports.iter().flatten().enumerate() {
         let proto =
             Proto::parse(port.protocol.as_deref()).map_err(|e| (format!("ports[{i}].protocol"), e))?;
@@ -152,7 +152,9 @@ fn validate(slice: &EndpointSlice) -> Result<Slice, (String, String)> {
             proto,
         });
     }
-    let mut endpoints = Vec::new();
+    // Sized once: grown by pushes, a slice of 10 endpoints held room for 16, and the planner keeps
+    // every slice it read.
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, ep) in slice.endpoints.iter().enumerate() {
         // kube-proxy uses the first address only and ignores an endpoint without any.
         let Some(address) = ep.addresses.first() else {

@@ -528,7 +528,8 @@ pub fn parse_into(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &m
     parse_documents(text, file, snapshot, rejected, Keep::Read);
 }
 
-/// [`parse_into`] keeping every field (the tests of the cut-down compare against it).
+/// [`parse_into`] keeping every field of the stored types, the metadata whole (the tests of the cut-down
+/// compare against it). Pods and EndpointSlices are in their compact types either way (`crate::slim`).
 #[cfg(test)]
 pub fn parse_into_whole(text: &str, file: &Path, snapshot: &mut Snapshot, rejected: &mut Vec<Rejected>) {
     parse_documents(text, file, snapshot, rejected, Keep::Whole);

@@ -336,8 +336,8 @@ spec:
         assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
         let admin = &init[0].ports.as_ref().unwrap()[0];
         assert_eq!(
-            (admin.name.as_deref(), admin.container_port, admin.host_port),
-            (Some("admin"), 9901, None)
+            (admin.name.as_deref(), admin.container_port),
+            (Some("admin"), 9901)
         );
 
         let status = pod.status.as_ref().unwrap();
