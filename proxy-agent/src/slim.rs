@@ -8,6 +8,11 @@
 //! among their options, ~350 bytes before any string) and take ~15 MB here; the Pods (see
 //! `policy::slim`) went from ~48 MB to a few.
 
+use std::{
+    collections::HashSet,
+    sync::{Arc, LazyLock, Mutex},
+};
+
 use k8s_openapi::{
     api::discovery::v1::{self as discovery, EndpointConditions, EndpointHints, EndpointPort},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -30,7 +35,8 @@ pub struct EndpointSlice {
 pub struct Endpoint {
     pub addresses: Vec<String>,
     pub conditions: Option<EndpointConditions>,
-    pub node_name: Option<String>,
+    /// Shared by every endpoint on the node (and by the planner's copies): [`node_name`].
+    pub node_name: Option<Arc<str>>,
     pub zone: Option<String>,
     /// Boxed: most endpoints carry none, and an `EndpointHints` is two vectors.
     pub hints: Option<Box<EndpointHints>>,
@@ -45,7 +51,7 @@ impl From<discovery::EndpointSlice> for EndpointSlice {
             endpoints.push(Endpoint {
                 addresses: e.addresses,
                 conditions: e.conditions,
-                node_name: e.node_name,
+                node_name: e.node_name.map(node_name),
                 zone: e.zone,
                 hints: e.hints.map(Box::new),
             });
@@ -60,6 +66,21 @@ impl From<discovery::EndpointSlice> for EndpointSlice {
 }
 
 policy::api_kind!(EndpointSlice, discovery::EndpointSlice);
+
+/// `name` as the one allocation every holder of this node name shares: 100k endpoints name a few
+/// hundred nodes, and the planner copies each name twice more. Names are never forgotten; a node name
+/// costs a few bytes for the life of the process.
+pub fn node_name(name: String) -> Arc<str> {
+    // Hashed, so that the four threads of a first parse hold the lock briefly.
+    static NAMES: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Mutex::default);
+    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.get(name.as_str()) {
+        return known.clone();
+    }
+    let name: Arc<str> = name.into();
+    names.insert(name.clone());
+    name
+}
 
 #[cfg(test)]
 mod tests {
@@ -96,11 +117,23 @@ endpoints:
         for (s, f) in slim.endpoints.iter().zip(&full.endpoints) {
             assert_eq!(s.addresses, f.addresses);
             assert_eq!(s.conditions, f.conditions);
-            assert_eq!(s.node_name, f.node_name);
+            assert_eq!(s.node_name.as_deref(), f.node_name.as_deref());
             assert_eq!(s.zone, f.zone);
             assert_eq!(s.hints.as_deref(), f.hints.as_ref());
         }
         assert!(full.endpoints[0].target_ref.is_some(), "the full type had more");
+    }
+
+    #[test]
+    fn endpoints_on_one_node_share_its_name() {
+        let a: EndpointSlice = serde_yaml::from_str(SLICE).unwrap();
+        let b: EndpointSlice = serde_yaml::from_str(SLICE).unwrap();
+        let (x, y) = (
+            a.endpoints[0].node_name.as_ref(),
+            b.endpoints[0].node_name.as_ref(),
+        );
+        assert!(Arc::ptr_eq(x.unwrap(), y.unwrap()));
+        assert_eq!(x.map(|n| &**n), Some("n1"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use super::{Proto, Rejected, SERVICE_NAME_LABEL};
@@ -19,7 +20,7 @@ pub(crate) struct Endpoint {
     pub terminating: bool,
     /// nodeName is this node.
     pub local: bool,
-    pub node_name: Option<String>,
+    pub node_name: Option<Arc<str>>,
     pub zone_hints: BTreeSet<String>,
     pub node_hints: BTreeSet<String>,
 }
@@ -38,7 +39,7 @@ struct SliceEndpoint {
     ready: bool,
     serving: bool,
     terminating: bool,
-    node_name: Option<String>,
+    node_name: Option<Arc<str>>,
     zone_hints: BTreeSet<String>,
     node_hints: BTreeSet<String>,
 }

@@ -156,7 +156,7 @@ pub struct PlannedBackend {
     pub local: bool,
     /// Not ready but serving and terminating: chosen only because no ready endpoint exists (KEP-1669).
     pub terminating: bool,
-    pub node_name: Option<String>,
+    pub node_name: Option<std::sync::Arc<str>>,
 }
 
 /// An object (or one field of it) the planner could not use; reported, the object skipped.

@@ -49,7 +49,7 @@ fn a_changed_slice_replans_its_service_only() {
             let slice = Arc::make_mut(&mut snapshot.endpoint_slices[i]);
             slice.endpoints.push(Endpoint {
                 addresses: vec![format!("10.244.99.{}", i + 1)],
-                node_name: Some(node.clone()),
+                node_name: Some(node.as_str().into()),
                 ..Default::default()
             });
             let cached = cache.plan(&snapshot, &[], &node);
@@ -170,7 +170,7 @@ fn random_edits_give_the_fresh_plan() {
                         if rng.below(2) == 0 || slice.endpoints.is_empty() {
                             slice.endpoints.push(Endpoint {
                                 addresses: vec![format!("10.244.77.{n}")],
-                                node_name: Some(node.clone()),
+                                node_name: Some(node.as_str().into()),
                                 ..Default::default()
                             });
                         } else {
