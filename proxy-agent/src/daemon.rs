@@ -392,8 +392,6 @@ async fn wait_for_work(ticker: &mut tokio::time::Interval, source: &mut Source) 
     }
 }
 
-/// Service maps follow the snapshot: plan (pure) → reconcile (diff against the state last written,
-/// ordered writes).
 /// The port range SNAT keeps out of: the node's ephemeral range; `current` if it cannot be read (it is
 /// read again at every resync); (0, 0), which keeps no port out, for a range that would leave SNAT too
 /// few ports. Each problem is reported once (`reported`).
@@ -443,6 +441,8 @@ fn update_config(
     Ok(true)
 }
 
+/// Service maps follow the snapshot: plan (pure) → reconcile (diff against the state last written,
+/// ordered writes).
 fn reconcile_services(args: &RunArgs, watch: &mut SourceWatch, inner: &mut Inner) -> Result<()> {
     let plan = watch.planner.plan(&watch.snapshot, &watch.derived, &args.node);
     for r in &plan.rejected {
