@@ -365,6 +365,13 @@ impl PolicyReconciler {
             return Ok(None);
         }
         self.dumps += 1;
+        self.apply_all(&ops, maps)?;
+        Ok(Some(ops))
+    }
+
+    /// Writes `ops` in order; at the first failure the state written is dropped (the next pass
+    /// dumps the maps).
+    fn apply_all(&mut self, ops: &[PolicyOp], maps: &mut dyn PolicyMaps) -> Result<()> {
         self.writes += u64::from(!ops.is_empty());
         for (i, op) in ops.iter().enumerate() {
             if let Err(e) = maps.apply(op) {
@@ -374,7 +381,7 @@ impl PolicyReconciler {
             }
             *self.ops_by_map.entry(op.map_name()).or_default() += 1;
         }
-        Ok(Some(ops))
+        Ok(())
     }
 
     /// As [`Self::require_dump`], with the dump already read — from the maps as they were at write
@@ -458,12 +465,8 @@ impl PolicyReconciler {
         };
         let ops = diff(&wanted, &actual);
         crate::reconcile::drop_elsewhere(actual, |a| a.policy.len() + a.ipcache.len() + a.endpoints.len());
-        self.writes += u64::from(!ops.is_empty());
-        for (i, op) in ops.iter().enumerate() {
-            maps.apply(op)
-                .with_context(|| format!("policy map operation {} of {}: {op}", i + 1, ops.len()))?;
-            *self.ops_by_map.entry(op.map_name()).or_default() += 1;
-        }
+        // `written` was taken above: a failed write leaves the next pass to dump.
+        self.apply_all(&ops, maps)?;
         self.last_unfit.clone_from(&unfit);
         self.written = Some(wanted);
         Ok(PolicyOutcome {

@@ -216,15 +216,16 @@ impl Reconciler {
     /// The next pass diffs against a fresh dump of the maps instead of the state last written, and so
     /// repairs and prunes whatever someone else changed in them.
     pub fn require_dump(&mut self) {
-        self.written = None;
-        self.users = None;
         self.written_from = None;
         self.resync_base = None;
-        self.lose();
+        self.forget_written();
     }
 
-    /// `written` is gone or replaced by something the journal does not say.
-    fn lose(&mut self) {
+    /// `written` is gone (the maps hold something the journal does not say): a resync diffed against
+    /// it is void, and the dumper's copy is dropped.
+    fn forget_written(&mut self) {
+        self.written = None;
+        self.users = None;
         self.epoch += 1;
         if let Some(j) = self.journal.as_mut() {
             j.push(resync::Journal::Lost);
@@ -309,7 +310,7 @@ impl Reconciler {
     /// would stay behind): then this does nothing and returns false.
     pub fn resync_from(&mut self, dump: DesiredMaps, writes: u64) -> bool {
         let (written, users) = (self.written.take(), self.users.take());
-        self.lose();
+        self.forget_written();
         // Only a state every frontend fitted in (`users` is kept for those alone).
         self.resync_base = match (self.written_from.take(), written, users) {
             (Some(from), Some(written), Some(users)) => Some((from, written, users)),
@@ -352,9 +353,7 @@ impl Reconciler {
                 return self.write_change(change, maps);
             }
             // A state half-updated in place is not trusted: start over from the maps.
-            self.written = None;
-            self.users = None;
-            self.lose();
+            self.forget_written();
         }
         self.full_passes += 1;
         // The state last written, brought to this plan in place when the plan changed since (a
@@ -424,9 +423,7 @@ impl Reconciler {
     fn apply_all(&mut self, ops: &[MapOp], maps: &mut dyn LbMaps) -> Result<()> {
         for (i, op) in ops.iter().enumerate() {
             if let Err(e) = maps.apply(op) {
-                self.written = None;
-                self.users = None;
-                self.lose();
+                self.forget_written();
                 return Err(e).with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()));
             }
         }

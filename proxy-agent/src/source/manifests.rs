@@ -339,13 +339,11 @@ impl ManifestsSource {
                 Some((p, _)) if *p == path => old_files.next().map(|(_, f)| f),
                 _ => None,
             };
-            let parsed = match cached {
-                Some(f) if !resync && f.unchanged(len, modified) => f,
-                cached => {
-                    let (parsed, kinds) = match preloaded.remove(&path) {
-                        Some(loaded) => place(loaded?, len, modified, cached, snapshot, &at),
-                        None => read_file(&path, len, modified, cached, snapshot, &at)?,
-                    };
+            // Read above when it is new, its metadata changed, or a resync reads every text.
+            let parsed = match preloaded.remove(&path) {
+                None => cached.expect("a file not read has an unchanged record"),
+                Some(loaded) => {
+                    let (parsed, kinds) = place(loaded?, len, modified, cached, snapshot, &at);
                     if let Some(kinds) = kinds {
                         changed |= kinds;
                         reread = true;
