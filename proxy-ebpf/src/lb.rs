@@ -16,8 +16,7 @@ use crate::{
         STRAIT_LB4_AFFINITY_V2 as AFFINITY, STRAIT_LB4_BACKENDS_V2 as BACKENDS,
         STRAIT_LB4_REVNAT_V2 as REVNAT, STRAIT_LB4_SERVICES_V2 as SERVICES,
     },
-    nat::{self, End},
-    nodeport,
+    nat, nodeport,
     parse::Ipv4Flow,
 };
 
@@ -166,13 +165,13 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
 /// 0 for none) or its port reallocated after a clash (`wire_port` differs from the client's).
 #[inline(always)]
 fn translate(ctx: &TcContext, flow: &mut Ipv4Flow, be: &Backend4, snat_addr: u32, wire_port: u16) -> Outcome {
-    let src = if snat_addr != 0 { snat_addr } else { flow.saddr };
-    // `rewrite` leaves fields that do not change alone, so the common case (no SNAT) writes only the
-    // destination.
-    if nat::rewrite(ctx, flow, End::Destination, be.addr.raw(), be.port.raw()).is_err()
-        || nat::rewrite(ctx, flow, End::Source, src, wire_port).is_err()
-        || nat::finish(ctx, flow).is_err()
-    {
+    let to = nat::Tuple {
+        saddr: if snat_addr != 0 { snat_addr } else { flow.saddr },
+        sport: wire_port,
+        daddr: be.addr.raw(),
+        dport: be.port.raw(),
+    };
+    if nat::rewrite(ctx, flow, &to).is_err() || nat::finish(ctx, flow).is_err() {
         return Outcome::Drop;
     }
     if snat_addr != 0 {
@@ -300,8 +299,13 @@ fn rev_nat(entry: &CtEntry4) -> Option<&'static RevNat4> {
 fn restore(ctx: &TcContext, flow: &mut Ipv4Flow, entry: &mut CtEntry4, rev: &RevNat4) -> Result<(), ()> {
     let (client, client_port) = ct::reply_destination(entry, flow);
     ct::touch(entry, flow, ct_flags::SEEN_REPLY);
-    nat::rewrite(ctx, flow, End::Source, rev.addr.raw(), rev.port.raw())?;
-    nat::rewrite(ctx, flow, End::Destination, client, client_port)?;
+    let to = nat::Tuple {
+        saddr: rev.addr.raw(),
+        sport: rev.port.raw(),
+        daddr: client,
+        dport: client_port,
+    };
+    nat::rewrite(ctx, flow, &to)?;
     nat::finish(ctx, flow)
 }
 

@@ -293,10 +293,13 @@ pub fn tc_from_node(ctx: TcContext) -> i32 {
             if to.dsr && dsr::tc_insert(&ctx, &mut flow, frontend_addr, frontend_port).is_err() {
                 return drop(DropReason::NatFailed);
             }
-            if nat::rewrite(&ctx, &mut flow, nat::End::Destination, to.daddr, to.dport).is_err()
-                || nat::rewrite(&ctx, &mut flow, nat::End::Source, to.saddr, to.sport).is_err()
-                || nat::finish(&ctx, &mut flow).is_err()
-            {
+            let tuple = nat::Tuple {
+                saddr: to.saddr,
+                sport: to.sport,
+                daddr: to.daddr,
+                dport: to.dport,
+            };
+            if nat::rewrite(&ctx, &mut flow, &tuple).is_err() || nat::finish(&ctx, &mut flow).is_err() {
                 return drop(DropReason::NatFailed);
             }
             fib::tc_redirect(&ctx, &flow)
