@@ -186,7 +186,8 @@ async fn initial_sync_gives_every_kind_stripped() {
     assert_eq!(status.pod_ip.as_deref(), Some("10.244.1.2"));
     assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
     let slice = &s.endpoint_slices[0];
-    assert_eq!(slice.metadata.labels.as_ref().unwrap().len(), 1);
+    assert!(slice.metadata.labels.is_none(), "read into service_name");
+    assert_eq!(slice.service_name.as_deref(), Some("web"));
     assert!(s.services.iter().all(|svc| svc.metadata.annotations.is_none()));
     assert!(s.nodes[0].status.as_ref().unwrap().images.is_none());
     assert!(source.rejected().is_empty());

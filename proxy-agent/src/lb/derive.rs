@@ -79,7 +79,7 @@ pub fn derive_endpoint_slices(snapshot: &Snapshot) -> Vec<EndpointSlice> {
         .endpoint_slices
         .iter()
         .filter_map(|s| {
-            let service = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+            let service = s.service_name.as_ref()?;
             Some((
                 s.metadata.namespace.as_deref().unwrap_or("default"),
                 service.as_str(),

@@ -44,7 +44,7 @@ pub fn desired(plan: &LbPlan, ids: &mut Ids) -> (DesiredMaps, Vec<Unfit>) {
             });
         }
     }
-    (maps, unfit)
+    (maps.compacted(), unfit)
 }
 
 fn add_frontend(maps: &mut DesiredMaps, ids: &mut Ids, f: &Frontend) -> Result<(), String> {

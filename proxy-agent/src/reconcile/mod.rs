@@ -54,6 +54,18 @@ impl DesiredMaps {
         self.len() == 0
     }
 
+    /// The same contents in less memory. Maps filled by inserts in an order other than their keys'
+    /// (frontends by Service, backend ids as allocated) leave their B-tree nodes between half and
+    /// two-thirds full; rebuilt from their sorted entries, the nodes are full. At 10k Services these
+    /// maps hold ~220k entries, and the reconciler keeps them for the life of the process.
+    pub fn compacted(self) -> Self {
+        Self {
+            services: self.services.into_iter().collect(),
+            backends: self.backends.into_iter().collect(),
+            revnat: self.revnat.into_iter().collect(),
+        }
+    }
+
     /// Every reference the datapath follows resolves: each frontend's slots 1..=count exist, each slot's
     /// backend exists, each frontend's rev-NAT entry exists. Holds after every single operation of a
     /// [`diff`], starting from maps for which it holds.

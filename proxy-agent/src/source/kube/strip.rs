@@ -12,14 +12,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::{
-    lb::SERVICE_NAME_LABEL,
-    slim::{EndpointSlice, Pod},
-};
-
-/// `endpointslice.kubernetes.io/managed-by`: not read for planning, but it tells in `status` whose
-/// slice it is, and it is one short label.
-const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+use crate::slim::{EndpointSlice, Pod};
 
 /// A kind the source watches, and how it is cut down.
 pub trait Strip {
@@ -63,15 +56,13 @@ pub fn strip_service(service: &mut Service) {
     }
 }
 
-/// EndpointSlices: the Service they belong to (one label) and who manages them; the rest was cut
-/// down when the object was read into its compact form (`crate::slim::EndpointSlice`: address type,
-/// ports, and per endpoint the addresses, conditions, node, zone and hints; not targetRef, hostname or
-/// deprecatedTopology). The Service's labels the controller copies are dropped.
+/// EndpointSlices: identity; the rest was cut down when the object was read into its compact form
+/// (`crate::slim::EndpointSlice`: the Service it belongs to, address type, ports, and per endpoint the
+/// addresses, conditions, node, zone and hints; not its other labels, targetRef, hostname or
+/// deprecatedTopology).
 pub fn strip_endpoint_slice(slice: &mut EndpointSlice) {
+    slice.read_labels();
     strip_meta(&mut slice.metadata);
-    if let Some(labels) = slice.metadata.labels.as_mut() {
-        labels.retain(|k, _| k == SERVICE_NAME_LABEL || k == MANAGED_BY_LABEL);
-    }
 }
 
 /// Namespaces: name and labels (namespaceSelector).
@@ -371,12 +362,10 @@ spec:
     fn endpoint_slices_keep_service_ports_and_endpoint_state() {
         let before = parsed().endpoint_slices[0].clone();
         let slice = &stripped().endpoint_slices[0];
+        assert_eq!(slice.service_name.as_deref(), Some("web"));
         assert_eq!(
-            slice.metadata.labels,
-            Some(labels(&[
-                (SERVICE_NAME_LABEL, "web"),
-                (MANAGED_BY_LABEL, "endpointslice-controller.k8s.io")
-            ]))
+            slice.metadata.labels, None,
+            "the Service's labels the controller copies"
         );
         assert!(slice.metadata.owner_references.is_none());
         assert_eq!(slice.address_type, "IPv4");
