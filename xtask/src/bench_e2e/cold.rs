@@ -95,6 +95,13 @@ fn once(p: &objects::Proxy, n: usize, notes: &mut Vec<String>) -> Result<(i32, O
     let cleanup_ms = stop["cleanup_ms"]
         .as_f64()
         .context("`lab proxy stop --json` has no cleanup_ms")?;
+    if stop["cleanup_timed_out"].as_bool() == Some(true) {
+        notes.push(format!(
+            "{n} services, cold start of {}: its own cleanup did not finish within the lab's bound \
+             ({cleanup_ms:.0} ms): killed, and the node's rules flushed before the start",
+            p.mode
+        ));
+    }
     let limit = bound(n);
     let targets = sample(n);
     let watchers: Vec<_> = targets

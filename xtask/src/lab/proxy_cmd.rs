@@ -23,6 +23,10 @@ use crate::lab::load::unix_ms;
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// A started proxy still running after this long is taken as started.
 const SETTLE: Duration = Duration::from_millis(1000);
+/// How long `kube-proxy --cleanup` may run. In iptables mode with 10k Services (~110k chains) its
+/// `iptables-restore --noflush` ran for over 20 minutes of CPU on this lab's machines (iptables-nft)
+/// without finishing; past this bound it is killed and the node's rules are flushed instead.
+const KUBE_PROXY_CLEANUP_BOUND: Duration = Duration::from_secs(120);
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ProxyCommand {
@@ -58,6 +62,9 @@ pub struct StopReport {
     /// The cleanup's own output (ours: its JSON report; kube-proxy: its log lines).
     pub cleanup: Option<String>,
     pub cleanup_ms: Option<f64>,
+    /// kube-proxy's cleanup did not finish within its bound: it was killed and the node's rules
+    /// flushed (`nft flush ruleset` in the node's netns, which holds only kube-proxy's rules).
+    pub cleanup_timed_out: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,6 +141,7 @@ fn stop(paths: &Paths, node: &str, cleanup: bool) -> Result<StopReport> {
         stop_ms,
         cleanup: None,
         cleanup_ms: None,
+        cleanup_timed_out: false,
     };
     if cleanup {
         let t = Instant::now();
@@ -168,15 +176,23 @@ fn stop(paths: &Paths, node: &str, cleanup: bool) -> Result<StopReport> {
                     .control_plane
                     .as_ref()
                     .context("kube-proxy needs --control-plane real")?;
-                in_node(
-                    paths,
-                    &n,
-                    &[
-                        cp.kube_proxy_bin.clone().into(),
-                        "--cleanup".into(),
-                        format!("--proxy-mode={mode}").into(),
-                    ],
-                )?
+                let argv = [
+                    cp.kube_proxy_bin.clone().into(),
+                    "--cleanup".into(),
+                    format!("--proxy-mode={mode}").into(),
+                ];
+                match in_node_bounded(paths, &n, &argv, KUBE_PROXY_CLEANUP_BOUND)? {
+                    Some(out) => out,
+                    None => {
+                        report.cleanup_timed_out = true;
+                        in_node(paths, &n, &["nft".into(), "flush".into(), "ruleset".into()])?;
+                        format!(
+                            "kube-proxy --cleanup did not finish within {} s: killed, and the \
+                             node's rules flushed (nft flush ruleset)",
+                            KUBE_PROXY_CLEANUP_BOUND.as_secs()
+                        )
+                    }
+                }
             }
         };
         report.cleanup_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
@@ -255,6 +271,61 @@ fn start(paths: &Paths, node: &str) -> Result<StartReport> {
 
 /// Runs `argv` to completion in the node's netns and cgroup (`lab exec`); its stdout and stderr,
 /// or an error naming the command and its output.
+/// [`in_node`] with a time bound: `None` when the command ran past `bound` and was killed, with every
+/// process it started (its process group: kube-proxy's cleanup runs iptables-restore).
+fn in_node_bounded(
+    paths: &Paths,
+    n: &NodeState,
+    argv: &[OsString],
+    bound: Duration,
+) -> Result<Option<String>> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the xtask executable")?;
+    let log_path = std::env::temp_dir().join(format!(
+        "strait-{}-{}-bounded-{}.log",
+        paths.lab,
+        n.name,
+        std::process::id()
+    ));
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut child = Command::new(exe)
+        .args(["lab", "--name", &paths.lab, "exec"])
+        .arg(format!("node/{}", n.name))
+        .arg("--")
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("sharing the log file")?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("running {:?} on node {}", argv[0], n.name))?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for the command")? {
+            break Some(status);
+        }
+        if started.elapsed() >= bound {
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
+    match status {
+        None => Ok(None),
+        Some(s) if s.success() => Ok(Some(text)),
+        Some(s) => bail!(
+            "{} on node {} failed ({s}): {}",
+            Path::new(&argv[0]).display(),
+            n.name,
+            text.trim()
+        ),
+    }
+}
+
 fn in_node(paths: &Paths, n: &NodeState, argv: &[OsString]) -> Result<String> {
     let exe = std::env::current_exe().context("finding the xtask executable")?;
     let out = Command::new(exe)
