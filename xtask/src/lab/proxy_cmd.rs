@@ -272,33 +272,38 @@ fn start(paths: &Paths, node: &str) -> Result<StartReport> {
 /// Runs `argv` to completion in the node's netns and cgroup (`lab exec`); its stdout and stderr,
 /// or an error naming the command and its output.
 /// [`in_node`] with a time bound: `None` when the command ran past `bound` and was killed, with every
-/// process it started (its process group: kube-proxy's cleanup runs iptables-restore).
+/// process it started (kube-proxy's cleanup runs iptables-restore).
 fn in_node_bounded(
     paths: &Paths,
     n: &NodeState,
     argv: &[OsString],
     bound: Duration,
 ) -> Result<Option<String>> {
-    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the xtask executable")?;
-    let log_path = std::env::temp_dir().join(format!(
-        "strait-{}-{}-bounded-{}.log",
-        paths.lab,
-        n.name,
-        std::process::id()
-    ));
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let mut child = Command::new(exe)
-        .args(["lab", "--name", &paths.lab, "exec"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["lab", "--name", &paths.lab, "exec"])
         .arg(format!("node/{}", n.name))
         .arg("--")
-        .args(argv)
+        .args(argv);
+    let what = format!("{} on node {}", Path::new(&argv[0]).display(), n.name);
+    run_bounded(cmd, bound, &what)
+}
+
+/// Runs `cmd` in a process group of its own for at most `bound`; past it the whole group is killed
+/// and the answer is `None`. Output (stdout and stderr) goes through a file, so a chatty command
+/// cannot block on a full pipe while nobody reads it.
+fn run_bounded(mut cmd: Command, bound: Duration, what: &str) -> Result<Option<String>> {
+    use std::os::unix::process::CommandExt;
+    let log_path =
+        std::env::temp_dir().join(format!("strait-bounded-{}-{}.log", std::process::id(), unix_ms()));
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("sharing the log file")?)
         .stderr(log)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("running {:?} on node {}", argv[0], n.name))?;
+        .with_context(|| format!("running {what}"))?;
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().context("waiting for the command")? {
@@ -310,19 +315,14 @@ fn in_node_bounded(
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     };
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     let _ = std::fs::remove_file(&log_path);
     match status {
         None => Ok(None),
         Some(s) if s.success() => Ok(Some(text)),
-        Some(s) => bail!(
-            "{} on node {} failed ({s}): {}",
-            Path::new(&argv[0]).display(),
-            n.name,
-            text.trim()
-        ),
+        Some(s) => bail!("{what} failed ({s}): {}", text.trim()),
     }
 }
 
@@ -391,4 +391,42 @@ fn datapath_left(paths: &Paths, n: &NodeState) -> Result<Vec<String>> {
         }
     }
     Ok(left)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{process::Command, time::Duration};
+
+    use super::run_bounded;
+
+    #[test]
+    fn a_bounded_command_answers_with_its_output() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2"]);
+        let out = run_bounded(cmd, Duration::from_secs(10), "sh").unwrap();
+        assert_eq!(out.as_deref(), Some("out\nerr\n"));
+        let mut failing = Command::new("sh");
+        failing.args(["-c", "echo why >&2; exit 3"]);
+        let err = run_bounded(failing, Duration::from_secs(10), "sh").unwrap_err();
+        assert!(err.to_string().contains("why"), "{err}");
+    }
+
+    #[test]
+    fn past_its_bound_the_command_and_what_it_started_are_killed() {
+        let marker = format!("strait-bounded-test-{}", std::process::id());
+        let mut cmd = Command::new("sh");
+        // A grandchild that outlives its parent unless the whole group is killed.
+        cmd.args(["-c", &format!("sh -c 'sleep 30; echo {marker}' & sleep 30")]);
+        let t = std::time::Instant::now();
+        assert_eq!(run_bounded(cmd, Duration::from_millis(300), "sh").unwrap(), None);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // The grandchild's command line holds the marker; none may be left.
+        std::thread::sleep(Duration::from_millis(200));
+        let left = Command::new("pgrep").args(["-f", &marker]).output().unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "left running: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+    }
 }
