@@ -26,6 +26,13 @@ pub use render::render_plan;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Service labels that make kube-proxy leave a Service to another proxy (its informers select
+/// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`): present with any
+/// value, the Service is not proxied here either.
+pub const NOT_OURS_LABELS: [&str; 2] = [
+    "service.kubernetes.io/service-proxy-name",
+    "service.kubernetes.io/headless",
+];
 /// The node label kube-proxy and the EndpointSlice controller read the zone from.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// sessionAffinity ClientIP timeout when the Service gives none (the API default: 3 hours).

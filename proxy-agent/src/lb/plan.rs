@@ -280,8 +280,14 @@ struct ServiceInfo {
 
 impl ServiceInfo {
     /// `Ok(None)` for a Service kube-proxy does not proxy (`ShouldSkipService`): ExternalName, headless
-    /// (`clusterIP: None`) or without a cluster IP.
+    /// (`clusterIP: None`) or without a cluster IP; or one its informers never see: labelled for
+    /// another proxy ([`super::NOT_OURS_LABELS`]).
     fn parse(service: &Service) -> Result<Option<Self>, Rejected> {
+        if let Some(labels) = &service.metadata.labels
+            && super::NOT_OURS_LABELS.iter().any(|l| labels.contains_key(*l))
+        {
+            return Ok(None);
+        }
         let (namespace, name) = namespaced(service);
         let reject = |field: String, reason: String| Rejected {
             kind: "Service",

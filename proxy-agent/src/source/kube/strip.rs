@@ -43,11 +43,19 @@ pub fn strip_pod(pod: &mut Pod) {
     pod.metadata.deletion_timestamp = deletion_timestamp;
 }
 
-/// Services: the whole spec (small, and nearly every field decides forwarding: type, cluster IPs,
-/// ports, affinity, traffic policies, external IPs, selector for derived slices) and the load
-/// balancer ingress of the status; status conditions are dropped.
+/// Services: the labels that leave a Service to another proxy (no other is read: a chart's half-dozen
+/// labels cost a B-tree node and their strings per Service), the whole spec (small, and nearly every
+/// field decides forwarding: type, cluster IPs, ports, affinity, traffic policies, external IPs,
+/// selector for derived slices) and the load balancer ingress of the status; status conditions are
+/// dropped.
 pub fn strip_service(service: &mut Service) {
     strip_meta(&mut service.metadata);
+    if let Some(labels) = service.metadata.labels.as_mut() {
+        labels.retain(|k, _| crate::lb::NOT_OURS_LABELS.contains(&k.as_str()));
+    }
+    if service.metadata.labels.as_ref().is_some_and(|l| l.is_empty()) {
+        service.metadata.labels = None;
+    }
     if let Some(status) = service.status.as_mut() {
         *status = ServiceStatus {
             load_balancer: status.load_balancer.take(),
@@ -348,7 +356,8 @@ spec:
         let before = parsed().services[0].clone();
         let service = &stripped().services[0];
         assert_eq!(service.spec, before.spec);
-        assert_eq!(service.metadata.labels, before.metadata.labels);
+        assert!(before.metadata.labels.is_some());
+        assert_eq!(service.metadata.labels, None, "no label of it is read");
         assert!(service.metadata.annotations.is_none());
         let status = service.status.as_ref().unwrap();
         assert_eq!(
@@ -356,6 +365,19 @@ spec:
             before.status.as_ref().unwrap().load_balancer
         );
         assert!(status.conditions.is_none());
+    }
+
+    #[test]
+    fn a_service_keeps_the_labels_that_leave_it_to_another_proxy() {
+        let mut service: Service = serde_yaml::from_str(
+            "metadata: {name: web, labels: {app: web, service.kubernetes.io/service-proxy-name: other}}",
+        )
+        .unwrap();
+        strip_service(&mut service);
+        assert_eq!(
+            service.metadata.labels,
+            Some(labels(&[("service.kubernetes.io/service-proxy-name", "other")]))
+        );
     }
 
     #[test]
