@@ -85,17 +85,33 @@ pub fn enter_and_exec(
     bail!("executing {:?}: {err}", argv[0])
 }
 
-/// Alive and not a zombie (a child of ours that died stays a zombie until we exit).
+/// A process's state letter and process group, from `/proc/<pid>/stat`.
+fn state_and_group(pid: &str) -> Option<(String, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the parenthesised command name, which may itself contain spaces; then the
+    // parent and the process group.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.to_string();
+    let group = rest.nth(1)?.parse().ok()?;
+    Some((state, group))
+}
+
+/// Alive and not a zombie (a child of ours that died stays a zombie until we exit, and an orphan
+/// stays one here too: this machine's init does not reap).
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself contain spaces.
-        Ok(stat) => {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                != Some("Z")
-        }
-        Err(_) => false,
-    }
+    state_and_group(&pid.to_string()).is_some_and(|(state, _)| state != "Z")
+}
+
+/// Some process of group `pgid` is alive (not a zombie).
+pub fn group_alive(pgid: i32) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|pid| state_and_group(&pid))
+        .any(|(state, group)| group == pgid && state != "Z")
 }
 
 pub fn read_pid_file(path: &Path) -> Option<i32> {
@@ -164,4 +180,18 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n    ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_process_and_its_group_are_alive_and_a_reaped_one_is_not() {
+        let me = std::process::id() as i32;
+        assert!(super::alive(me));
+        assert!(super::group_alive(nix::unistd::getpgrp().as_raw()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert!(!super::alive(pid));
+    }
 }

@@ -270,18 +270,15 @@ fn start(paths: &Paths, node: &str) -> Result<StartReport> {
     })
 }
 
-/// Runs `argv` to completion in the node's netns and cgroup (`lab exec`); its stdout and stderr,
-/// or an error naming the command and its output.
-/// Kills what a stopped proxy started and left running: the lab starts each proxy as the leader of a
-/// session and process group of its own, and kube-proxy's `iptables-restore` or `nft`, killed with
-/// it, would otherwise go on (at 10k Services for minutes, on the CPU the next measurement uses).
+/// Kills the process group `leader` leads and waits (up to 5 s) until none of it is alive. A stopped
+/// proxy (the lab starts each as the leader of a session and group of its own) goes with what it
+/// started: kube-proxy's `iptables-restore` or `nft` would otherwise go on (at 10k Services for
+/// minutes, on the CPU the next measurement uses).
 fn end_group(leader: i32) {
-    use nix::sys::signal::{Signal, killpg};
     let group = nix::unistd::Pid::from_raw(leader);
-    let _ = killpg(group, Signal::SIGKILL);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(5);
-    // Signal 0: does any process of the group remain?
-    while killpg(group, None).is_ok() && Instant::now() < deadline {
+    while process::group_alive(leader) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -294,14 +291,19 @@ fn in_node_bounded(
     argv: &[OsString],
     bound: Duration,
 ) -> Result<Option<String>> {
+    let what = format!("{} on node {}", Path::new(&argv[0]).display(), n.name);
+    run_bounded(exec_in_node(paths, n, argv)?, bound, &what)
+}
+
+/// `argv` as `lab exec` runs it in the node's netns and cgroup.
+fn exec_in_node(paths: &Paths, n: &NodeState, argv: &[OsString]) -> Result<Command> {
     let exe = std::env::current_exe().context("finding the xtask executable")?;
     let mut cmd = Command::new(exe);
     cmd.args(["lab", "--name", &paths.lab, "exec"])
         .arg(format!("node/{}", n.name))
         .arg("--")
         .args(argv);
-    let what = format!("{} on node {}", Path::new(&argv[0]).display(), n.name);
-    run_bounded(cmd, bound, &what)
+    Ok(cmd)
 }
 
 /// Runs `cmd` in a process group of its own for at most `bound`; past it the whole group is killed
@@ -325,8 +327,7 @@ fn run_bounded(mut cmd: Command, bound: Duration, what: &str) -> Result<Option<S
             break Some(status);
         }
         if started.elapsed() >= bound {
-            let group = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            end_group(child.id() as i32);
             let _ = child.wait();
             break None;
         }
@@ -341,13 +342,10 @@ fn run_bounded(mut cmd: Command, bound: Duration, what: &str) -> Result<Option<S
     }
 }
 
+/// Runs `argv` to completion in the node's netns and cgroup (`lab exec`); its stdout and stderr,
+/// or an error naming the command and its output.
 fn in_node(paths: &Paths, n: &NodeState, argv: &[OsString]) -> Result<String> {
-    let exe = std::env::current_exe().context("finding the xtask executable")?;
-    let out = Command::new(exe)
-        .args(["lab", "--name", &paths.lab, "exec"])
-        .arg(format!("node/{}", n.name))
-        .arg("--")
-        .args(argv)
+    let out = exec_in_node(paths, n, argv)?
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {:?} on node {}", argv[0], n.name))?;
