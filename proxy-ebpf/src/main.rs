@@ -224,10 +224,10 @@ pub fn xdp_node(ctx: XdpContext) -> u32 {
         }
         nodeport::Plan::Translate(to) => {
             let mut out = flow;
-            out.saddr = to.saddr;
-            out.sport = to.sport;
-            out.daddr = to.daddr;
-            out.dport = to.dport;
+            out.saddr = to.tuple.saddr;
+            out.sport = to.tuple.sport;
+            out.daddr = to.tuple.daddr;
+            out.dport = to.tuple.dport;
             if to.dsr {
                 out.ip_len += common::dsr::OPTION_LEN as u16;
             }
@@ -261,7 +261,7 @@ fn xdp_translate(
             return xdp_action::XDP_DROP;
         }
     }
-    match xdp_nat::apply(ctx, &flow, to, smac, dmac) {
+    match xdp_nat::apply(ctx, &flow, &to.tuple, smac, dmac) {
         Ok(()) => xdp_action::XDP_TX,
         Err(()) if to.dsr => {
             events::count_drop(DropReason::NatFailed);
@@ -293,13 +293,7 @@ pub fn tc_from_node(ctx: TcContext) -> i32 {
             if to.dsr && dsr::tc_insert(&ctx, &mut flow, frontend_addr, frontend_port).is_err() {
                 return drop(DropReason::NatFailed);
             }
-            let tuple = nat::Tuple {
-                saddr: to.saddr,
-                sport: to.sport,
-                daddr: to.daddr,
-                dport: to.dport,
-            };
-            if nat::rewrite(&ctx, &mut flow, &tuple).is_err() || nat::finish(&ctx, &mut flow).is_err() {
+            if nat::rewrite(&ctx, &mut flow, &to.tuple).is_err() || nat::finish(&ctx, &mut flow).is_err() {
                 return drop(DropReason::NatFailed);
             }
             fib::tc_redirect(&ctx, &flow)

@@ -42,6 +42,16 @@ fn l4_csum(flow: &Ipv4Flow) -> Option<(usize, u64)> {
     }
 }
 
+/// The one's-complement differences rewriting `flow` to `to` makes: (addresses, ports). The first
+/// changes the IPv4 header checksum and, through the pseudo-header, the L4 one; both change the L4 one.
+#[inline(always)]
+pub fn diffs(flow: &Ipv4Flow, to: &Tuple) -> (u64, u64) {
+    (
+        diff32(flow.saddr, to.saddr) + diff32(flow.daddr, to.daddr),
+        diff16(flow.sport, to.sport) + diff16(flow.dport, to.dport),
+    )
+}
+
 /// A one's-complement difference as the 32-bit partial sum the helper takes.
 #[inline(always)]
 fn wsum(diff: u64) -> u64 {
@@ -59,8 +69,7 @@ pub fn rewrite(ctx: &TcContext, flow: &mut Ipv4Flow, to: &Tuple) -> Result<(), (
     if !addrs_change && !ports_change {
         return Ok(());
     }
-    let addr_diff = diff32(flow.saddr, to.saddr) + diff32(flow.daddr, to.daddr);
-    let port_diff = diff16(flow.sport, to.sport) + diff16(flow.dport, to.dport);
+    let (addr_diff, port_diff) = diffs(flow, to);
     let (start, end) = (ctx.data(), ctx.data_end());
     let ip = ptr_at::<[u8; 20]>(start, end, ETH_HLEN).ok_or(())?;
     let l4 = flow.l4;

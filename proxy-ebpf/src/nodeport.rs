@@ -19,16 +19,14 @@ use crate::{
         STRAIT_CONFIG_V2 as CONFIG, STRAIT_LB4_BACKENDS_V2 as BACKENDS, STRAIT_LB4_MAGLEV_V1 as MAGLEV,
         STRAIT_LB4_REVNAT_V2 as REVNAT, STRAIT_LB4_SOURCE_RANGES_V1 as SOURCE_RANGES,
     },
+    nat::Tuple,
     parse::Ipv4Flow,
 };
 
 /// Addresses and ports a packet must leave with (raw network order).
 #[derive(Clone, Copy)]
 pub struct Rewrite {
-    pub saddr: u32,
-    pub sport: u16,
-    pub daddr: u32,
-    pub dport: u16,
+    pub tuple: Tuple,
     /// Direct server return: the packet also carries the frontend it was addressed to (`dsr`).
     pub dsr: bool,
 }
@@ -61,10 +59,12 @@ pub fn plan(flow: &Ipv4Flow) -> Plan {
         if flow.proto != proto::UDP || backend(entry.backend_id).is_some() {
             let snat = entry.flags & ct_flags::SNAT != 0;
             let rewrite = Rewrite {
-                saddr: if snat { node_addr() } else { flow.saddr },
-                sport: entry.wire_port.raw(),
-                daddr: entry.backend_addr.raw(),
-                dport: entry.backend_port.raw(),
+                tuple: Tuple {
+                    saddr: if snat { node_addr() } else { flow.saddr },
+                    sport: entry.wire_port.raw(),
+                    daddr: entry.backend_addr.raw(),
+                    dport: entry.backend_port.raw(),
+                },
                 dsr: entry.flags & ct_flags::DSR != 0 && crate::dsr::carries_option(flow),
             };
             ct::touch(entry, flow, 0);
@@ -83,10 +83,12 @@ fn reply(entry: &mut CtEntry4, flow: &Ipv4Flow) -> Plan {
     };
     let (daddr, dport) = ct::reply_destination(entry, flow);
     let rewrite = Rewrite {
-        saddr: rev.addr.raw(),
-        sport: rev.port.raw(),
-        daddr,
-        dport,
+        tuple: Tuple {
+            saddr: rev.addr.raw(),
+            sport: rev.port.raw(),
+            daddr,
+            dport,
+        },
         dsr: false,
     };
     ct::touch(entry, flow, ct_flags::SEEN_REPLY);
@@ -172,10 +174,12 @@ fn new_connection(flow: &Ipv4Flow, forward: &CtKey4) -> Plan {
         return Plan::Drop(DropReason::ConntrackFull);
     }
     Plan::Translate(Rewrite {
-        saddr: if snat_addr != 0 { snat_addr } else { flow.saddr },
-        sport: wire_port,
-        daddr: be.addr.raw(),
-        dport: be.port.raw(),
+        tuple: Tuple {
+            saddr: if snat_addr != 0 { snat_addr } else { flow.saddr },
+            sport: wire_port,
+            daddr: be.addr.raw(),
+            dport: be.port.raw(),
+        },
         dsr: dsr && crate::dsr::carries_option(flow),
     })
 }

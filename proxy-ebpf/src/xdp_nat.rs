@@ -3,13 +3,10 @@
 //! arithmetic assumes (a CHECKSUM_PARTIAL packet from a local socket never reaches a node device's XDP).
 
 use aya_ebpf::programs::XdpContext;
-use common::{
-    csum::{diff16, diff32, updated},
-    net::proto,
-};
+use common::{csum::updated, net::proto};
 
 use crate::{
-    nodeport::Rewrite,
+    nat::{self, Tuple},
     parse::{ETH_HLEN, Ipv4Flow, ptr_at},
 };
 
@@ -19,7 +16,7 @@ use crate::{
 pub fn apply(
     ctx: &XdpContext,
     flow: &Ipv4Flow,
-    to: &Rewrite,
+    to: &Tuple,
     smac: &[u8; 6],
     dmac: &[u8; 6],
 ) -> Result<(), ()> {
@@ -38,8 +35,7 @@ pub fn apply(
     };
     let l4_csum = ptr_at::<u16>(start, end, csum_off).ok_or(())?;
 
-    let addr_diff = diff32(flow.saddr, to.saddr) + diff32(flow.daddr, to.daddr);
-    let port_diff = diff16(flow.sport, to.sport) + diff16(flow.dport, to.dport);
+    let (addr_diff, port_diff) = nat::diffs(flow, to);
     // SAFETY: every pointer was bounds-checked against data_end above.
     unsafe {
         let ip = &mut *ip;
