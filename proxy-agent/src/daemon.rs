@@ -871,9 +871,6 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
         reconcile_attachments(args, watch, inner)?;
     }
     inner.errors.clone_from(&inner.attach_errors);
-    if !inner.sync.synced {
-        crate::memory::return_freed();
-    }
     inner.sync.synced = true;
     inner.sync.node_eligible = endpoints::node_eligible(&watch.snapshot, &args.node);
     inner.sync.last_pass_ok_unix_ms = crate::status::unix_ms_now();

@@ -17,7 +17,6 @@ pub mod healthz;
 pub mod host;
 pub mod lb;
 pub mod logging;
-pub mod memory;
 pub mod metrics;
 pub mod pinned_view;
 pub mod policy;
