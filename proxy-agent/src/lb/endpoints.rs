@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{Proto, Rejected};
-use crate::slim::EndpointSlice;
+use crate::slim::{Address, EndpointSlice};
 
 /// One endpoint of one Service port, after the merge of all the Service's slices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,17 +192,15 @@ fn validate(slice: &EndpointSlice) -> Result<Slice, (String, String)> {
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, ep) in slice.endpoints.iter().enumerate() {
         // kube-proxy uses the first address only and ignores an endpoint without any.
-        let Some(address) = ep.addresses.first() else {
-            continue;
-        };
-        let addr = match address.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(a)) => a,
+        let addr = match &ep.address {
+            Address::Missing => continue,
+            Address::Ip(std::net::IpAddr::V4(a)) => *a,
             // The wrong family inside an IPv4 slice: kube-proxy skips it (with an event).
-            Ok(std::net::IpAddr::V6(_)) => continue,
-            Err(_) => {
+            Address::Ip(std::net::IpAddr::V6(_)) => continue,
+            Address::Unparsed(text) => {
                 return Err((
                     format!("endpoints[{i}].addresses[0]"),
-                    format!("{address:?} is not an IP address"),
+                    format!("{text:?} is not an IP address"),
                 ));
             }
         };

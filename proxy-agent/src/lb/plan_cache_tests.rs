@@ -48,7 +48,7 @@ fn a_changed_slice_replans_its_service_only() {
         for i in 0..snapshot.endpoint_slices.len() {
             let slice = Arc::make_mut(&mut snapshot.endpoint_slices[i]);
             slice.endpoints.push(Endpoint {
-                addresses: vec![format!("10.244.99.{}", i + 1)],
+                address: format!("10.244.99.{}", i + 1).as_str().into(),
                 node_name: Some(node.as_str().into()),
                 ..Default::default()
             });
@@ -169,7 +169,7 @@ fn random_edits_give_the_fresh_plan() {
                         let slice = Arc::make_mut(&mut snapshot.endpoint_slices[i]);
                         if rng.below(2) == 0 || slice.endpoints.is_empty() {
                             slice.endpoints.push(Endpoint {
-                                addresses: vec![format!("10.244.77.{n}")],
+                                address: format!("10.244.77.{n}").as_str().into(),
                                 node_name: Some(node.as_str().into()),
                                 ..Default::default()
                             });
@@ -182,7 +182,7 @@ fn random_edits_give_the_fresh_plan() {
                         Arc::make_mut(&mut snapshot.endpoint_slices[i])
                             .endpoints
                             .push(Endpoint {
-                                addresses: vec!["10.244.300.1".into()],
+                                address: "10.244.300.1".into(),
                                 ..Default::default()
                             });
                     }

@@ -34,7 +34,7 @@ fn edit_slice(snapshot: &mut Snapshot, name: &str, edit: impl FnOnce(&mut Vec<En
 
 fn endpoint(ip: &str, node: &str) -> Endpoint {
     Endpoint {
-        addresses: vec![ip.into()],
+        address: ip.into(),
         node_name: Some(node.into()),
         ..Default::default()
     }
@@ -162,7 +162,7 @@ fn endpoint_removed_and_added_ops_come_in_the_safe_order() {
     // dns loses 10.244.1.5 (slot 1 of three frontends) — slot 1 must be rewritten before the count
     // shrinks and slot 2 goes; sticky gains a backend — the backend and slot before the count grows.
     edit_slice(&mut snapshot, "dns-abcde", |eps| {
-        eps.retain(|e| e.addresses[0] != "10.244.1.5")
+        eps.retain(|e| e.address.to_string() != "10.244.1.5")
     });
     edit_slice(&mut snapshot, "sticky-1", |eps| {
         eps.push(endpoint("10.244.3.13", "node-c"))
@@ -210,7 +210,7 @@ fn service_removed_deletes_frontend_then_slots_then_revnat_and_backends() {
 fn a_failure_in_the_middle_of_a_pass_is_finished_by_the_next_without_leaks() {
     let (mut snapshot, node, plan1) = plan_of("clusterip");
     edit_slice(&mut snapshot, "dns-abcde", |eps| {
-        eps.retain(|e| e.addresses[0] != "10.244.1.5");
+        eps.retain(|e| e.address.to_string() != "10.244.1.5");
         eps.push(endpoint("10.244.3.5", "node-c"));
     });
     snapshot

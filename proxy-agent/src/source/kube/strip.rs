@@ -393,7 +393,7 @@ spec:
         assert_eq!(slice.address_type, "IPv4");
         assert_eq!(slice.ports, before.ports);
         let (a, b) = (&slice.endpoints[0], &before.endpoints[0]);
-        assert_eq!(a.addresses, b.addresses);
+        assert_eq!(a.address, b.address);
         assert_eq!(a.conditions, b.conditions);
         assert_eq!(a.node_name, b.node_name);
         assert_eq!(a.zone, b.zone);
