@@ -631,7 +631,7 @@ impl Cluster {
                 let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
                 PodView {
                     id: ObjRef::new(ns.clone(), p.metadata.name.clone().unwrap_or_default()),
-                    labels: p.metadata.labels.clone().unwrap_or_default(),
+                    labels: p.labels.to_map(),
                     ns_labels: labels_of_ns(&ns),
                     ip: pod_ipv4(p),
                     node: p.spec.as_ref().and_then(|s| s.node_name.clone()),

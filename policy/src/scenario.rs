@@ -121,11 +121,10 @@ impl Scenario {
                 pod.metadata.name.as_deref().unwrap_or_default()
             );
             if let Some(extra) = self.pod_labels.get(&key) {
-                Arc::make_mut(pod)
-                    .metadata
-                    .labels
-                    .get_or_insert_with(Default::default)
-                    .extend(extra.clone());
+                let pod = Arc::make_mut(pod);
+                let mut labels = pod.labels.to_map();
+                labels.extend(extra.clone());
+                pod.labels = labels.into();
             }
         }
         input.policies.extend(self.policies.iter().cloned().map(Arc::new));

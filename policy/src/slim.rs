@@ -3,9 +3,11 @@
 //! Pod of the cluster; k8s-openapi's `Pod` is ~2 KB inline and each container another ~2 KB, whatever
 //! is set, which at 10k pods was ~48 MB of an agent's memory.
 //!
-//! Kept: identity, labels, uid and deletionTimestamp (the metadata is cut down by the agent's source,
-//! see its `strip.rs`); spec.nodeName, hostNetwork, and the containers and init containers that declare
+//! Kept: identity, labels (out of the metadata, in `Pod::labels`), uid and deletionTimestamp (the metadata
+//! is cut down by the agent's source, see its `strip.rs`); spec.nodeName, hostNetwork, and the containers and init containers that declare
 //! ports, with their name, ports and restartPolicy; status.phase, podIP, podIPs and the Ready condition.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{self as core, PodIP},
@@ -15,7 +17,11 @@ use k8s_openapi::{
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(from = "core::Pod")]
 pub struct Pod {
+    /// Without labels: they are in `labels`.
     pub metadata: ObjectMeta,
+    /// `metadata.labels`, as a list: a Rust `BTreeMap` of even one entry allocates a whole node
+    /// (~540 bytes), for every Pod of the cluster.
+    pub labels: PodLabels,
     pub spec: Option<PodSpec>,
     pub status: Option<PodStatus>,
 }
@@ -60,10 +66,52 @@ pub struct PodCondition {
     pub status: String,
 }
 
+/// A Pod's labels sorted by key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodLabels(Box<[(Box<str>, Box<str>)]>);
+
+impl PodLabels {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let i = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// As the API type has them, for selectors.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for PodLabels {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        // A map iterates in key order: the list is sorted.
+        Self(
+            map.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        )
+    }
+}
+
+impl Pod {
+    /// Moves the labels out of the metadata into `labels`. Also called by the agent's API source,
+    /// which sets the metadata after the rest of the object is read.
+    pub fn read_labels(&mut self) {
+        if let Some(labels) = self.metadata.labels.take() {
+            self.labels = labels.into();
+        }
+    }
+}
+
 impl From<core::Pod> for Pod {
     fn from(pod: core::Pod) -> Self {
-        Self {
+        let mut slim = Self {
             metadata: pod.metadata,
+            labels: PodLabels::default(),
             spec: pod.spec.map(|spec| PodSpec {
                 node_name: spec.node_name,
                 host_network: spec.host_network,
@@ -79,7 +127,9 @@ impl From<core::Pod> for Pod {
                 pod_ips: status.pod_ips,
                 conditions: ready_conditions(status.conditions.unwrap_or_default()),
             }),
-        }
+        };
+        slim.read_labels();
+        slim
     }
 }
 

@@ -129,12 +129,7 @@ pub fn derive_endpoint_slices(snapshot: &Snapshot) -> Vec<EndpointSlice> {
             .into_iter()
             .flatten()
             .copied()
-            .filter(|p| {
-                let labels = p.metadata.labels.as_ref();
-                selector
-                    .iter()
-                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-            })
+            .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v.as_str())))
             .collect();
         pods.sort_by_key(|p| p.metadata.name.clone());
         for pod in pods {

@@ -235,13 +235,12 @@ fn random_edits_give_the_fresh_plan() {
                     .services
                     .iter()
                     .map(|s| (s.metadata.namespace.as_ref(), s.metadata.name.as_ref()))
-                    .chain(snapshot.endpoint_slices.iter().map(|s| {
-                        let labels = s.metadata.labels.as_ref();
-                        (
-                            s.metadata.namespace.as_ref(),
-                            labels.and_then(|l| l.get("kubernetes.io/service-name")),
-                        )
-                    }))
+                    .chain(
+                        snapshot
+                            .endpoint_slices
+                            .iter()
+                            .map(|s| (s.metadata.namespace.as_ref(), s.service_name.as_ref())),
+                    )
                     .collect();
                 assert!(
                     cache.interned() <= names.len(),

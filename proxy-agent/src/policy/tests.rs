@@ -271,7 +271,10 @@ fn a_label_change_never_denies_in_between() {
         input.policies.push(np.into());
         for p in &mut input.pods {
             if p.metadata.namespace.as_deref() == Some("x") && p.metadata.name.as_deref() == Some("b") {
-                std::sync::Arc::make_mut(p).metadata.labels = Some(serde_yaml::from_str(b_labels).unwrap());
+                std::sync::Arc::make_mut(p).labels =
+                    serde_yaml::from_str::<std::collections::BTreeMap<String, String>>(b_labels)
+                        .unwrap()
+                        .into();
             }
         }
         input

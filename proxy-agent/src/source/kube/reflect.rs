@@ -251,7 +251,7 @@ mod tests {
         let pod: Pod = convert(obj).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("a"));
         assert!(pod.metadata.annotations.is_none());
-        assert_eq!(pod.metadata.labels.unwrap()["app"], "a");
+        assert_eq!(pod.labels.get("app"), Some("a"));
         assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("n1"));
         let status = pod.status.unwrap();
         assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.1"));

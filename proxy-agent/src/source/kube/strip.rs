@@ -36,6 +36,7 @@ fn strip_meta(meta: &mut ObjectMeta) {
 /// was read into its compact form (`policy::slim::Pod`: node, host network, container ports, phase,
 /// addresses, the Ready condition).
 pub fn strip_pod(pod: &mut Pod) {
+    pod.read_labels();
     let uid = pod.metadata.uid.take();
     let deletion_timestamp = pod.metadata.deletion_timestamp.take();
     strip_meta(&mut pod.metadata);
@@ -305,7 +306,8 @@ spec:
         assert_eq!(pod.metadata.name.as_deref(), Some("web-1"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("app"));
         assert_eq!(pod.metadata.uid.as_deref(), Some("0b7c"));
-        assert_eq!(pod.metadata.labels, Some(labels(&[("app", "web")])));
+        assert_eq!(pod.labels.to_map(), labels(&[("app", "web")]));
+        assert_eq!(pod.metadata.labels, None, "read into labels");
         assert!(pod.metadata.deletion_timestamp.is_some());
         assert!(pod.metadata.annotations.is_none());
         assert!(pod.metadata.managed_fields.is_none());
