@@ -1,14 +1,10 @@
 //! EndpointSlices as kube-proxy reads them (`pkg/proxy/endpointslicecache.go`) and the choice of usable
 //! endpoints (`pkg/proxy/topology.go`, `CategorizeEndpoints`).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use super::{Proto, Rejected};
-use crate::slim::{Address, EndpointSlice};
+use crate::slim::{Address, EndpointSlice, Hints};
 
 /// One endpoint of one Service port, after the merge of all the Service's slices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,43 +20,6 @@ pub(crate) struct Endpoint {
     pub hints: Hints,
 }
 
-/// An endpoint's topology hints (`hints.forZones`, `hints.forNodes`), shared by the slice's reading
-/// and every Service port's copy. Most endpoints carry none, and two empty sets inline cost 48 bytes
-/// an endpoint in each of the planner's copies (100k endpoints at the scale the agent is measured at).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Hints(Option<Arc<HintSets>>);
-
-#[derive(Debug, Default, PartialEq, Eq)]
-struct HintSets {
-    zones: BTreeSet<String>,
-    nodes: BTreeSet<String>,
-}
-
-impl Hints {
-    fn new(zones: BTreeSet<String>, nodes: BTreeSet<String>) -> Self {
-        if zones.is_empty() && nodes.is_empty() {
-            return Self(None);
-        }
-        Self(Some(Arc::new(HintSets { zones, nodes })))
-    }
-
-    fn has_zones(&self) -> bool {
-        self.0.as_ref().is_some_and(|h| !h.zones.is_empty())
-    }
-
-    fn has_nodes(&self) -> bool {
-        self.0.as_ref().is_some_and(|h| !h.nodes.is_empty())
-    }
-
-    fn for_zone(&self, zone: &str) -> bool {
-        self.0.as_ref().is_some_and(|h| h.zones.contains(zone))
-    }
-
-    fn for_node(&self, node: &str) -> bool {
-        self.0.as_ref().is_some_and(|h| h.nodes.contains(node))
-    }
-}
-
 /// A slice port; `port` is `None` when kube-proxy ignores it (no name, no or zero port).
 #[derive(Debug, Clone)]
 struct SlicePort {
@@ -69,57 +28,80 @@ struct SlicePort {
     proto: Proto,
 }
 
+/// A valid IPv4 EndpointSlice, read once: its ports; its endpoints are read from the stored object
+/// when a Service is planned (a copy of 100k endpoints cost ~3.5 MB at the agent bench's scale).
 #[derive(Debug, Clone)]
-struct SliceEndpoint {
+pub(crate) struct ServiceSlice {
+    object: Arc<EndpointSlice>,
+    ports: Vec<SlicePort>,
+}
+
+impl ServiceSlice {
+    pub fn namespace(&self) -> &str {
+        self.object.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The `kubernetes.io/service-name` label.
+    pub fn service(&self) -> &str {
+        self.object.service_name.as_deref().unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        self.object.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// The endpoints kube-proxy uses: those with an IPv4 first address (a slice with an address that
+    /// is no IP was rejected whole by `validate`).
+    fn endpoints(&self) -> impl Iterator<Item = SliceEndpoint<'_>> {
+        self.object.endpoints.iter().filter_map(|ep| {
+            let Address::Ip(std::net::IpAddr::V4(addr)) = ep.address else {
+                return None;
+            };
+            let conditions = ep.conditions.as_ref();
+            Some(SliceEndpoint {
+                addr,
+                // As kube-proxy and the API docs: an absent ready or serving means true, an absent
+                // terminating means false.
+                ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+                serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+                terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+                node_name: &ep.node_name,
+                hints: &ep.hints,
+            })
+        })
+    }
+}
+
+struct SliceEndpoint<'a> {
     addr: Ipv4Addr,
     ready: bool,
     serving: bool,
     terminating: bool,
-    node_name: Option<Arc<str>>,
-    hints: Hints,
-}
-
-#[derive(Debug, Clone)]
-struct Slice {
-    ports: Vec<SlicePort>,
-    endpoints: Vec<SliceEndpoint>,
-}
-
-/// A valid IPv4 EndpointSlice, read once, with the Service it belongs to.
-#[derive(Debug, Clone)]
-pub(crate) struct ServiceSlice {
-    pub namespace: String,
-    /// The `kubernetes.io/service-name` label.
-    pub service: String,
-    pub name: String,
-    slice: Slice,
+    node_name: &'a Option<Arc<str>>,
+    hints: &'a Hints,
 }
 
 /// What the planner makes of one EndpointSlice: `None` for a slice that is not ours to judge (kube-proxy
 /// watches only its own family; IPv6 and FQDN slices, and slices without a Service label, are skipped),
 /// else the valid slice or why it was rejected.
-pub(crate) fn read_slice(slice: &EndpointSlice) -> Option<Result<ServiceSlice, Rejected>> {
+pub(crate) fn read_slice(slice: &Arc<EndpointSlice>) -> Option<Result<ServiceSlice, Rejected>> {
     if slice.address_type != "IPv4" {
         return None;
     }
-    let service = slice.service_name.as_ref()?;
-    let namespace = slice
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = slice.metadata.name.clone().unwrap_or_default();
+    slice.service_name.as_ref()?;
     Some(match validate(slice) {
-        Ok(valid) => Ok(ServiceSlice {
-            namespace,
-            service: service.clone(),
-            name,
-            slice: valid,
+        Ok(ports) => Ok(ServiceSlice {
+            object: slice.clone(),
+            ports,
         }),
         Err((field, reason)) => Err(Rejected {
             kind: "EndpointSlice",
-            namespace,
-            name,
+            namespace: slice
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: slice.metadata.name.clone().unwrap_or_default(),
             field,
             reason,
         }),
@@ -137,13 +119,13 @@ pub(crate) fn merged_endpoints<'a>(
     node_name: &str,
 ) -> Vec<Endpoint> {
     let mut merged: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
-    for ServiceSlice { slice, .. } in slices {
+    for slice in slices {
         for port in &slice.ports {
             let Some(number) = port.port else { continue };
             if port.name.as_deref() != Some(port_name) || port.proto != proto {
                 continue;
             }
-            for ep in &slice.endpoints {
+            for ep in slice.endpoints() {
                 let local = ep.node_name.as_deref() == Some(node_name);
                 let key = (ep.addr, number);
                 if merged.contains_key(&key) && !local {
@@ -168,7 +150,8 @@ pub(crate) fn merged_endpoints<'a>(
     merged.into_values().collect()
 }
 
-fn validate(slice: &EndpointSlice) -> Result<Slice, (String, String)> {
+/// The slice's ports, or the first field that makes the slice unusable.
+fn validate(slice: &EndpointSlice) -> Result<Vec<SlicePort>, (String, String)> {
     let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
     for (i, port) in slice.ports.iter().flatten().enumerate() {
         let proto =
@@ -187,42 +170,15 @@ fn validate(slice: &EndpointSlice) -> Result<Slice, (String, String)> {
             proto,
         });
     }
-    // Sized once: grown by pushes, a slice of 10 endpoints held room for 16, and the planner keeps
-    // every slice it read.
-    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, ep) in slice.endpoints.iter().enumerate() {
-        // kube-proxy uses the first address only and ignores an endpoint without any.
-        let addr = match &ep.address {
-            Address::Missing => continue,
-            Address::Ip(std::net::IpAddr::V4(a)) => *a,
-            // The wrong family inside an IPv4 slice: kube-proxy skips it (with an event).
-            Address::Ip(std::net::IpAddr::V6(_)) => continue,
-            Address::Unparsed(text) => {
-                return Err((
-                    format!("endpoints[{i}].addresses[0]"),
-                    format!("{text:?} is not an IP address"),
-                ));
-            }
-        };
-        let conditions = ep.conditions.clone().unwrap_or_default();
-        let hints = ep.hints.as_deref().map_or_else(Hints::default, |h| {
-            Hints::new(
-                h.for_zones.iter().flatten().map(|z| z.name.clone()).collect(),
-                h.for_nodes.iter().flatten().map(|n| n.name.clone()).collect(),
-            )
-        });
-        endpoints.push(SliceEndpoint {
-            addr,
-            // As kube-proxy and the API docs: an absent ready or serving means true, an absent
-            // terminating means false.
-            ready: conditions.ready.unwrap_or(true),
-            serving: conditions.serving.unwrap_or(true),
-            terminating: conditions.terminating.unwrap_or(false),
-            node_name: ep.node_name.clone(),
-            hints,
-        });
+        if let Address::Unparsed(text) = &ep.address {
+            return Err((
+                format!("endpoints[{i}].addresses[0]"),
+                format!("{text:?} is not an IP address"),
+            ));
+        }
     }
-    Ok(Slice { ports, endpoints })
+    Ok(ports)
 }
 
 /// Traffic distribution chosen from hints (`topologyModeFromHints`).

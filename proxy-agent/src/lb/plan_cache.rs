@@ -196,10 +196,9 @@ impl PlanCache {
                     let gone = slices.remove(&old).expect("a remembered slice has an entry");
                     rejected_changed |= leave_group(groups, &mut dirty, old, &gone);
                     // Its key goes too if nothing else holds it (the interning map aside).
-                    if let Some(Ok((key, s))) = gone.read {
-                        drop(gone._object);
+                    if let Some(Ok((key, _))) = gone.read {
                         if Arc::strong_count(&key) == 2 {
-                            keys.remove(&(s.namespace, s.service));
+                            keys.remove(&*key);
                         }
                     }
                 }
@@ -420,8 +419,14 @@ fn read_entry(
     position: usize,
     pass: u64,
 ) -> CachedSlice {
-    let read = read_slice(object)
-        .map(|read| read.map(|s| (intern(keys, (s.namespace.clone(), s.service.clone())), s)));
+    let read = read_slice(object).map(|read| {
+        read.map(|s| {
+            (
+                intern(keys, (s.namespace().to_owned(), s.service().to_owned())),
+                s,
+            )
+        })
+    });
     CachedSlice {
         _object: object.clone(),
         read,
@@ -474,7 +479,7 @@ fn leave_group(
 
 fn slice_name(slice: &CachedSlice) -> &str {
     match &slice.read {
-        Some(Ok((_, s))) => &s.name,
+        Some(Ok((_, s))) => s.name(),
         _ => "",
     }
 }
