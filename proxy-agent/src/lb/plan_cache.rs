@@ -98,7 +98,9 @@ struct CachedNode {
 
 struct CachedSlice {
     _object: Arc<EndpointSlice>,
-    read: Option<Result<(ServiceKey, ServiceSlice), Rejected>>,
+    /// The rejection boxed: rare, and inline it would size every entry of the map (10k at the agent
+    /// bench's scale) to its five fields.
+    read: Option<Result<(ServiceKey, ServiceSlice), Box<Rejected>>>,
     /// Position in the last snapshot (the merge order of equally named slices).
     position: usize,
     seen: u64,
@@ -378,7 +380,7 @@ impl PlanCache {
         if reassemble || rejected_changed {
             let mut all = view.rejected.clone();
             all.extend(slices.values().filter_map(|e| match &e.read {
-                Some(Err(r)) => Some(r.clone()),
+                Some(Err(r)) => Some((**r).clone()),
                 _ => None,
             }));
             for at in order.iter() {
@@ -426,6 +428,7 @@ fn read_entry(
                 s,
             )
         })
+        .map_err(Box::new)
     });
     CachedSlice {
         _object: object.clone(),
