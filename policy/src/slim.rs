@@ -3,9 +3,10 @@
 //! Pod of the cluster; k8s-openapi's `Pod` is ~2 KB inline and each container another ~2 KB, whatever
 //! is set, which at 10k pods was ~48 MB of an agent's memory.
 //!
-//! Kept: identity, labels (out of the metadata, in `Pod::labels`), uid and deletionTimestamp (the metadata
-//! is cut down by the agent's source, see its `strip.rs`); spec.nodeName, hostNetwork, and the containers and init containers that declare
-//! ports, with their name, ports and restartPolicy; status.phase, podIP, podIPs and the Ready condition.
+//! Kept: identity, labels (out of the metadata, in `Pod::labels`), uid and deletionTimestamp (the
+//! metadata is cut down by the agent's source, see its `strip.rs`); spec.nodeName, hostNetwork, and the
+//! containers and init containers that declare ports, with their name, ports and restartPolicy;
+//! status.phase, podIP, podIPs and the Ready condition.
 
 use std::collections::BTreeMap;
 

@@ -50,8 +50,9 @@ impl ServiceSlice {
         self.object.metadata.name.as_deref().unwrap_or_default()
     }
 
-    /// The endpoints kube-proxy uses: those with an IPv4 first address (a slice with an address that
-    /// is no IP was rejected whole by `validate`).
+    /// The endpoints kube-proxy uses: it reads the first address only, ignores an endpoint without
+    /// any, and skips one of the wrong family (with an event). A slice with an address that is no IP
+    /// was rejected whole by `validate`.
     fn endpoints(&self) -> impl Iterator<Item = SliceEndpoint<'_>> {
         self.object.endpoints.iter().filter_map(|ep| {
             let Address::Ip(std::net::IpAddr::V4(addr)) = ep.address else {
