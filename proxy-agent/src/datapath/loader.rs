@@ -58,26 +58,7 @@ impl Datapath {
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
             .context("loading the eBPF object into the kernel")?;
-        for name in [
-            prog_names::TC_FROM_POD,
-            prog_names::TC_TO_POD,
-            prog_names::TC_FROM_NODE,
-        ] {
-            let prog: &mut SchedClassifier = program(&mut ebpf, name)?
-                .try_into()
-                .with_context(|| format!("program {name} is not a tc classifier"))?;
-            verify(name, || prog.load())?;
-        }
-        let xdp: &mut Xdp = program(&mut ebpf, prog_names::XDP_NODE)?
-            .try_into()
-            .with_context(|| format!("program {} is not XDP", prog_names::XDP_NODE))?;
-        verify(prog_names::XDP_NODE, || xdp.load())?;
-        for (name, _) in super::cgroup::SOCK_PROGRAMS {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?
-                .try_into()
-                .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
-            verify(name, || prog.load())?;
-        }
+        load_programs(&mut ebpf)?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -105,6 +86,96 @@ impl Datapath {
     /// Size of the embedded object, shown in `status` so a user can tell builds apart.
     pub fn object_size() -> usize {
         OBJECT.len()
+    }
+}
+
+/// The programs the agent attaches, by name, with their kind.
+fn wanted() -> Vec<(&'static str, Kind)> {
+    let mut wanted = vec![
+        (prog_names::TC_FROM_POD, Kind::Tc),
+        (prog_names::TC_TO_POD, Kind::Tc),
+        (prog_names::TC_FROM_NODE, Kind::Tc),
+        (prog_names::XDP_NODE, Kind::Xdp),
+    ];
+    wanted.extend(
+        super::cgroup::SOCK_PROGRAMS
+            .iter()
+            .map(|(name, _)| (*name, Kind::SockAddr)),
+    );
+    wanted
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tc,
+    Xdp,
+    SockAddr,
+}
+
+/// Loads every program the agent attaches, each on a thread of its own: the verifier works on one
+/// program per call, and the datapath's large programs took ~1.4 s one after the other, all of a cold
+/// start's wait before the first map write (the kube-proxies start serving in ~0.7 s).
+fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let wanted = wanted();
+    let mut found = Vec::with_capacity(wanted.len());
+    for (name, program) in ebpf.programs_mut() {
+        if let Some((name, kind)) = wanted.iter().find(|(w, _)| *w == name) {
+            found.push((*name, *kind, program));
+        }
+    }
+    if let Some((missing, _)) = wanted.iter().find(|(w, _)| !found.iter().any(|(f, _, _)| f == w)) {
+        anyhow::bail!("program {missing} missing from the eBPF object");
+    }
+    std::thread::scope(|scope| {
+        let loads: Vec<_> = found
+            .into_iter()
+            .map(|(name, kind, program)| scope.spawn(move || load_one(name, kind, program)))
+            .collect();
+        // Every load is waited for (a scope joins them all anyway); the first error is the answer.
+        let mut first_error = None;
+        for load in loads {
+            let result = load
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a program's loading thread panicked")));
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
+}
+
+fn load_one(name: &str, kind: Kind, program: &mut aya::programs::Program) -> Result<()> {
+    let started = std::time::Instant::now();
+    let loaded = load_kind(name, kind, program);
+    tracing::debug!(
+        program = name,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "program verified"
+    );
+    loaded
+}
+
+fn load_kind(name: &str, kind: Kind, program: &mut aya::programs::Program) -> Result<()> {
+    match kind {
+        Kind::Tc => {
+            let prog: &mut SchedClassifier = program
+                .try_into()
+                .with_context(|| format!("program {name} is not a tc classifier"))?;
+            verify(name, || prog.load())
+        }
+        Kind::Xdp => {
+            let prog: &mut Xdp = program
+                .try_into()
+                .with_context(|| format!("program {name} is not XDP"))?;
+            verify(name, || prog.load())
+        }
+        Kind::SockAddr => {
+            let prog: &mut CgroupSockAddr = program
+                .try_into()
+                .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
+            verify(name, || prog.load())
+        }
     }
 }
 
