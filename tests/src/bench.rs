@@ -937,6 +937,8 @@ pub fn run_all(p: &Params) -> anyhow::Result<Report> {
     measurements.extend(xdp_group(p, &mut checks)?);
     progress("policy compile (control plane)");
     measurements.extend(compile_group(p)?);
+    progress("conntrack sweep (control plane)");
+    measurements.extend(conntrack_sweep_group(p)?);
     progress(&format!("done in {:.1}s", start.elapsed().as_secs_f64()));
     Ok(Report {
         schema: 1,
@@ -1023,6 +1025,73 @@ pub fn compile_group(p: &Params) -> anyhow::Result<Vec<Measurement>> {
             method: "wall-clock".into(),
             services: None,
             policy_entries: Some(policies),
+            baseline,
+            min_ns: rounds.iter().copied().fold(f64::INFINITY, f64::min),
+            max_ns: rounds.iter().copied().fold(0.0, f64::max),
+            rounds_ns: rounds,
+            median_ns,
+            ratio,
+            ratio_min: ratio,
+            ratio_max: ratio,
+        });
+    }
+    Ok(out)
+}
+
+/// The agent's conntrack sweeper (`proxy_agent::datapath::conntrack::sweep`): wall-clock time of one
+/// pass over the pinned table holding `n` established entries (none expires, so every pass reads the
+/// same table), as the median of the rounds; 10k entries is the same-run baseline, so the ratio shows
+/// how a pass scales towards the table's limit. The sweeper runs every 5 s on a lowered-priority
+/// thread; this is its CPU cost per pass.
+pub fn conntrack_sweep_group(p: &Params) -> anyhow::Result<Vec<Measurement>> {
+    let sizes = [10_000u32, common::ct::MAX_CT_ENTRIES];
+    let mut out: Vec<Measurement> = Vec::new();
+    for n in sizes {
+        let mut dp = TestDatapath::load(&format!("bench-ct-{n}"));
+        let now = proxy_agent::datapath::conntrack::monotonic_ns();
+        {
+            let mut ct = dp.hash_map::<CtKey4, CtEntry4>(map_names::CT4);
+            for i in 0..n {
+                let key = CtKey4 {
+                    saddr: Be32::from_octets([10, 1, (i >> 16) as u8, (i >> 8) as u8]),
+                    daddr: Be32::from_octets([10, 96, 0, i as u8]),
+                    sport: Be16::new(1024 + (i % 60_000) as u16),
+                    dport: Be16::new(80),
+                    proto: PROTO_TCP,
+                    _pad: [0; 3],
+                };
+                let entry = CtEntry4 {
+                    last_seen_ns: now,
+                    flags: ct_flags::FORWARD | ct_flags::SEEN_REPLY,
+                    ..Default::default()
+                };
+                ct.insert(key, entry, 0)?;
+            }
+        }
+        let timeouts = proxy_agent::datapath::conntrack::Timeouts::default();
+        let mut rounds = Vec::new();
+        for _ in 0..p.rounds.min(5) {
+            let mut stats = proxy_agent::datapath::conntrack::CtStats::default();
+            let start = Instant::now();
+            proxy_agent::datapath::conntrack::sweep(dp.pin_dir(), &timeouts, &mut stats)?;
+            rounds.push(start.elapsed().as_nanos() as f64);
+            anyhow::ensure!(
+                stats.entries == u64::from(n) && stats.expired_idle == 0,
+                "a sweep of {n} live entries counted {} and expired {}",
+                stats.entries,
+                stats.expired_idle
+            );
+        }
+        let median_ns = median(&rounds);
+        let baseline = out.first().map(|b| b.case.clone());
+        let ratio = out.first().map(|b| median_ns / b.median_ns);
+        out.push(Measurement {
+            group: "conntrack-sweep".into(),
+            case: format!("sweep {n} entries"),
+            program: "proxy_agent::datapath::conntrack::sweep".into(),
+            method: "wall-clock".into(),
+            services: None,
+            policy_entries: None,
             baseline,
             min_ns: rounds.iter().copied().fold(f64::INFINITY, f64::min),
             max_ns: rounds.iter().copied().fold(0.0, f64::max),

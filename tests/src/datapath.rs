@@ -31,6 +31,11 @@ impl TestDatapath {
         Self { datapath, pin_dir }
     }
 
+    /// Where the maps are pinned (what the agent's sweeper and dumpers open).
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
+    }
+
     /// Runs program `prog` once on `packet` and returns the verdict and the packet as it left.
     pub fn run(&mut self, prog: &str, packet: &[u8]) -> RunResult {
         let mut out = vec![0u8; packet.len() + 256];
@@ -118,7 +123,7 @@ fn lb_key(vip: std::net::Ipv4Addr, port: u16, proto: u8, slot: u16) -> Lb4Key {
 }
 
 impl TestDatapath {
-    fn hash_map<K: aya::Pod, V: aya::Pod>(
+    pub fn hash_map<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &str,
     ) -> AyaHashMap<&mut aya::maps::MapData, K, V> {

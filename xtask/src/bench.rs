@@ -267,6 +267,8 @@ fn flatness(r: &Report) -> Vec<(u32, f64)> {
 fn group_title(m: &Measurement) -> String {
     if m.group == "policy-compile" {
         "NetworkPolicy compile for one node (control plane; ns are wall-clock per compile)".into()
+    } else if m.group == "conntrack-sweep" {
+        "Conntrack sweeper, one pass over the pinned table (agent; ns are wall-clock per pass)".into()
     } else if let Some(n) = m.services {
         format!("ClusterIP, {n} services × 3 backends")
     } else if let Some(p) = m.policy_entries {

@@ -2,17 +2,19 @@
 //! and removes UDP flows whose backend was deleted, so nothing keeps pointing at a gone endpoint.
 //! It opens the pinned maps itself, so a sweep never holds the agent's datapath lock.
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{collections::BTreeSet, os::fd::AsFd, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
 use common::{
     ct::{CtEntry4, CtKey4, MAX_CT_ENTRIES, ct_flags},
-    lb::Backend4,
+    lb::{Backend4, MAX_BACKENDS},
     map_names,
     net::proto,
 };
 use serde::{Deserialize, Serialize};
+
+use super::batch;
 
 /// How long an idle entry lives, by protocol and state. TCP follows Cilium's defaults (6 h established,
 /// short once a FIN or RST was seen, a minute before the first answer); UDP and others a minute.
@@ -91,18 +93,38 @@ pub fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// A pinned hash map, for removals, and every entry it held when read.
+type Read<K, V> = (HashMap<MapData, K, V>, Vec<(K, V)>);
+
+/// Every entry of a pinned hash map: read in batches, or walked entry by entry where the kernel cannot
+/// read the map in batches.
+fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(
+    pin_dir: &Path,
+    name: &str,
+    limit: u32,
+) -> Result<Read<K, V>> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let batched = match batch::read_all::<K, V>(data.fd().as_fd(), limit as usize) {
+        Ok(all) => Some(all),
+        Err(e) if batch::unsupported(&e) => None,
+        Err(e) => return Err(e).with_context(|| format!("reading map {name}")),
+    };
+    let map: HashMap<MapData, K, V> = HashMap::try_from(Map::from_map_data(data)?)?;
+    // Entries the LRU removed while we walked are skipped: nothing to do for them.
+    let all = batched.unwrap_or_else(|| map.iter().filter_map(Result::ok).collect());
+    Ok((map, all))
+}
+
 /// One pass over the pinned conntrack map.
 pub fn sweep(pin_dir: &Path, t: &Timeouts, stats: &mut CtStats) -> Result<()> {
-    let backends: HashMap<MapData, u32, Backend4> = open(pin_dir, map_names::LB4_BACKENDS)?;
-    let live: BTreeSet<u32> = backends.keys().filter_map(Result::ok).collect();
-    let mut ct: HashMap<MapData, CtKey4, CtEntry4> = open(pin_dir, map_names::CT4)?;
+    let (_, backends) = entries::<u32, Backend4>(pin_dir, map_names::LB4_BACKENDS, MAX_BACKENDS)?;
+    let live: BTreeSet<u32> = backends.into_iter().map(|(id, _)| id).collect();
+    let (mut ct, all) = entries::<CtKey4, CtEntry4>(pin_dir, map_names::CT4, MAX_CT_ENTRIES)?;
     let now = monotonic_ns();
     let mut doomed = Vec::new();
     let mut entries = 0u64;
-    for item in ct.iter() {
-        let Ok((key, entry)) = item else {
-            continue; // removed by the LRU while we walked: nothing to do
-        };
+    for (key, entry) in all {
         entries += 1;
         if let Some(why) = expiry(&key, &entry, now, t, |id| live.contains(&id)) {
             doomed.push((key, why));

@@ -21,27 +21,15 @@ use std::{
 use anyhow::{Context, Result};
 use aya::programs::links::FdLink;
 
+use super::bpf_sys::{ATTR_SIZE, sys_bpf};
+
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
-
-/// Size of the kernel's `union bpf_attr` region these commands read; the rest stays zero.
-const ATTR_SIZE: usize = 64;
 
 /// Where the agent's links are pinned, under its pin directory. Pin names must not contain dots:
 /// bpffs reserves them and refuses even a lookup of such a name (EPERM).
 pub fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
-}
-
-fn sys_bpf(cmd: libc::c_long, attr: &mut [u8; ATTR_SIZE]) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a zero-initialised buffer at least as large as the size passed, laid out as
-    // the command's part of `union bpf_attr`.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), ATTR_SIZE as libc::c_uint) };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
 }
 
 /// Opens a pinned BPF object (here: a link).

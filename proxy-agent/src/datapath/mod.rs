@@ -2,6 +2,8 @@
 //! attached. This module and its children are the only code that calls aya.
 
 pub mod attach;
+pub mod batch;
+mod bpf_sys;
 pub mod bpffs;
 pub mod cgroup;
 pub mod conntrack;

@@ -1,0 +1,76 @@
+//! Reading a whole hash map with BPF_MAP_LOOKUP_BATCH: a few system calls per thousand entries, where
+//! aya's iterator makes two per entry (next key, then lookup). The conntrack sweeper reads up to 256k
+//! entries every few seconds.
+#![allow(
+    unsafe_code,
+    reason = "the kernel writes map entries into the buffers handed to it"
+)]
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+use super::bpf_sys::{ATTR_SIZE, get_u32, put_u32, put_u64, sys_bpf};
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Entries asked for per call.
+const PER_CALL: usize = 4096;
+
+/// Every entry of the hash map `map` (keys `K`, values `V`, as the map was created with), or the
+/// error of the first call. An `EINVAL` or `ENOTSUP` means the kernel or map type has no batch reads;
+/// the caller can walk the map instead. Entries changed while the map is read may or may not be seen,
+/// as with any walk of a live map. Reads at most `limit` entries.
+pub fn read_all<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: BorrowedFd<'_>,
+    limit: usize,
+) -> io::Result<Vec<(K, V)>> {
+    let mut all = Vec::new();
+    let mut keys = vec![K::default(); PER_CALL];
+    let mut values = vec![V::default(); PER_CALL];
+    // The position between calls; for hash maps a bucket index (4 bytes). Room for any map's token.
+    let mut position = [0u8; 64];
+    let mut next = [0u8; 64];
+    let mut first = true;
+    // Each call returns at least one entry or ends the walk; bounded anyway.
+    for _ in 0..=limit / PER_CALL + 1_024 {
+        let mut attr = [0u8; ATTR_SIZE];
+        put_u64(&mut attr, 0, if first { 0 } else { position.as_ptr() as u64 });
+        put_u64(&mut attr, 8, next.as_mut_ptr() as u64);
+        put_u64(&mut attr, 16, keys.as_mut_ptr() as u64);
+        put_u64(&mut attr, 24, values.as_mut_ptr() as u64);
+        put_u32(&mut attr, 32, PER_CALL as u32);
+        put_u32(&mut attr, 36, map.as_raw_fd() as u32);
+        let result = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // The kernel writes back how many entries it copied, also with the ENOENT that ends the walk.
+        let copied = (get_u32(&attr, 32) as usize).min(PER_CALL);
+        all.extend(
+            keys[..copied]
+                .iter()
+                .copied()
+                .zip(values[..copied].iter().copied()),
+        );
+        match result {
+            Ok(_) if all.len() < limit => {}
+            Ok(_) => return Ok(all),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(all),
+            Err(e) => return Err(e),
+        }
+        position = next;
+        first = false;
+    }
+    Ok(all)
+}
+
+/// The kernel's own "not supported" (ENOTSUPP, not a user-space errno), which bpf(2) returns for a map
+/// type without batch operations.
+const KERNEL_ENOTSUPP: i32 = 524;
+
+/// Whether `e` says the kernel cannot read this map in batches.
+pub fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | KERNEL_ENOTSUPP)
+    )
+}
