@@ -1,6 +1,8 @@
-//! The resync's dumps, read and diffed on a thread of its own from the maps' pins. A dump costs a
-//! syscall or two per entry (0.2 s at 10k Services and 1k policies) and its diff 5–8 ms; on the
-//! daemon's loop they held back every change that arrived meanwhile. The daemon asks with its
+//! The resync's dumps, read and diffed on a thread of its own from the maps' pins. A dump walked the
+//! maps with a syscall or two per entry (0.2 s at 10k Services and 1k policies) and its diff takes
+//! 5–8 ms; on the daemon's loop they held back every change that arrived meanwhile. The load-balancing
+//! maps are now read in batches (200k entries: ~80 ms against ~440 ms walked, on the bench machine);
+//! the policy maps are LPM tries, which the kernel reads only entry by entry. The daemon asks with its
 //! reconcilers' write generations and what to diff against (the service maps: the mirror this thread
 //! keeps of the state written, see `reconcile::resync`; the policy maps: their shared written state),
 //! goes on, and applies the diff when it is there. Without a state to diff against, the dump itself

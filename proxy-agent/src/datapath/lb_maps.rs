@@ -3,11 +3,11 @@
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
 use common::{
-    lb::{Backend4, Lb4Key, Lb4Service, RevNat4},
+    lb::{Backend4, Lb4Key, Lb4Service, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES, RevNat4},
     map_names,
 };
 
-use super::{Datapath, MapSource};
+use super::{Datapath, MapSource, map_source::hash_entries};
 use crate::reconcile::{DesiredMaps, LbMaps, MapOp};
 
 pub struct AyaLbMaps<'a> {
@@ -33,27 +33,18 @@ fn hash_mut<'m, K: aya::Pod, V: aya::Pod>(
 
 /// The load-balancing maps' contents, read from `src` (the loaded object, or pins).
 pub fn dump(src: &dyn MapSource) -> Result<DesiredMaps> {
-    fn read<'m, K: aya::Pod, V: aya::Pod>(
-        src: &'m dyn MapSource,
-        name: &str,
-    ) -> Result<HashMap<&'m MapData, K, V>> {
-        HashMap::try_from(src.map(name)?).with_context(|| format!("map {name} has an unexpected type"))
-    }
-    // Collected, not inserted one by one: a map built from sorted entries has full nodes laid out in
-    // order, and the resync's diff walks it several times faster than one built in hash order.
+    // Collected, not inserted one by one: a map built from an iterator sorts its entries and fills its
+    // nodes in order, and the resync's diff walks it several times faster than one built in hash order.
     Ok(DesiredMaps {
-        services: read::<Lb4Key, Lb4Service>(src, map_names::LB4_SERVICES)?
-            .iter()
-            .collect::<Result<_, _>>()
-            .context("reading the services map")?,
-        backends: read::<u32, Backend4>(src, map_names::LB4_BACKENDS)?
-            .iter()
-            .collect::<Result<_, _>>()
-            .context("reading the backends map")?,
-        revnat: read::<u32, RevNat4>(src, map_names::LB4_REVNAT)?
-            .iter()
-            .collect::<Result<_, _>>()
-            .context("reading the rev-NAT map")?,
+        services: hash_entries::<Lb4Key, Lb4Service>(src, map_names::LB4_SERVICES, MAX_SERVICE_ENTRIES)?
+            .into_iter()
+            .collect(),
+        backends: hash_entries::<u32, Backend4>(src, map_names::LB4_BACKENDS, MAX_BACKENDS)?
+            .into_iter()
+            .collect(),
+        revnat: hash_entries::<u32, RevNat4>(src, map_names::LB4_REVNAT, MAX_REVNAT)?
+            .into_iter()
+            .collect(),
     })
 }
 

@@ -2,12 +2,12 @@
 //! bpffs root, opened anew — so a thread of its own can read the maps while the daemon writes them
 //! (see `crate::resync_dumper`).
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, os::fd::AsFd, path::Path};
 
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData};
 
-use super::Datapath;
+use super::{Datapath, batch};
 
 pub trait MapSource {
     fn map(&self, name: &str) -> Result<&Map>;
@@ -46,6 +46,28 @@ impl MapSource for PinnedMaps {
             .get(name)
             .with_context(|| format!("map {name} was not opened"))
     }
+}
+
+/// Every entry of the hash map `name` of `src` (at most about `limit`), read in batches where the kernel
+/// can (a resync reads ~220k entries at 10k Services: two bpf(2) calls each, walked one by one).
+pub fn hash_entries<K: aya::Pod + Default, V: aya::Pod + Default>(
+    src: &dyn MapSource,
+    name: &str,
+    limit: u32,
+) -> Result<Vec<(K, V)>> {
+    let map = src.map(name)?;
+    if let Map::HashMap(data) | Map::LruHashMap(data) = map {
+        match batch::read_all::<K, V>(data.fd().as_fd(), limit as usize) {
+            Ok(all) => return Ok(all),
+            Err(e) if batch::unsupported(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("reading map {name}")),
+        }
+    }
+    aya::maps::HashMap::<&MapData, K, V>::try_from(map)
+        .with_context(|| format!("map {name} has an unexpected type"))?
+        .iter()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading map {name}"))
 }
 
 /// A delete of a key that is not there counts as done: the key may be gone already (a resync's dump
