@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::{
     cli::{Output, PinnedArgs},
-    datapath::conntrack::{monotonic_ns, open},
+    datapath::conntrack::{entries, monotonic_ns},
     reconcile::dump::proto_name,
 };
 
@@ -152,13 +152,9 @@ pub fn render_backends(rows: &[BackendRow]) -> String {
 }
 
 fn ct_rows(pin_dir: &Path) -> Result<Vec<CtRow>> {
-    let map = open::<CtKey4, CtEntry4>(pin_dir, map_names::CT4)?;
+    let (_, all) = entries::<CtKey4, CtEntry4>(pin_dir, map_names::CT4, common::ct::MAX_CT_ENTRIES)?;
     let now = monotonic_ns();
-    let mut rows: Vec<(CtKey4, CtRow)> = map
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, e)| (k, ct_row(&k, &e, now)))
-        .collect();
+    let mut rows: Vec<(CtKey4, CtRow)> = all.into_iter().map(|(k, e)| (k, ct_row(&k, &e, now))).collect();
     rows.sort_by_key(|(k, _)| *k);
     Ok(rows.into_iter().map(|(_, r)| r).collect())
 }
@@ -175,12 +171,12 @@ pub fn print_ct(args: &PinnedArgs, count_only: bool) -> Result<()> {
 }
 
 pub fn print_backends(args: &PinnedArgs) -> Result<()> {
-    let map = open::<u32, Backend4>(&args.bpffs_root, map_names::LB4_BACKENDS)?;
-    let mut rows: Vec<BackendRow> = map
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(id, b)| backend_row(id, &b))
-        .collect();
+    let (_, all) = entries::<u32, Backend4>(
+        &args.bpffs_root,
+        map_names::LB4_BACKENDS,
+        common::lb::MAX_BACKENDS,
+    )?;
+    let mut rows: Vec<BackendRow> = all.into_iter().map(|(id, b)| backend_row(id, &b)).collect();
     rows.sort_by_key(|r| r.id);
     crate::cli::write_stdout(&match args.output {
         Output::Json => serde_json::to_string_pretty(&rows)? + "\n",

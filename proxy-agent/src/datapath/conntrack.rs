@@ -80,13 +80,6 @@ pub struct CtStats {
     pub expired_backend_gone: u64,
 }
 
-pub fn open<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &str) -> Result<HashMap<MapData, K, V>> {
-    let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-    let map = Map::from_map_data(data)?;
-    Ok(HashMap::try_from(map)?)
-}
-
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
@@ -97,8 +90,8 @@ pub fn monotonic_ns() -> u64 {
 type Read<K, V> = (HashMap<MapData, K, V>, Vec<(K, V)>);
 
 /// Every entry of a pinned hash map: read in batches, or walked entry by entry where the kernel cannot
-/// read the map in batches.
-fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(
+/// read the map in batches (skipping entries that vanish meanwhile, as the LRU's do).
+pub(crate) fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(
     pin_dir: &Path,
     name: &str,
     limit: u32,
