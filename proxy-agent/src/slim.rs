@@ -120,12 +120,6 @@ impl From<&str> for Address {
     }
 }
 
-impl From<std::net::Ipv4Addr> for Address {
-    fn from(ip: std::net::Ipv4Addr) -> Self {
-        Self::Ip(ip.into())
-    }
-}
-
 impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

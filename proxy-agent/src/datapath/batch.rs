@@ -8,8 +8,10 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
+
+use aya::maps::Map;
 
 use super::bpf_sys::{ATTR_SIZE, get_u32, put_u32, put_u64, sys_bpf};
 
@@ -18,11 +20,26 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Entries asked for per call.
 const PER_CALL: usize = 4096;
 
-/// Every entry of the hash map `map` (keys `K`, values `V`, as the map was created with), or the
-/// error of the first call. An `EINVAL` or `ENOTSUP` means the kernel or map type has no batch reads;
-/// the caller can walk the map instead. Entries changed while the map is read may or may not be seen,
-/// as with any walk of a live map. Reads at most `limit` entries.
-pub fn read_all<K: aya::Pod + Default, V: aya::Pod + Default>(
+/// Every entry of `map` (keys `K`, values `V`, as the map was created with), read in batches;
+/// `Ok(None)` when the map is no hash map or the kernel cannot read it in batches, so the caller walks
+/// it instead. Entries changed while the map is read may or may not be seen, as with any walk of a live
+/// map. Reads at most about `limit` entries.
+pub fn read_hash<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: &Map,
+    limit: usize,
+) -> io::Result<Option<Vec<(K, V)>>> {
+    let (Map::HashMap(data) | Map::LruHashMap(data)) = map else {
+        return Ok(None);
+    };
+    match read_all(data.fd().as_fd(), limit) {
+        Ok(all) => Ok(Some(all)),
+        Err(e) if unsupported(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every entry of the hash map behind `map`, or the error of the first call that failed.
+fn read_all<K: aya::Pod + Default, V: aya::Pod + Default>(
     map: BorrowedFd<'_>,
     limit: usize,
 ) -> io::Result<Vec<(K, V)>> {
@@ -68,7 +85,7 @@ pub fn read_all<K: aya::Pod + Default, V: aya::Pod + Default>(
 const KERNEL_ENOTSUPP: i32 = 524;
 
 /// Whether `e` says the kernel cannot read this map in batches.
-pub fn unsupported(e: &io::Error) -> bool {
+fn unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EINVAL | libc::EOPNOTSUPP | KERNEL_ENOTSUPP)

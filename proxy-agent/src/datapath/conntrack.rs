@@ -2,7 +2,7 @@
 //! and removes UDP flows whose backend was deleted, so nothing keeps pointing at a gone endpoint.
 //! It opens the pinned maps itself, so a sweep never holds the agent's datapath lock.
 
-use std::{collections::BTreeSet, os::fd::AsFd, path::Path, time::Duration};
+use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
@@ -98,12 +98,9 @@ pub(crate) fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(
 ) -> Result<Read<K, V>> {
     let path = pin_dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-    let batched = match batch::read_all::<K, V>(data.fd().as_fd(), limit as usize) {
-        Ok(all) => Some(all),
-        Err(e) if batch::unsupported(&e) => None,
-        Err(e) => return Err(e).with_context(|| format!("reading map {name}")),
-    };
-    let map: HashMap<MapData, K, V> = HashMap::try_from(Map::from_map_data(data)?)?;
+    let map = Map::from_map_data(data)?;
+    let batched = batch::read_hash(&map, limit as usize).with_context(|| format!("reading map {name}"))?;
+    let map: HashMap<MapData, K, V> = HashMap::try_from(map)?;
     // Entries the LRU removed while we walked are skipped: nothing to do for them.
     let all = batched.unwrap_or_else(|| map.iter().filter_map(Result::ok).collect());
     Ok((map, all))

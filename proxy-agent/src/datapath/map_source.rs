@@ -2,7 +2,7 @@
 //! bpffs root, opened anew — so a thread of its own can read the maps while the daemon writes them
 //! (see `crate::resync_dumper`).
 
-use std::{collections::BTreeMap, os::fd::AsFd, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData};
@@ -56,12 +56,8 @@ pub fn hash_entries<K: aya::Pod + Default, V: aya::Pod + Default>(
     limit: u32,
 ) -> Result<Vec<(K, V)>> {
     let map = src.map(name)?;
-    if let Map::HashMap(data) | Map::LruHashMap(data) = map {
-        match batch::read_all::<K, V>(data.fd().as_fd(), limit as usize) {
-            Ok(all) => return Ok(all),
-            Err(e) if batch::unsupported(&e) => {}
-            Err(e) => return Err(e).with_context(|| format!("reading map {name}")),
-        }
+    if let Some(all) = batch::read_hash(map, limit as usize).with_context(|| format!("reading map {name}"))? {
+        return Ok(all);
     }
     aya::maps::HashMap::<&MapData, K, V>::try_from(map)
         .with_context(|| format!("map {name} has an unexpected type"))?
