@@ -996,6 +996,36 @@ egress:\n  - to:\n    - ipBlock: {{cidr: 192.168.{}.0/24, except: [192.168.{}.12
     policy::PolicyInput::from_yaml(&yaml).expect("synthetic policy input")
 }
 
+/// A wall-clock measurement (`rounds`: ns per run) and its ratio to `baseline`, a smaller size of the
+/// same group measured in the same run (none for the baseline itself).
+fn wall_clock(
+    group: &str,
+    case: String,
+    program: &str,
+    policy_entries: Option<u32>,
+    rounds: Vec<f64>,
+    baseline: Option<&Measurement>,
+) -> Measurement {
+    let median_ns = median(&rounds);
+    let ratio = baseline.map(|b| median_ns / b.median_ns);
+    Measurement {
+        group: group.into(),
+        case,
+        program: program.into(),
+        method: "wall-clock".into(),
+        services: None,
+        policy_entries,
+        baseline: baseline.map(|b| b.case.clone()),
+        min_ns: rounds.iter().copied().fold(f64::INFINITY, f64::min),
+        max_ns: rounds.iter().copied().fold(0.0, f64::max),
+        rounds_ns: rounds,
+        median_ns,
+        ratio,
+        ratio_min: ratio,
+        ratio_max: ratio,
+    }
+}
+
 /// Control-plane cost of NetworkPolicy: wall-clock time of `policy::compile` for one node, as the
 /// median of `rounds` runs; the small input (10× fewer pods and policies) is the same-run baseline, so
 /// the ratio shows how compile time scales.
@@ -1015,25 +1045,14 @@ pub fn compile_group(p: &Params) -> anyhow::Result<Vec<Measurement>> {
                 "the synthetic policies compiled to nothing"
             );
         }
-        let median_ns = median(&rounds);
-        let baseline = out.first().map(|b| b.case.clone());
-        let ratio = out.first().map(|b| median_ns / b.median_ns);
-        out.push(Measurement {
-            group: "policy-compile".into(),
-            case: format!("compile {policies} policies over {pods} pods"),
-            program: "policy::compile".into(),
-            method: "wall-clock".into(),
-            services: None,
-            policy_entries: Some(policies),
-            baseline,
-            min_ns: rounds.iter().copied().fold(f64::INFINITY, f64::min),
-            max_ns: rounds.iter().copied().fold(0.0, f64::max),
-            rounds_ns: rounds,
-            median_ns,
-            ratio,
-            ratio_min: ratio,
-            ratio_max: ratio,
-        });
+        out.push(wall_clock(
+            "policy-compile",
+            format!("compile {policies} policies over {pods} pods"),
+            "policy::compile",
+            Some(policies),
+            rounds,
+            out.first(),
+        ));
     }
     Ok(out)
 }
@@ -1082,25 +1101,14 @@ pub fn conntrack_sweep_group(p: &Params) -> anyhow::Result<Vec<Measurement>> {
                 stats.expired_idle
             );
         }
-        let median_ns = median(&rounds);
-        let baseline = out.first().map(|b| b.case.clone());
-        let ratio = out.first().map(|b| median_ns / b.median_ns);
-        out.push(Measurement {
-            group: "conntrack-sweep".into(),
-            case: format!("sweep {n} entries"),
-            program: "proxy_agent::datapath::conntrack::sweep".into(),
-            method: "wall-clock".into(),
-            services: None,
-            policy_entries: None,
-            baseline,
-            min_ns: rounds.iter().copied().fold(f64::INFINITY, f64::min),
-            max_ns: rounds.iter().copied().fold(0.0, f64::max),
-            rounds_ns: rounds,
-            median_ns,
-            ratio,
-            ratio_min: ratio,
-            ratio_max: ratio,
-        });
+        out.push(wall_clock(
+            "conntrack-sweep",
+            format!("sweep {n} entries"),
+            "proxy_agent::datapath::conntrack::sweep",
+            None,
+            rounds,
+            out.first(),
+        ));
     }
     Ok(out)
 }

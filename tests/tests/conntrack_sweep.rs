@@ -2,7 +2,7 @@
 //! entries than one batch holds), removes what expired or points at a deleted UDP backend, keeps the
 //! rest, and counts both.
 
-use std::{net::Ipv4Addr, os::fd::AsFd};
+use std::net::Ipv4Addr;
 
 use common::{
     ct::{CtEntry4, CtKey4, ct_flags},
@@ -46,59 +46,33 @@ fn the_sweeper_reads_every_entry_and_removes_only_what_expired() {
     {
         let mut ct = dp.hash_map::<CtKey4, CtEntry4>(map_names::CT4);
         for i in 0..10_000u32 {
-            let (k, e) = if i % 5 == 0 {
-                let k = key(i, proto::UDP);
-                gone.push(k);
-                (
-                    k,
-                    CtEntry4 {
-                        last_seen_ns: now,
-                        backend_id: GONE_BACKEND,
-                        flags: ct_flags::FORWARD,
-                        ..Default::default()
-                    },
-                )
+            let (list, p, last_seen_ns, backend_id, flags) = if i % 5 == 0 {
+                (&mut gone, proto::UDP, now, GONE_BACKEND, ct_flags::FORWARD)
             } else if i % 3 == 0 {
-                let k = key(i, proto::TCP);
-                idle.push(k);
-                (
-                    k,
-                    CtEntry4 {
-                        last_seen_ns: hour_ago,
-                        flags: ct_flags::FORWARD,
-                        ..Default::default()
-                    },
-                )
+                (&mut idle, proto::TCP, hour_ago, 0, ct_flags::FORWARD)
             } else if i % 7 == 0 {
-                let k = key(i, proto::UDP);
-                kept.push(k);
-                (
-                    k,
-                    CtEntry4 {
-                        last_seen_ns: now,
-                        backend_id: LIVE_BACKEND,
-                        flags: ct_flags::FORWARD,
-                        ..Default::default()
-                    },
-                )
+                (&mut kept, proto::UDP, now, LIVE_BACKEND, ct_flags::FORWARD)
             } else {
-                let k = key(i, proto::TCP);
-                kept.push(k);
-                (
-                    k,
-                    CtEntry4 {
-                        last_seen_ns: now,
-                        flags: ct_flags::FORWARD | ct_flags::SEEN_REPLY,
-                        ..Default::default()
-                    },
-                )
+                let established = ct_flags::FORWARD | ct_flags::SEEN_REPLY;
+                (&mut kept, proto::TCP, now, 0, established)
+            };
+            let k = key(i, p);
+            list.push(k);
+            let e = CtEntry4 {
+                last_seen_ns,
+                backend_id,
+                flags,
+                ..Default::default()
             };
             ct.insert(k, e, 0).unwrap();
         }
     }
     // The fast path is what is tested here: this kernel reads the table in batches.
     let data = aya::maps::MapData::from_pin(dp.pin_dir().join(map_names::CT4)).unwrap();
-    let read = batch::read_all::<CtKey4, CtEntry4>(data.fd().as_fd(), 1 << 20).unwrap();
+    let map = aya::maps::Map::from_map_data(data).unwrap();
+    let read = batch::read_hash::<CtKey4, CtEntry4>(&map, 1 << 20)
+        .unwrap()
+        .expect("this kernel reads the conntrack table in batches");
     assert_eq!(read.len(), 10_000, "every entry, once");
     let distinct: std::collections::BTreeSet<CtKey4> = read.iter().map(|(k, _)| *k).collect();
     assert_eq!(distinct.len(), 10_000);

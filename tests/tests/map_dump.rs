@@ -2,6 +2,8 @@
 //! against), read from the pins as the resync's thread reads them: the batched read returns exactly
 //! what a walk of every map entry by entry returns, over more entries than one batch holds.
 
+use std::collections::BTreeMap;
+
 use aya::maps::HashMap;
 use common::{
     lb::{Backend4, Lb4Key, Lb4Service, RevNat4},
@@ -29,27 +31,25 @@ fn the_dump_holds_every_entry_of_every_map() {
     assert_eq!(dumped.services.len(), (SERVICES * 4) as usize);
     assert_eq!(dumped.backends.len(), (SERVICES * 3) as usize);
     assert_eq!(dumped.revnat.len(), SERVICES as usize);
-    let walked_services: std::collections::BTreeMap<Lb4Key, Lb4Service> =
-        HashMap::<_, Lb4Key, Lb4Service>::try_from(
-            dp.datapath.ebpf_mut().map(map_names::LB4_SERVICES).unwrap(),
-        )
+    assert_eq!(
+        dumped.services,
+        walk::<Lb4Key, Lb4Service>(&mut dp, map_names::LB4_SERVICES)
+    );
+    assert_eq!(
+        dumped.backends,
+        walk::<u32, Backend4>(&mut dp, map_names::LB4_BACKENDS)
+    );
+    assert_eq!(
+        dumped.revnat,
+        walk::<u32, RevNat4>(&mut dp, map_names::LB4_REVNAT)
+    );
+}
+
+/// Map `name`, walked entry by entry (aya's iterator).
+fn walk<K: aya::Pod + Ord, V: aya::Pod>(dp: &mut TestDatapath, name: &str) -> BTreeMap<K, V> {
+    HashMap::<_, K, V>::try_from(dp.datapath.ebpf_mut().map(name).unwrap())
         .unwrap()
         .iter()
         .map(Result::unwrap)
-        .collect();
-    assert_eq!(dumped.services, walked_services);
-    let walked_backends: std::collections::BTreeMap<u32, Backend4> =
-        HashMap::<_, u32, Backend4>::try_from(dp.datapath.ebpf_mut().map(map_names::LB4_BACKENDS).unwrap())
-            .unwrap()
-            .iter()
-            .map(Result::unwrap)
-            .collect();
-    assert_eq!(dumped.backends, walked_backends);
-    let walked_revnat: std::collections::BTreeMap<u32, RevNat4> =
-        HashMap::<_, u32, RevNat4>::try_from(dp.datapath.ebpf_mut().map(map_names::LB4_REVNAT).unwrap())
-            .unwrap()
-            .iter()
-            .map(Result::unwrap)
-            .collect();
-    assert_eq!(dumped.revnat, walked_revnat);
+        .collect()
 }
