@@ -1,7 +1,8 @@
 //! Compact stored forms of the kinds every node holds by the thousand. The sources deserialize an
-//! object as its k8s-openapi type and keep only this (`#[serde(from = ...)]`, so the reflector, the
+//! object as its k8s-openapi type and keep only this (`#[serde(from = ...)]`, so the API source, the
 //! manifests and the tests read them unchanged); the field names and shapes are the API's, so readers
-//! are written as against k8s-openapi. What is kept is what the readers use (see `source/kube/strip.rs`).
+//! are written as against k8s-openapi. Their metadata is the compact [`ObjectMeta`] (with the API's
+//! `ObjectMeta`, which is 336 bytes inline, they could not be smaller than ~350 bytes each). What is kept is what the readers use (see `source/kube/strip.rs`).
 //!
 //! Why: k8s-openapi types carry every field inline as an `Option`, whatever is set. At 10k Services the
 //! EndpointSlices' 100k endpoints took ~45 MB as k8s-openapi `Endpoint`s (a full `ObjectReference`
@@ -14,14 +15,34 @@ use std::{
     sync::{Arc, LazyLock, Mutex},
 };
 
-use k8s_openapi::{
-    api::discovery::v1::{self as discovery, EndpointConditions, EndpointHints, EndpointPort},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    core::v1::{self as core, ServiceSpec, ServiceStatus},
+    discovery::v1::{self as discovery, EndpointConditions, EndpointHints, EndpointPort},
 };
 
 use crate::lb::SERVICE_NAME_LABEL;
 
-pub use policy::slim::{Container, ContainerPort, Pod, PodCondition, PodSpec, PodStatus};
+pub use policy::slim::{Container, ContainerPort, ObjectMeta, Pod, PodCondition, PodSpec, PodStatus};
+
+/// A Service: the API's spec and status, under the compact metadata (a Service's own fields are
+/// nearly all read: type, cluster IPs, ports, affinity, traffic policies, external IPs, selector).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(from = "core::Service")]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    pub spec: Option<ServiceSpec>,
+    pub status: Option<ServiceStatus>,
+}
+
+impl From<core::Service> for Service {
+    fn from(service: core::Service) -> Self {
+        Self {
+            metadata: service.metadata.into(),
+            spec: service.spec,
+            status: service.status,
+        }
+    }
+}
 
 /// An EndpointSlice: its identity, the Service it belongs to, address type, ports, and per endpoint
 /// what kube-proxy reads.
@@ -145,7 +166,7 @@ impl From<discovery::EndpointSlice> for EndpointSlice {
             });
         }
         let mut slim = Self {
-            metadata: slice.metadata,
+            metadata: slice.metadata.into(),
             service_name: None,
             address_type: slice.address_type,
             ports: slice.ports,
@@ -165,8 +186,6 @@ impl EndpointSlice {
         }
     }
 }
-
-policy::api_kind!(EndpointSlice, discovery::EndpointSlice);
 
 /// `name` as the one allocation every holder of this node (or zone) name shares: 100k endpoints name a
 /// few hundred nodes, and the planner copies each name twice more. Names are never forgotten; a name
@@ -218,7 +237,7 @@ endpoints:
                 labels: full.metadata.labels.clone(),
                 ..slim.metadata.clone()
             },
-            full.metadata
+            ObjectMeta::from(full.metadata.clone())
         );
         assert_eq!(slim.address_type, "IPv4");
         assert_eq!(slim.ports, full.ports);

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Service},
+    core::v1::{Namespace, Node},
     networking::v1::NetworkPolicy,
 };
 
-use crate::slim::{EndpointSlice, Pod};
+use crate::slim::{EndpointSlice, Pod, Service};
 
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {

@@ -65,24 +65,30 @@ async fn until_true(limit: Duration, what: &str, ok: impl Fn() -> bool) {
     }
 }
 
+/// The objects' names (every kind the source stores has `metadata.name`).
+macro_rules! names {
+    ($objects:expr) => {
+        $objects
+            .iter()
+            .map(|o| o.metadata.name.clone().unwrap_or_default())
+            .collect::<Vec<String>>()
+    };
+}
+
 fn summary(s: &Snapshot) -> String {
     format!(
         "nodes {:?}, namespaces {:?}, pods {}, services {:?}, slices {:?}, policies {:?}",
-        names(&s.nodes),
-        names(&s.namespaces),
+        names!(s.nodes),
+        names!(s.namespaces),
         s.pods.len(),
-        names(&s.services),
-        names(&s.endpoint_slices),
-        names(&s.network_policies)
+        names!(s.services),
+        names!(s.endpoint_slices),
+        names!(s.network_policies)
     )
 }
 
-fn names<K: kube::ResourceExt>(objects: &[std::sync::Arc<K>]) -> Vec<String> {
-    objects.iter().map(|o| o.name_any()).collect()
-}
-
 fn service_names(s: &Snapshot) -> Vec<String> {
-    names(&s.services)
+    names!(s.services)
 }
 
 fn cluster_ip(s: &Snapshot, name: &str) -> Option<String> {
@@ -176,7 +182,7 @@ async fn initial_sync_gives_every_kind_stripped() {
     // Sorted by namespace/name, whatever the store's order.
     assert_eq!(service_names(&s), ["api", "web"]);
     let pod = &s.pods[0];
-    assert!(pod.metadata.annotations.is_none() && pod.metadata.managed_fields.is_none());
+    assert!(pod.metadata.labels.is_none(), "read into the pod's labels");
     let spec = pod.spec.as_ref().unwrap();
     assert_eq!(spec.node_name.as_deref(), Some("n1"));
     assert_eq!(spec.containers.len(), 1, "the port-less container is dropped");
@@ -188,7 +194,7 @@ async fn initial_sync_gives_every_kind_stripped() {
     let slice = &s.endpoint_slices[0];
     assert!(slice.metadata.labels.is_none(), "read into service_name");
     assert_eq!(slice.service_name.as_deref(), Some("web"));
-    assert!(s.services.iter().all(|svc| svc.metadata.annotations.is_none()));
+    assert!(s.services.iter().all(|svc| svc.metadata.uid.is_none()));
     assert!(s.nodes[0].status.as_ref().unwrap().images.is_none());
     assert!(source.rejected().is_empty());
     // One list per kind, then watches.

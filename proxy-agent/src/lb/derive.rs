@@ -10,7 +10,7 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{ObjectReference, Service, ServicePort},
+        core::v1::{ObjectReference, ServicePort},
         discovery::v1::{
             Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,
         },
@@ -19,7 +19,10 @@ use k8s_openapi::{
 };
 
 use super::{SERVICE_NAME_LABEL, ZONE_LABEL};
-use crate::{slim::Pod, snapshot::Snapshot};
+use crate::{
+    slim::{Pod, Service},
+    snapshot::Snapshot,
+};
 
 /// The derived slices `new` as shared objects, each taking the allocation of an equal slice of the
 /// same namespace/name in `old` (the last derivation) when there is one: the planner re-plans a

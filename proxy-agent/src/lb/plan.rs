@@ -11,11 +11,11 @@ use std::{
 };
 
 use common::lb::{SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Node;
 
 use policy::net::Ipv4Net;
 
-use crate::slim::EndpointSlice;
+use crate::slim::{EndpointSlice, Service};
 
 use super::{
     DEFAULT_AFFINITY_TIMEOUT, Frontend, FrontendKind, HealthCheck, LbPlan, PlannedBackend, Proto, Rejected,

@@ -15,14 +15,17 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Node;
 
 use super::{
     HealthCheck, LbPlan, Rejected,
     endpoints::{ServiceSlice, read_slice},
     plan::{Assembly, FrontendKey, NodeView, ServicePlan, frontend_key, namespaced, plan_service},
 };
-use crate::{slim::EndpointSlice, snapshot::Snapshot};
+use crate::{
+    slim::{EndpointSlice, Service},
+    snapshot::Snapshot,
+};
 
 /// (namespace, name) of a Service, shared by the Service's entry and its slices' entries so that
 /// grouping compares pointers, not strings.

@@ -1,4 +1,4 @@
-//! The API-server source: one reflector per kind (Services, EndpointSlices, Pods, Namespaces, Nodes,
+//! The API-server source: one watcher per kind (Services, EndpointSlices, Pods, Namespaces, Nodes,
 //! NetworkPolicies), each storing cut-down objects ([`strip`]); a [`Snapshot`] is read from the
 //! stores.
 //!
@@ -10,21 +10,22 @@
 
 pub mod config;
 pub mod reflect;
+pub mod store;
 pub mod strip;
 
 use std::sync::Arc;
 
-use ::kube::{Client, Resource, ResourceExt, runtime::reflector::Store};
+use ::kube::Client;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Service},
+    core::v1::{Namespace, Node},
     networking::v1::NetworkPolicy,
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-use self::reflect::KindState;
+use self::{reflect::KindState, store::ObjectStore};
 use super::{Kinds, Rejected};
 use crate::{
-    slim::{EndpointSlice, Pod},
+    slim::{EndpointSlice, Pod, Service},
     snapshot::Snapshot,
 };
 
@@ -33,12 +34,12 @@ pub const ORIGIN: &str = "API server";
 
 pub struct KubeSource {
     url: String,
-    nodes: Store<Node>,
-    namespaces: Store<Namespace>,
-    pods: Store<Pod>,
-    services: Store<Service>,
-    endpoint_slices: Store<EndpointSlice>,
-    network_policies: Store<NetworkPolicy>,
+    nodes: ObjectStore<Node>,
+    namespaces: ObjectStore<Namespace>,
+    pods: ObjectStore<Pod>,
+    services: ObjectStore<Service>,
+    endpoint_slices: ObjectStore<EndpointSlice>,
+    network_policies: ObjectStore<NetworkPolicy>,
     kinds: Vec<Arc<KindState>>,
     /// Each kind's generation as of the last poll, in the order of `kinds`.
     seen_generations: Vec<u64>,
@@ -103,12 +104,12 @@ impl KubeSource {
             return None;
         }
         Some(Snapshot {
-            nodes: sorted(&self.nodes),
-            namespaces: sorted(&self.namespaces),
-            pods: sorted(&self.pods),
-            services: sorted(&self.services),
-            endpoint_slices: sorted(&self.endpoint_slices),
-            network_policies: sorted(&self.network_policies),
+            nodes: self.nodes.sorted(),
+            namespaces: self.namespaces.sorted(),
+            pods: self.pods.sorted(),
+            services: self.services.sorted(),
+            endpoint_slices: self.endpoint_slices.sorted(),
+            network_policies: self.network_policies.sorted(),
         })
     }
 
@@ -159,22 +160,22 @@ impl KubeSource {
         let all = snapshot.object_count() == 0;
         let take = |kind: Kinds| all || kinds.intersects(kind);
         if take(Kinds::NODES) {
-            snapshot.nodes = sorted(&self.nodes);
+            snapshot.nodes = self.nodes.sorted();
         }
         if take(Kinds::NAMESPACES) {
-            snapshot.namespaces = sorted(&self.namespaces);
+            snapshot.namespaces = self.namespaces.sorted();
         }
         if take(Kinds::PODS) {
-            snapshot.pods = sorted(&self.pods);
+            snapshot.pods = self.pods.sorted();
         }
         if take(Kinds::SERVICES) {
-            snapshot.services = sorted(&self.services);
+            snapshot.services = self.services.sorted();
         }
         if take(Kinds::ENDPOINT_SLICES) {
-            snapshot.endpoint_slices = sorted(&self.endpoint_slices);
+            snapshot.endpoint_slices = self.endpoint_slices.sorted();
         }
         if take(Kinds::NETWORK_POLICIES) {
-            snapshot.network_policies = sorted(&self.network_policies);
+            snapshot.network_policies = self.network_policies.sorted();
         }
         Some(kinds)
     }
@@ -227,11 +228,4 @@ impl Drop for KubeSource {
             task.abort();
         }
     }
-}
-
-/// The store's own shared objects: an object the watch did not change stays the same allocation.
-fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<std::sync::Arc<K>> {
-    let mut objects = store.state();
-    objects.sort_by_cached_key(|o| (o.namespace(), o.name_any()));
-    objects
 }

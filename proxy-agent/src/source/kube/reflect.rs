@@ -1,4 +1,4 @@
-//! One reflector: list+watch of one kind into a store, with the objects cut down before they are
+//! One reflector: list+watch of one kind into its store, with the objects cut down before they are
 //! stored, unusable objects set aside by name, and the kind's health (ready, errors, count) kept
 //! where the source can read it without waiting on the task.
 
@@ -16,18 +16,29 @@ use ::kube::{
     api::{ApiResource, DynamicObject},
     runtime::{
         WatchStreamExt,
-        reflector::{self, Store},
         watcher::{self, Event},
     },
 };
-use futures::{StreamExt, TryStreamExt, future};
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        core::v1::{self as core, Namespace, Node},
+        discovery::v1 as discovery,
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::strip::Strip;
+use super::{
+    store::{Change, Key, ObjectStore},
+    strip::Strip,
+};
+use crate::slim::{EndpointSlice, Pod, Service};
 
 /// `(namespace, name)` → why the object was set aside.
-type Rejections = BTreeMap<(String, String), String>;
+type Rejections = BTreeMap<Key, String>;
 
 /// What the source knows about one kind's reflector.
 #[derive(Debug)]
@@ -94,45 +105,92 @@ impl KindState {
     }
 }
 
+/// A kind the source stores: read from the API type `Api` (its URL and identity), with the
+/// metadata set after the rest of the object is read (see [`convert`]).
+pub trait Kind: Strip + DeserializeOwned + Debug + Send + Sync + 'static {
+    type Api: Resource<DynamicType = ()>;
+    fn set_metadata(&mut self, metadata: ObjectMeta);
+    fn key(&self) -> Key;
+}
+
+/// A kind stored as the API type, or (`slim`) as a compact type with the agent's metadata.
+macro_rules! kind {
+    ($kind:ty) => {
+        impl Kind for $kind {
+            type Api = $kind;
+            fn set_metadata(&mut self, metadata: ObjectMeta) {
+                self.metadata = metadata;
+            }
+            fn key(&self) -> Key {
+                key_of(
+                    self.metadata.namespace.as_deref(),
+                    self.metadata.name.as_deref(),
+                )
+            }
+        }
+    };
+    (slim $kind:ty, $api:ty) => {
+        impl Kind for $kind {
+            type Api = $api;
+            fn set_metadata(&mut self, metadata: ObjectMeta) {
+                self.metadata = metadata.into();
+            }
+            fn key(&self) -> Key {
+                key_of(
+                    self.metadata.namespace.as_deref(),
+                    self.metadata.name.as_deref(),
+                )
+            }
+        }
+    };
+}
+
+kind!(Node);
+kind!(Namespace);
+kind!(NetworkPolicy);
+kind!(slim Service, core::Service);
+kind!(slim EndpointSlice, discovery::EndpointSlice);
+kind!(slim Pod, core::Pod);
+
+fn key_of(namespace: Option<&str>, name: Option<&str>) -> Key {
+    (
+        namespace.unwrap_or_default().to_owned(),
+        name.unwrap_or_default().to_owned(),
+    )
+}
+
 /// Starts the reflector of kind `K`; every change to its store bumps `changed`.
-pub fn spawn<K>(
+pub fn spawn<K: Kind>(
     client: Client,
     state: Arc<KindState>,
     changed: Arc<watch::Sender<u64>>,
-) -> (Store<K>, JoinHandle<()>)
-where
-    K: Resource<DynamicType = ()>
-        + Strip
-        + DeserializeOwned
-        + Default
-        + Clone
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store::<K>();
-    let api: Api<DynamicObject> = Api::all_with(client, &ApiResource::erase::<K>(&()));
-    let typing_state = state.clone();
+) -> (ObjectStore<K>, JoinHandle<()>) {
+    let store = ObjectStore::default();
+    let api: Api<DynamicObject> = Api::all_with(client, &ApiResource::erase::<K::Api>(&()));
     // The watcher relists by itself after a 410 Gone or a broken watch; the backoff spaces out
     // retries while the API server is away. Objects arrive untyped so that one object that does not
     // fit its type is set aside alone instead of failing the whole list.
-    let events = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .try_filter_map(move |event| future::ready(Ok(typed::<K>(event, &typing_state))));
-    let stream = reflector::reflector(writer, events);
-    let store = reader.clone();
+    let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let writer = store.clone();
     let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
+        let mut events = std::pin::pin!(events);
+        while let Some(item) = events.next().await {
             match item {
-                Ok(Event::Init | Event::InitApply(_)) => {}
                 Ok(event) => {
-                    if matches!(event, Event::InitDone) {
-                        state.ready.store(true, Ordering::Release);
-                        tracing::debug!(kind = state.kind, objects = store.len(), "listed");
+                    let Some(change) = typed::<K>(event, &state) else {
+                        continue;
+                    };
+                    let listing = matches!(change, Change::Relist | Change::Listed(..));
+                    let listed = matches!(change, Change::RelistDone);
+                    writer.apply(change);
+                    if listing {
+                        continue;
                     }
-                    state.objects.store(store.len() as u64, Ordering::Relaxed);
+                    if listed {
+                        state.ready.store(true, Ordering::Release);
+                        tracing::debug!(kind = state.kind, objects = writer.count(), "listed");
+                    }
+                    state.objects.store(writer.count() as u64, Ordering::Relaxed);
                     // Before the shared counter, so a pass woken by it sees this kind as changed.
                     state.generation.fetch_add(1, Ordering::Release);
                     changed.send_modify(|generation| *generation += 1);
@@ -144,29 +202,26 @@ where
             }
         }
     });
-    (reader, task)
+    (store, task)
 }
 
-/// The typed, stripped event; `None` for an object listed during a relist that cannot be used (it is
-/// simply absent from the new list). An unusable object in a watch event becomes a delete, so that an
-/// earlier usable version of it does not linger in the store.
-fn typed<K>(event: Event<DynamicObject>, state: &KindState) -> Option<Event<K>>
-where
-    K: Resource<DynamicType = ()> + Strip + DeserializeOwned + Default,
-{
+/// The typed, stripped change; `None` for an object listed during a relist that cannot be used (it
+/// is simply absent from the new list). An unusable object in a watch event becomes a delete, so that
+/// an earlier usable version of it does not linger in the store.
+fn typed<K: Kind>(event: Event<DynamicObject>, state: &KindState) -> Option<Change<K>> {
     match event {
         Event::Init => {
             state.lock().relisting.clear();
-            Some(Event::Init)
+            Some(Change::Relist)
         }
         Event::InitDone => {
             let mut rejected = state.lock();
             let relisted = std::mem::take(&mut rejected.relisting);
             rejected.current = relisted;
-            Some(Event::InitDone)
+            Some(Change::RelistDone)
         }
         Event::InitApply(obj) => match convert::<K>(obj) {
-            Ok(k) => Some(Event::InitApply(k)),
+            Ok(k) => Some(Change::Listed(k.key(), k)),
             Err((key, reason)) => {
                 state.lock().relisting.insert(key, reason);
                 None
@@ -174,40 +229,25 @@ where
         },
         Event::Apply(obj) => match convert::<K>(obj) {
             Ok(k) => {
-                state.lock().current.remove(&key_of(&k));
-                Some(Event::Apply(k))
+                let key = k.key();
+                state.lock().current.remove(&key);
+                Some(Change::Applied(key, k))
             }
             Err((key, reason)) => {
-                let gone = named::<K>(&key);
-                state.lock().current.insert(key, reason);
-                Some(Event::Delete(gone))
+                state.lock().current.insert(key.clone(), reason);
+                Some(Change::Deleted(key))
             }
         },
         Event::Delete(obj) => {
             let key = (obj.namespace().unwrap_or_default(), obj.name_any());
             state.lock().current.remove(&key);
-            Some(Event::Delete(named::<K>(&key)))
+            Some(Change::Deleted(key))
         }
     }
 }
 
-fn key_of<K: Resource>(k: &K) -> (String, String) {
-    (k.namespace().unwrap_or_default(), k.name_any())
-}
-
-/// An object that carries only its name: all the store needs to delete one.
-fn named<K: Resource + Default>((namespace, name): &(String, String)) -> K {
-    let mut k = K::default();
-    k.meta_mut().name = Some(name.clone());
-    k.meta_mut().namespace = (!namespace.is_empty()).then(|| namespace.clone());
-    k
-}
-
 /// The object as `K`, stripped; or its key and why it cannot be used (the field path first).
-pub fn convert<K>(obj: DynamicObject) -> Result<K, ((String, String), String)>
-where
-    K: Resource + Strip + DeserializeOwned,
-{
+pub fn convert<K: Kind>(obj: DynamicObject) -> Result<K, (Key, String)> {
     let DynamicObject {
         mut metadata, data, ..
     } = obj;
@@ -223,17 +263,13 @@ where
     metadata.annotations = None;
     let mut k: K = serde_path_to_error::deserialize(data)
         .map_err(|e| (key.clone(), format!("{}: {}", e.path(), e.inner())))?;
-    *k.meta_mut() = metadata;
+    k.set_metadata(metadata);
     k.strip();
     Ok(k)
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::Service;
-
-    use crate::slim::Pod;
-
     use super::*;
 
     fn dynamic(json: serde_json::Value) -> DynamicObject {
@@ -250,7 +286,15 @@ mod tests {
         }));
         let pod: Pod = convert(obj).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("a"));
-        assert!(pod.metadata.annotations.is_none());
+        assert_eq!(
+            pod.metadata,
+            crate::slim::ObjectMeta {
+                name: Some("a".into()),
+                namespace: Some("x".into()),
+                ..Default::default()
+            },
+            "no annotations, labels read out"
+        );
         assert_eq!(pod.labels.get("app"), Some("a"));
         assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("n1"));
         let status = pod.status.unwrap();
@@ -290,7 +334,10 @@ mod tests {
             }))
         };
         // A relist: the bad object is absent from the list and set aside once the list is complete.
-        assert!(matches!(typed::<Service>(Event::Init, &state), Some(Event::Init)));
+        assert!(matches!(
+            typed::<Service>(Event::Init, &state),
+            Some(Change::Relist)
+        ));
         assert!(typed::<Service>(Event::InitApply(bad()), &state).is_none());
         assert!(state.rejected().is_empty(), "not before the list is complete");
         typed::<Service>(Event::InitDone, &state);
@@ -299,12 +346,12 @@ mod tests {
         // Fixed by an update.
         assert!(matches!(
             typed::<Service>(Event::Apply(good()), &state),
-            Some(Event::Apply(_))
+            Some(Change::Applied(..))
         ));
         assert!(state.rejected().is_empty());
         // Broken again: a delete of the stored version.
         match typed::<Service>(Event::Apply(bad()), &state) {
-            Some(Event::Delete(s)) => assert_eq!(s.metadata.name.as_deref(), Some("web")),
+            Some(Change::Deleted(key)) => assert_eq!(key, ("shop".to_owned(), "web".to_owned())),
             other => panic!("{other:?}"),
         }
         assert_eq!(state.rejected().len(), 1);

@@ -1,18 +1,18 @@
 //! What the agent keeps of each object it watches. Every node watches every Pod and EndpointSlice of
 //! the cluster, so whatever is stored is paid for once per object per node; an object is cut down to
 //! the fields its readers use (the service planner in `lb/`, the policy compiler, `endpoints.rs`,
-//! flow naming) before the reflector stores it. Adding a reader of a new field means keeping it here;
+//! flow naming) before the source stores it. Adding a reader of a new field means keeping it here;
 //! the tests below name every field that is read today.
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Node, NodeSpec, NodeStatus, Service, ServiceStatus},
+        core::v1::{Namespace, Node, NodeSpec, NodeStatus, ServiceStatus},
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::slim::{EndpointSlice, Pod};
+use crate::slim::{self, EndpointSlice, Pod, Service};
 
 /// A kind the source watches, and how it is cut down.
 pub trait Strip {
@@ -31,17 +31,18 @@ fn strip_meta(meta: &mut ObjectMeta) {
     };
 }
 
+/// [`strip_meta`] for the compact kinds, whose metadata holds only what some kind reads.
+fn strip_slim_meta(meta: &mut slim::ObjectMeta) {
+    meta.uid = None;
+    meta.deletion_timestamp = None;
+}
+
 /// Pods: labels (selectors, identities), uid (slice targetRef when slices are derived) and
-/// deletionTimestamp (terminating) of the metadata; the spec and status were cut down when the object
-/// was read into its compact form (`policy::slim::Pod`: node, host network, container ports, phase,
-/// addresses, the Ready condition).
+/// deletionTimestamp (terminating) of the metadata, which is all the compact metadata holds; the spec
+/// and status were cut down when the object was read into its compact form (`policy::slim::Pod`: node,
+/// host network, container ports, phase, addresses, the Ready condition).
 pub fn strip_pod(pod: &mut Pod) {
     pod.read_labels();
-    let uid = pod.metadata.uid.take();
-    let deletion_timestamp = pod.metadata.deletion_timestamp.take();
-    strip_meta(&mut pod.metadata);
-    pod.metadata.uid = uid;
-    pod.metadata.deletion_timestamp = deletion_timestamp;
 }
 
 /// Services: the labels that leave a Service to another proxy (no other is read: a chart's half-dozen
@@ -50,7 +51,7 @@ pub fn strip_pod(pod: &mut Pod) {
 /// selector for derived slices) and the load balancer ingress of the status; status conditions are
 /// dropped.
 pub fn strip_service(service: &mut Service) {
-    strip_meta(&mut service.metadata);
+    strip_slim_meta(&mut service.metadata);
     if let Some(labels) = service.metadata.labels.as_mut() {
         labels.retain(|k, _| crate::lb::NOT_OURS_LABELS.contains(&k.as_str()));
     }
@@ -71,7 +72,7 @@ pub fn strip_service(service: &mut Service) {
 /// deprecatedTopology).
 pub fn strip_endpoint_slice(slice: &mut EndpointSlice) {
     slice.read_labels();
-    strip_meta(&mut slice.metadata);
+    strip_slim_meta(&mut slice.metadata);
 }
 
 /// Namespaces: name and labels (namespaceSelector).
@@ -309,9 +310,6 @@ spec:
         assert_eq!(pod.labels.to_map(), labels(&[("app", "web")]));
         assert_eq!(pod.metadata.labels, None, "read into labels");
         assert!(pod.metadata.deletion_timestamp.is_some());
-        assert!(pod.metadata.annotations.is_none());
-        assert!(pod.metadata.managed_fields.is_none());
-        assert!(pod.metadata.owner_references.is_none());
 
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
@@ -360,7 +358,6 @@ spec:
         assert_eq!(service.spec, before.spec);
         assert!(before.metadata.labels.is_some());
         assert_eq!(service.metadata.labels, None, "no label of it is read");
-        assert!(service.metadata.annotations.is_none());
         let status = service.status.as_ref().unwrap();
         assert_eq!(
             status.load_balancer,
@@ -391,7 +388,6 @@ spec:
             slice.metadata.labels, None,
             "the Service's labels the controller copies"
         );
-        assert!(slice.metadata.owner_references.is_none());
         assert_eq!(slice.address_type, "IPv4");
         assert_eq!(slice.ports, before.ports);
         let (a, b) = (&slice.endpoints[0], &before.endpoints[0]);
