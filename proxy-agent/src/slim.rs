@@ -45,7 +45,7 @@ impl From<core::Service> for Service {
 }
 
 /// An EndpointSlice: its identity, the Service it belongs to, address type, ports, and per endpoint
-/// what kube-proxy reads.
+/// what kube-proxy reads: not `zone` (topology is decided by the hints and the node's own zone label).
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(from = "discovery::EndpointSlice")]
 pub struct EndpointSlice {
@@ -67,8 +67,6 @@ pub struct Endpoint {
     pub conditions: Option<EndpointConditions>,
     /// Shared by every endpoint on the node (and by the planner's copies): [`shared_name`].
     pub node_name: Option<Arc<str>>,
-    /// Shared like the node name: a cluster has a handful of zones.
-    pub zone: Option<Arc<str>>,
     pub hints: Hints,
 }
 
@@ -161,7 +159,6 @@ impl From<discovery::EndpointSlice> for EndpointSlice {
                 address: Address::first_of(&e.addresses),
                 conditions: e.conditions,
                 node_name: e.node_name.map(shared_name),
-                zone: e.zone.map(shared_name),
                 hints: e.hints.as_ref().map_or_else(Hints::default, Hints::from_api),
             });
         }
@@ -187,7 +184,7 @@ impl EndpointSlice {
     }
 }
 
-/// `name` as the one allocation every holder of this node (or zone) name shares: 100k endpoints name a
+/// `name` as the one allocation every holder of this node name shares: 100k endpoints name a
 /// few hundred nodes, and the planner copies each name twice more. Names are never forgotten; a name
 /// costs a few bytes for the life of the process.
 pub fn shared_name(name: String) -> Arc<str> {
@@ -246,7 +243,6 @@ endpoints:
             assert_eq!(s.address.to_string(), f.addresses[0]);
             assert_eq!(s.conditions, f.conditions);
             assert_eq!(s.node_name.as_deref(), f.node_name.as_deref());
-            assert_eq!(s.zone.as_deref(), f.zone.as_deref());
         }
         let hints = &slim.endpoints[0].hints;
         assert!(hints.has_zones() && hints.for_zone("z1") && !hints.for_zone("z2"));
@@ -260,7 +256,7 @@ endpoints:
     }
 
     #[test]
-    fn endpoints_on_one_node_share_its_name_and_zone() {
+    fn endpoints_on_one_node_share_its_name() {
         let a: EndpointSlice = serde_yaml::from_str(SLICE).unwrap();
         let b: EndpointSlice = serde_yaml::from_str(SLICE).unwrap();
         let (x, y) = (
@@ -269,9 +265,6 @@ endpoints:
         );
         assert!(Arc::ptr_eq(x.unwrap(), y.unwrap()));
         assert_eq!(x.map(|n| &**n), Some("n1"));
-        let (x, y) = (a.endpoints[0].zone.as_ref(), b.endpoints[0].zone.as_ref());
-        assert!(Arc::ptr_eq(x.unwrap(), y.unwrap()));
-        assert_eq!(x.map(|n| &**n), Some("z1"));
     }
 
     #[test]
