@@ -10,13 +10,13 @@
 //! `policy::slim`) went from ~48 MB to a few.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
     sync::{Arc, LazyLock, Mutex},
 };
 
 use k8s_openapi::api::{
-    core::v1::{self as core, ServiceSpec, ServiceStatus},
+    core::v1::{self as core, ServicePort, ServiceStatus, SessionAffinityConfig},
     discovery::v1::{self as discovery, EndpointConditions, EndpointHints, EndpointPort},
 };
 
@@ -24,8 +24,10 @@ use crate::lb::SERVICE_NAME_LABEL;
 
 pub use policy::slim::{Container, ContainerPort, ObjectMeta, Pod, PodCondition, PodSpec, PodStatus};
 
-/// A Service: the API's spec and status, under the compact metadata (a Service's own fields are
-/// nearly all read: type, cluster IPs, ports, affinity, traffic policies, external IPs, selector).
+/// A Service: the API's status and the fields of its spec that decide forwarding, under the compact
+/// metadata. Not kept: `ipFamilies`, `ipFamilyPolicy`, `externalName`, `loadBalancerClass`,
+/// `loadBalancerIP`, `allocateLoadBalancerNodePorts` (the API server fills the first two into every
+/// Service; nothing here reads them).
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(from = "core::Service")]
 pub struct Service {
@@ -34,11 +36,45 @@ pub struct Service {
     pub status: Option<ServiceStatus>,
 }
 
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceSpec {
+    pub type_: Option<String>,
+    pub cluster_ip: Option<String>,
+    pub cluster_ips: Option<Vec<String>>,
+    pub external_ips: Option<Vec<String>>,
+    pub ports: Option<Vec<ServicePort>>,
+    /// For the standalone source's derived EndpointSlices.
+    pub selector: Option<BTreeMap<String, String>>,
+    pub publish_not_ready_addresses: Option<bool>,
+    pub session_affinity: Option<String>,
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    pub internal_traffic_policy: Option<String>,
+    pub external_traffic_policy: Option<String>,
+    pub health_check_node_port: Option<i32>,
+    pub load_balancer_source_ranges: Option<Vec<String>>,
+    pub traffic_distribution: Option<String>,
+}
+
 impl From<core::Service> for Service {
     fn from(service: core::Service) -> Self {
         Self {
             metadata: service.metadata.into(),
-            spec: service.spec,
+            spec: service.spec.map(|spec| ServiceSpec {
+                type_: spec.type_,
+                cluster_ip: spec.cluster_ip,
+                cluster_ips: spec.cluster_ips,
+                external_ips: spec.external_ips,
+                ports: spec.ports,
+                selector: spec.selector,
+                publish_not_ready_addresses: spec.publish_not_ready_addresses,
+                session_affinity: spec.session_affinity,
+                session_affinity_config: spec.session_affinity_config,
+                internal_traffic_policy: spec.internal_traffic_policy,
+                external_traffic_policy: spec.external_traffic_policy,
+                health_check_node_port: spec.health_check_node_port,
+                load_balancer_source_ranges: spec.load_balancer_source_ranges,
+                traffic_distribution: spec.traffic_distribution,
+            }),
             status: service.status,
         }
     }
@@ -253,6 +289,57 @@ endpoints:
             "none: nothing allocated"
         );
         assert!(full.endpoints[0].target_ref.is_some(), "the full type had more");
+    }
+
+    /// A Service as the API server returns it, with the fields it fills in by default.
+    const SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop, uid: u1, resourceVersion: "7", labels: {app: web}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ipFamilies: [IPv4]
+  ipFamilyPolicy: SingleStack
+  externalIPs: [192.0.2.1]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30080}]
+  selector: {app: web}
+  publishNotReadyAddresses: false
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  internalTrafficPolicy: Cluster
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 31000
+  loadBalancerSourceRanges: [198.51.100.0/24]
+  loadBalancerClass: example.com/lb
+  allocateLoadBalancerNodePorts: true
+  trafficDistribution: PreferClose
+status: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}
+"#;
+
+    #[test]
+    fn a_service_keeps_what_the_planner_reads() {
+        let full: core::Service = serde_yaml::from_str(SERVICE).unwrap();
+        let slim: Service = serde_yaml::from_str(SERVICE).unwrap();
+        let (s, f) = (slim.spec.as_ref().unwrap(), full.spec.as_ref().unwrap());
+        assert_eq!(s.type_, f.type_);
+        assert_eq!((&s.cluster_ip, &s.cluster_ips), (&f.cluster_ip, &f.cluster_ips));
+        assert_eq!(s.external_ips, f.external_ips);
+        assert_eq!(s.ports, f.ports);
+        assert_eq!(s.selector, f.selector);
+        assert_eq!(s.publish_not_ready_addresses, f.publish_not_ready_addresses);
+        assert_eq!(s.session_affinity, f.session_affinity);
+        assert_eq!(s.session_affinity_config, f.session_affinity_config);
+        assert_eq!(s.internal_traffic_policy, f.internal_traffic_policy);
+        assert_eq!(s.external_traffic_policy, f.external_traffic_policy);
+        assert_eq!(s.health_check_node_port, f.health_check_node_port);
+        assert_eq!(s.load_balancer_source_ranges, f.load_balancer_source_ranges);
+        assert_eq!(s.traffic_distribution, f.traffic_distribution);
+        assert_eq!(slim.status, full.status);
+        assert_eq!(slim.metadata, ObjectMeta::from(full.metadata));
+        let (slim, full) = (size_of::<Service>(), size_of::<core::Service>());
+        assert!(slim * 3 < full * 2, "{slim} bytes against {full}");
     }
 
     #[test]

@@ -46,10 +46,10 @@ pub fn strip_pod(pod: &mut Pod) {
 }
 
 /// Services: the labels that leave a Service to another proxy (no other is read: a chart's half-dozen
-/// labels cost a B-tree node and their strings per Service), the whole spec (small, and nearly every
-/// field decides forwarding: type, cluster IPs, ports, affinity, traffic policies, external IPs,
-/// selector for derived slices) and the load balancer ingress of the status; status conditions are
-/// dropped.
+/// labels cost a B-tree node and their strings per Service), the spec as read into its compact form
+/// (`crate::slim::ServiceSpec`: type, cluster IPs, ports, affinity, traffic policies, external IPs,
+/// source ranges, health-check port, selector for derived slices) and the load balancer ingress of the
+/// status; status conditions are dropped.
 pub fn strip_service(service: &mut Service) {
     strip_slim_meta(&mut service.metadata);
     if let Some(labels) = service.metadata.labels.as_mut() {
