@@ -114,18 +114,31 @@ impl FrontendKind {
     }
 }
 
+/// A Service's namespace and name, one allocation shared by the plan cache, the Service's plan and
+/// every frontend of it (each held a copy of both strings before).
+pub type ServiceName = std::sync::Arc<(String, String)>;
+
 /// One Service port: `namespace/name:port-name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServicePortRef {
-    pub namespace: String,
-    pub name: String,
+    pub service: ServiceName,
     /// The Service port's name ("" for a single unnamed port).
     pub port_name: String,
 }
 
+impl ServicePortRef {
+    pub fn namespace(&self) -> &str {
+        &self.service.0
+    }
+
+    pub fn name(&self) -> &str {
+        &self.service.1
+    }
+}
+
 impl std::fmt::Display for ServicePortRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)?;
+        write!(f, "{}/{}", self.namespace(), self.name())?;
         if !self.port_name.is_empty() {
             write!(f, ":{}", self.port_name)?;
         }

@@ -19,7 +19,7 @@ use crate::slim::{EndpointSlice, Service};
 
 use super::{
     DEFAULT_AFFINITY_TIMEOUT, Frontend, FrontendKind, HealthCheck, LbPlan, PlannedBackend, Proto, Rejected,
-    ServicePortRef, ZONE_LABEL,
+    ServiceName, ServicePortRef, ZONE_LABEL,
     endpoints::{Endpoint, ServiceSlice, categorize, merged_endpoints},
     source_ranges,
 };
@@ -76,8 +76,7 @@ impl NodeView {
 /// all Services are put together ([`Assembly`]), since two Services may claim one address.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ServicePlan {
-    pub namespace: String,
-    pub name: String,
+    pub service: ServiceName,
     pub claims: Vec<Claim>,
     /// `spec.healthCheckNodePort` and the node's ready local endpoints it reports.
     pub health_check: Option<(u16, usize)>,
@@ -96,14 +95,18 @@ pub(crate) struct Claim {
 }
 
 /// Plans one Service against its EndpointSlices (in slice-name order).
-pub(crate) fn plan_service(service: &Service, slices: &[&ServiceSlice], node: &NodeView) -> ServicePlan {
-    let (namespace, name) = namespaced(service);
+/// `name` is the Service's namespace and name ([`namespaced`]), shared.
+pub(crate) fn plan_service(
+    service: &Service,
+    name: &ServiceName,
+    slices: &[&ServiceSlice],
+    node: &NodeView,
+) -> ServicePlan {
     let mut out = ServicePlan {
-        namespace,
-        name,
+        service: name.clone(),
         ..ServicePlan::default()
     };
-    match ServiceInfo::parse(service) {
+    match ServiceInfo::parse(service, name) {
         Ok(Some(info)) => {
             out.rejected.extend(info.ignored.iter().cloned());
             let mut planner = Planner {
@@ -158,8 +161,8 @@ impl Assembly {
             if existing.service != frontend.service {
                 self.conflicts.push(Rejected {
                     kind: "Service",
-                    namespace: frontend.service.namespace.clone(),
-                    name: frontend.service.name.clone(),
+                    namespace: frontend.service.namespace().to_owned(),
+                    name: frontend.service.name().to_owned(),
                     field: field.to_string(),
                     reason: format!(
                         "{}:{}/{} is already a frontend of {}",
@@ -179,8 +182,8 @@ impl Assembly {
         if let Some(existing) = self.health_checks.get(&port) {
             self.conflicts.push(Rejected {
                 kind: "Service",
-                namespace: service.namespace.clone(),
-                name: service.name.clone(),
+                namespace: service.service.0.clone(),
+                name: service.service.1.clone(),
                 field: "spec.healthCheckNodePort".into(),
                 reason: format!(
                     "port {port} is already the health check of {}/{}",
@@ -192,8 +195,8 @@ impl Assembly {
         self.health_checks.insert(
             port,
             HealthCheck {
-                namespace: service.namespace.clone(),
-                name: service.name.clone(),
+                namespace: service.service.0.clone(),
+                name: service.service.1.clone(),
                 port,
                 local_endpoints,
             },
@@ -261,8 +264,7 @@ struct PortInfo {
 /// The parts of a Service the planner uses, validated.
 #[derive(Debug)]
 struct ServiceInfo {
-    namespace: String,
-    name: String,
+    service: ServiceName,
     cluster_ips: Vec<Ipv4Addr>,
     external_ips: Vec<(usize, Ipv4Addr)>,
     lb_ips: Vec<Ipv4Addr>,
@@ -282,17 +284,16 @@ impl ServiceInfo {
     /// `Ok(None)` for a Service kube-proxy does not proxy (`ShouldSkipService`): ExternalName, headless
     /// (`clusterIP: None`) or without a cluster IP; or one its informers never see: labelled for
     /// another proxy ([`super::NOT_OURS_LABELS`]).
-    fn parse(service: &Service) -> Result<Option<Self>, Rejected> {
+    fn parse(service: &Service, name: &ServiceName) -> Result<Option<Self>, Rejected> {
         if let Some(labels) = &service.metadata.labels
             && super::NOT_OURS_LABELS.iter().any(|l| labels.contains_key(*l))
         {
             return Ok(None);
         }
-        let (namespace, name) = namespaced(service);
         let reject = |field: String, reason: String| Rejected {
             kind: "Service",
-            namespace: namespace.clone(),
-            name: name.clone(),
+            namespace: name.0.clone(),
+            name: name.1.clone(),
             field,
             reason,
         };
@@ -462,8 +463,7 @@ impl ServiceInfo {
                 .map(|(field, reason)| reject(field, reason)),
         );
         Ok(Some(Self {
-            namespace,
-            name,
+            service: name.clone(),
             cluster_ips: v4_cluster_ips,
             external_ips,
             lb_ips,
@@ -539,8 +539,7 @@ impl Planner<'_> {
             &cat.cluster
         };
         let service = ServicePortRef {
-            namespace: info.namespace.clone(),
-            name: info.name.clone(),
+            service: info.service.clone(),
             port_name: port.name.clone(),
         };
         // kube-proxy's firewall for loadBalancerSourceRanges guards the LoadBalancer IPs only, for

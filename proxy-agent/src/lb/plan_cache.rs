@@ -29,7 +29,7 @@ use crate::{
 
 /// (namespace, name) of a Service, shared by the Service's entry and its slices' entries so that
 /// grouping compares pointers, not strings.
-type ServiceKey = Arc<(String, String)>;
+type ServiceKey = super::ServiceName;
 
 fn ptr<T>(object: &Arc<T>) -> usize {
     Arc::as_ptr(object) as usize
@@ -327,7 +327,7 @@ impl PlanCache {
                     _ => None,
                 })
                 .collect();
-            let new = plan_service(&entry.object, &read, view);
+            let new = plan_service(&entry.object, &entry.key, &read, view);
             entry.node_generation = *node_generation;
             *replanned += 1;
             if entry.plan.as_ref().is_none_or(|old| old.rejected != new.rejected) {

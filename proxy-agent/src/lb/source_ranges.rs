@@ -144,7 +144,7 @@ mod tests {
         let closed = plan
             .frontends
             .iter()
-            .find(|f| f.service.name == "elsewhere" && f.kind == FrontendKind::LoadBalancer)
+            .find(|f| f.service.name() == "elsewhere" && f.kind == FrontendKind::LoadBalancer)
             .unwrap();
         assert_eq!(closed.source_ranges, Some(vec![]));
         assert!(!entries.iter().any(|((addr, ..), _)| *addr == closed.addr));

@@ -46,8 +46,7 @@ fn random_frontend(rng: &mut Rng, addr: Ipv4Addr, port: u16, proto: Proto, scope
     let flags = if backends.is_empty() { svc_flags::REJECT } else { 0 };
     Frontend {
         service: ServicePortRef {
-            namespace: "ns".into(),
-            name: format!("s{}", addr.octets()[3]),
+            service: std::sync::Arc::new(("ns".into(), format!("s{}", addr.octets()[3]))),
             port_name: String::new(),
         },
         kind: FrontendKind::ClusterIp,
