@@ -2,7 +2,8 @@
 //! object as its k8s-openapi type and keep only this (`#[serde(from = ...)]`, so the API source, the
 //! manifests and the tests read them unchanged); the field names and shapes are the API's, so readers
 //! are written as against k8s-openapi. Their metadata is the compact [`ObjectMeta`] (with the API's
-//! `ObjectMeta`, which is 336 bytes inline, they could not be smaller than ~350 bytes each). What is kept is what the readers use (see `source/kube/strip.rs`).
+//! `ObjectMeta`, which is 336 bytes inline, they could not be smaller than ~350 bytes each). What is
+//! kept is what the readers use (see `source/kube/strip.rs`).
 //!
 //! Why: k8s-openapi types carry every field inline as an `Option`, whatever is set. At 10k Services the
 //! EndpointSlices' 100k endpoints took ~45 MB as k8s-openapi `Endpoint`s (a full `ObjectReference`

@@ -35,7 +35,7 @@ use super::{
     store::{Change, Key, ObjectStore},
     strip::Strip,
 };
-use crate::slim::{EndpointSlice, Pod, Service};
+use crate::slim::{self, EndpointSlice, Pod, Service};
 
 /// `(namespace, name)` → why the object was set aside.
 type Rejections = BTreeMap<Key, String>;
@@ -113,27 +113,14 @@ pub trait Kind: Strip + DeserializeOwned + Debug + Send + Sync + 'static {
     fn key(&self) -> Key;
 }
 
-/// A kind stored as the API type, or (`slim`) as a compact type with the agent's metadata.
+/// A kind stored as the API type `$api` itself or as a compact type read from it; `$metadata` turns the
+/// API's metadata into the stored kind's.
 macro_rules! kind {
-    ($kind:ty) => {
-        impl Kind for $kind {
-            type Api = $kind;
-            fn set_metadata(&mut self, metadata: ObjectMeta) {
-                self.metadata = metadata;
-            }
-            fn key(&self) -> Key {
-                key_of(
-                    self.metadata.namespace.as_deref(),
-                    self.metadata.name.as_deref(),
-                )
-            }
-        }
-    };
-    (slim $kind:ty, $api:ty) => {
+    ($kind:ty, $api:ty, $metadata:expr) => {
         impl Kind for $kind {
             type Api = $api;
             fn set_metadata(&mut self, metadata: ObjectMeta) {
-                self.metadata = metadata.into();
+                self.metadata = $metadata(metadata);
             }
             fn key(&self) -> Key {
                 key_of(
@@ -145,12 +132,12 @@ macro_rules! kind {
     };
 }
 
-kind!(Node);
-kind!(Namespace);
-kind!(NetworkPolicy);
-kind!(slim Service, core::Service);
-kind!(slim EndpointSlice, discovery::EndpointSlice);
-kind!(slim Pod, core::Pod);
+kind!(Node, Node, std::convert::identity);
+kind!(Namespace, Namespace, std::convert::identity);
+kind!(NetworkPolicy, NetworkPolicy, std::convert::identity);
+kind!(Service, core::Service, slim::ObjectMeta::from);
+kind!(EndpointSlice, discovery::EndpointSlice, slim::ObjectMeta::from);
+kind!(Pod, core::Pod, slim::ObjectMeta::from);
 
 fn key_of(namespace: Option<&str>, name: Option<&str>) -> Key {
     (
