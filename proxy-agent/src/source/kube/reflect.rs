@@ -110,7 +110,6 @@ impl KindState {
 pub trait Kind: Strip + DeserializeOwned + Debug + Send + Sync + 'static {
     type Api: Resource<DynamicType = ()>;
     fn set_metadata(&mut self, metadata: ObjectMeta);
-    fn key(&self) -> Key;
 }
 
 /// A kind stored as the API type `$api` itself or as a compact type read from it; `$metadata` turns the
@@ -122,12 +121,6 @@ macro_rules! kind {
             fn set_metadata(&mut self, metadata: ObjectMeta) {
                 self.metadata = $metadata(metadata);
             }
-            fn key(&self) -> Key {
-                key_of(
-                    self.metadata.namespace.as_deref(),
-                    self.metadata.name.as_deref(),
-                )
-            }
         }
     };
 }
@@ -138,13 +131,6 @@ kind!(NetworkPolicy, NetworkPolicy, std::convert::identity);
 kind!(Service, core::Service, slim::ObjectMeta::from);
 kind!(EndpointSlice, discovery::EndpointSlice, slim::ObjectMeta::from);
 kind!(Pod, core::Pod, slim::ObjectMeta::from);
-
-fn key_of(namespace: Option<&str>, name: Option<&str>) -> Key {
-    (
-        namespace.unwrap_or_default().to_owned(),
-        name.unwrap_or_default().to_owned(),
-    )
-}
 
 /// Starts the reflector of kind `K`; every change to its store bumps `changed`.
 pub fn spawn<K: Kind>(
@@ -208,15 +194,14 @@ fn typed<K: Kind>(event: Event<DynamicObject>, state: &KindState) -> Option<Chan
             Some(Change::RelistDone)
         }
         Event::InitApply(obj) => match convert::<K>(obj) {
-            Ok(k) => Some(Change::Listed(k.key(), k)),
+            Ok((key, k)) => Some(Change::Listed(key, k)),
             Err((key, reason)) => {
                 state.lock().relisting.insert(key, reason);
                 None
             }
         },
         Event::Apply(obj) => match convert::<K>(obj) {
-            Ok(k) => {
-                let key = k.key();
+            Ok((key, k)) => {
                 state.lock().current.remove(&key);
                 Some(Change::Applied(key, k))
             }
@@ -233,8 +218,9 @@ fn typed<K: Kind>(event: Event<DynamicObject>, state: &KindState) -> Option<Chan
     }
 }
 
-/// The object as `K`, stripped; or its key and why it cannot be used (the field path first).
-pub fn convert<K: Kind>(obj: DynamicObject) -> Result<K, (Key, String)> {
+/// The object's key and the object as `K`, stripped; or its key and why it cannot be used (the field
+/// path first).
+pub fn convert<K: Kind>(obj: DynamicObject) -> Result<(Key, K), (Key, String)> {
     let DynamicObject {
         mut metadata, data, ..
     } = obj;
@@ -252,7 +238,7 @@ pub fn convert<K: Kind>(obj: DynamicObject) -> Result<K, (Key, String)> {
         .map_err(|e| (key.clone(), format!("{}: {}", e.path(), e.inner())))?;
     k.set_metadata(metadata);
     k.strip();
-    Ok(k)
+    Ok((key, k))
 }
 
 #[cfg(test)]
@@ -271,7 +257,8 @@ mod tests {
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
             "status": {"podIP": "10.0.0.1", "hostIP": "192.168.0.1"}
         }));
-        let pod: Pod = convert(obj).unwrap();
+        let (key, pod): (_, Pod) = convert(obj).unwrap();
+        assert_eq!(key, ("x".to_owned(), "a".to_owned()));
         assert_eq!(pod.metadata.name.as_deref(), Some("a"));
         assert_eq!(
             pod.metadata,
