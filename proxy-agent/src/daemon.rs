@@ -855,6 +855,8 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
         );
         inner.sync.rejected = watch.rejected.clone();
         inner.sync.rejected.extend(inner.plan_rejected.iter().cloned());
+        // Under the lock, so the status that says a pass is done never sees its garbage resident.
+        let _ = crate::memory::return_free_pages();
         services?;
         policy?;
     }

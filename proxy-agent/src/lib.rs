@@ -17,6 +17,7 @@ pub mod healthz;
 pub mod host;
 pub mod lb;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod pinned_view;
 pub mod policy;

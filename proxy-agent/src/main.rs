@@ -10,17 +10,19 @@ use proxy_agent::cli;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's defaults, read at its start (the crate prefixes its symbols with `_rjem_`): one arena
-/// (the agent's threads mostly wait; more arenas only hold more partly used pages) and freed pages
-/// returned to the system at once instead of after 10 s (dirty) and then lazily with MADV_FREE
-/// (muzzy, which still counts as resident until the kernel needs the memory). What that costs in
-/// time is in the agent bench (change to map write, first-pass programming).
+/// (the agent's threads mostly wait; more arenas only hold more partly used pages); freed pages kept
+/// for reuse up to 5 s (dirty), then returned without the lazy MADV_FREE stage (muzzy, which still
+/// counts as resident until the kernel needs the memory). Each reconcile pass ends by returning what
+/// it freed (`memory::return_free_pages`), so the resident size between passes is what the agent
+/// holds. Purging at every free instead (decay 0) cost ~0.5 s of a cold start at the agent bench's
+/// scale in madvise calls and page faults.
 #[allow(
     unsafe_code,
     non_upper_case_globals,
     reason = "the symbol jemalloc reads its options from"
 )]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8; 44] = b"narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0\0";
+pub static malloc_conf: &[u8; 47] = b"narenas:1,dirty_decay_ms:5000,muzzy_decay_ms:0\0";
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();

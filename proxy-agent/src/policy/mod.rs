@@ -178,9 +178,52 @@ pub fn input_from_snapshot(s: &Snapshot) -> PolicyInput {
 /// - policy refs: the names array.
 pub fn restore_allocations(dump: &PolicyMapsState, input: &PolicyInput, node: &str) -> Allocations {
     let mut out = Allocations::default();
-    // A compile without history says which key each address and endpoint stands for now.
+    restore_pod_numbers(dump, input, node, &mut out);
+    let shorter_classes: BTreeSet<u32> = dump
+        .ipcache
+        .iter()
+        .filter(|(k, v)| k.prefix_len < 32 && v.identity == identity::WORLD)
+        .map(|(_, v)| v.cidr_class)
+        .collect();
+    let mut classes_taken = BTreeSet::new();
+    for (key, value) in &dump.ipcache {
+        let class = value.cidr_class;
+        if !identity::is_cidr_class(class) {
+            continue;
+        }
+        let declared = if key.prefix_len < 32 {
+            value.identity == identity::WORLD
+        } else {
+            !shorter_classes.contains(&class)
+        };
+        if !declared || !classes_taken.insert(class) {
+            continue;
+        }
+        let net = Ipv4Net::new(Ipv4Addr::from(key.addr.octets()), key.prefix_len as u8);
+        out.cidr_classes.insert(net, class);
+    }
+
+    for (r, name) in &dump.names {
+        if let Ok(p) = name.parse::<PolicyRef>() {
+            out.policies.entry(p).or_insert(*r);
+        }
+    }
+    out
+}
+
+/// Identities and endpoint ids of pods, which need a compile without history to say which key each
+/// address and endpoint stands for now. Skipped when the maps hold none (a first start): that compile
+/// would double the cold start's policy pass for nothing.
+fn restore_pod_numbers(dump: &PolicyMapsState, input: &PolicyInput, node: &str, out: &mut Allocations) {
+    let pod_identities = dump.ipcache.iter().any(|(key, value)| {
+        key.prefix_len == 32
+            && (identity::FIRST_POD_IDENTITY..identity::MAX_IDENTITY).contains(&value.identity)
+    });
+    if !pod_identities && dump.endpoints.is_empty() {
+        return;
+    }
     let Ok(fresh) = policy::compile(input, node, &Allocations::default()) else {
-        return out;
+        return;
     };
     let mut ids_taken: BTreeSet<u32> = BTreeSet::new();
     for (key, value) in &dump.ipcache {
@@ -215,37 +258,6 @@ pub fn restore_allocations(dump: &PolicyMapsState, input: &PolicyInput, node: &s
         }
         out.endpoints.insert((*pod).clone(), value.endpoint_id);
     }
-
-    let shorter_classes: BTreeSet<u32> = dump
-        .ipcache
-        .iter()
-        .filter(|(k, v)| k.prefix_len < 32 && v.identity == identity::WORLD)
-        .map(|(_, v)| v.cidr_class)
-        .collect();
-    let mut classes_taken = BTreeSet::new();
-    for (key, value) in &dump.ipcache {
-        let class = value.cidr_class;
-        if !identity::is_cidr_class(class) {
-            continue;
-        }
-        let declared = if key.prefix_len < 32 {
-            value.identity == identity::WORLD
-        } else {
-            !shorter_classes.contains(&class)
-        };
-        if !declared || !classes_taken.insert(class) {
-            continue;
-        }
-        let net = Ipv4Net::new(Ipv4Addr::from(key.addr.octets()), key.prefix_len as u8);
-        out.cidr_classes.insert(net, class);
-    }
-
-    for (r, name) in &dump.names {
-        if let Ok(p) = name.parse::<PolicyRef>() {
-            out.policies.entry(p).or_insert(*r);
-        }
-    }
-    out
 }
 
 /// What one pass did.

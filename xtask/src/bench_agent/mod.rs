@@ -36,6 +36,10 @@ pub struct AgentBench {
     /// maps, programming the policy maps.
     pub first_pass: Option<FirstPass>,
     pub rss_after_sync_mib: f64,
+    /// The same split as the kernel counts it: anonymous (heap, stacks, the allocator's pages) and
+    /// file-backed (the binary's text and read-only data that were touched, libraries, mapped files).
+    pub rss_anon_after_sync_mib: f64,
+    pub rss_file_after_sync_mib: f64,
     pub rss_peak_mib: f64,
     /// User + system CPU time of the agent from start to the first full sync, and over the changes.
     pub cpu_sync_s: f64,
@@ -143,6 +147,8 @@ pub fn run(agent: &Path, quick: bool) -> Result<AgentBench> {
     let first_pass = FirstPass::from_log(&std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default());
     let pid = agent_proc.child.id();
     let rss_after_sync_mib = proc_status_kib(pid, "VmRSS")? as f64 / 1024.0;
+    let rss_anon_after_sync_mib = proc_status_kib(pid, "RssAnon")? as f64 / 1024.0;
+    let rss_file_after_sync_mib = proc_status_kib(pid, "RssFile")? as f64 / 1024.0;
     let cpu_sync_s = cpu_seconds(pid)?;
 
     let iterations = if quick { 20 } else { 100 };
@@ -187,6 +193,8 @@ pub fn run(agent: &Path, quick: bool) -> Result<AgentBench> {
         first_sync_ms,
         first_pass,
         rss_after_sync_mib,
+        rss_anon_after_sync_mib,
+        rss_file_after_sync_mib,
         rss_peak_mib,
         cpu_sync_s,
         cpu_changes_s,
@@ -391,6 +399,7 @@ pub fn markdown(b: &AgentBench) -> String {
          | start to first full sync (service and policy maps programmed: {} frontends, {} policy entries) | {:.0} ms | < 1 s: {} |\n\
          {first_pass}\
          | resident memory after the first sync | {:.1} MiB | ≤ 64 MiB: {} |\n\
+         | of which anonymous / file-backed | {:.1} / {:.1} MiB | |\n\
          | peak resident memory (sync and {} endpoint changes) | {:.1} MiB | ≤ 64 MiB: {} |\n\
          | EndpointSlice change on disk → map write, p50 / p99 of {} | {:.2} / {:.2} ms | < 5 ms p99: {} |\n\
          | the same, until the bench's status poll showed the write | {:.2} / {:.2} ms | |\n\
@@ -418,6 +427,8 @@ pub fn markdown(b: &AgentBench) -> String {
         verdict(b.first_sync_ms, 1000.0, "ms", false),
         b.rss_after_sync_mib,
         verdict(b.rss_after_sync_mib, 64.0, "MiB", true),
+        b.rss_anon_after_sync_mib,
+        b.rss_file_after_sync_mib,
         b.change_ms.len(),
         b.rss_peak_mib,
         verdict(b.rss_peak_mib, 64.0, "MiB", true),
