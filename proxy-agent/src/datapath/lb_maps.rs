@@ -84,4 +84,72 @@ impl LbMaps for AyaLbMaps<'_> {
         }
         Ok(())
     }
+
+    /// Runs of upserts into one map (a first sync is three long runs: backends, slots and service
+    /// entries, rev-NAT) go in batches; everything else one by one, in order.
+    fn apply_ops(&mut self, ops: &[MapOp]) -> Result<(), (usize, anyhow::Error)> {
+        let mut i = 0;
+        while i < ops.len() {
+            let run = ops[i..]
+                .iter()
+                .take_while(|op| std::mem::discriminant(*op) == std::mem::discriminant(&ops[i]))
+                .count();
+            let written = match ops[i] {
+                MapOp::UpsertBackend { .. } => {
+                    self.upsert_run(map_names::LB4_BACKENDS, &ops[i..i + run], |op| match *op {
+                        MapOp::UpsertBackend { id, backend } => (id, backend),
+                        _ => unreachable!("a run holds one kind"),
+                    })
+                }
+                MapOp::UpsertService { .. } => {
+                    self.upsert_run(map_names::LB4_SERVICES, &ops[i..i + run], |op| match *op {
+                        MapOp::UpsertService { key, value } => (key, value),
+                        _ => unreachable!("a run holds one kind"),
+                    })
+                }
+                MapOp::UpsertRevNat { .. } => {
+                    self.upsert_run(map_names::LB4_REVNAT, &ops[i..i + run], |op| match *op {
+                        MapOp::UpsertRevNat { id, revnat } => (id, revnat),
+                        _ => unreachable!("a run holds one kind"),
+                    })
+                }
+                _ => Ok(false),
+            }
+            .map_err(|(k, e)| (i + k, e))?;
+            if !written {
+                for (k, op) in ops[i..i + run].iter().enumerate() {
+                    self.apply(op).map_err(|e| (i + k, e))?;
+                }
+            }
+            i += run;
+        }
+        Ok(())
+    }
+}
+
+impl AyaLbMaps<'_> {
+    /// Writes the entries of `ops` (one kind, one map) in batches; `Ok(false)` when the kernel cannot,
+    /// with nothing written.
+    fn upsert_run<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+        ops: &[MapOp],
+        entry: impl Fn(&MapOp) -> (K, V),
+    ) -> Result<bool, (usize, anyhow::Error)> {
+        if ops.len() < 2 {
+            return Ok(false);
+        }
+        let (keys, values): (Vec<K>, Vec<V>) = ops.iter().map(entry).unzip();
+        let map = self
+            .datapath
+            .ebpf
+            .map(name)
+            .ok_or_else(|| (0, anyhow::anyhow!("map {name} missing from the object")))?;
+        super::batch::update_hash(map, &keys, &values).map_err(|(k, e)| {
+            (
+                k,
+                anyhow::Error::new(e).context(format!("batch update of map {name}")),
+            )
+        })
+    }
 }

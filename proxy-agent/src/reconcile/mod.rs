@@ -149,6 +149,15 @@ pub trait LbMaps {
     fn dump(&self) -> Result<DesiredMaps>;
     /// Performs one operation; deleting an absent key is not an error.
     fn apply(&mut self, op: &MapOp) -> Result<()>;
+    /// Performs `ops` in order, with the outcome of [`apply`](Self::apply) on each in turn; an
+    /// implementation may write a run of one kind in fewer system calls. On failure, the index of the
+    /// operation that failed (those before it were performed) and its error.
+    fn apply_ops(&mut self, ops: &[MapOp]) -> Result<(), (usize, anyhow::Error)> {
+        for (i, op) in ops.iter().enumerate() {
+            self.apply(op).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// What one pass did.
@@ -433,11 +442,10 @@ impl Reconciler {
     /// Writes `ops` in order; at the first failure the state written is forgotten (the next pass
     /// reads the maps).
     fn apply_all(&mut self, ops: &[MapOp], maps: &mut dyn LbMaps) -> Result<()> {
-        for (i, op) in ops.iter().enumerate() {
-            if let Err(e) = maps.apply(op) {
-                self.forget_written();
-                return Err(e).with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()));
-            }
+        if let Err((i, e)) = maps.apply_ops(ops) {
+            self.forget_written();
+            let op = ops.get(i).map_or_else(|| "?".to_string(), ToString::to_string);
+            return Err(e).with_context(|| format!("map operation {} of {}: {op}", i + 1, ops.len()));
         }
         Ok(())
     }
