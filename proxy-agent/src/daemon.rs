@@ -526,14 +526,15 @@ fn reconcile_policy(args: &RunArgs, watch: &SourceWatch, shared: &Shared, inner:
     let result = policy.reconcile(&input, &args.node, &mut datapath.policy_maps());
     // A resync over the same objects reuses the last compile: the tables built from it still hold.
     let recompiled = result.as_ref().map_or(true, |o| o.compiled);
-    if let Some(desired) = inner.policy.last().filter(|_| recompiled) {
-        let state = Arc::new(PolicyState::build(desired, &input));
+    if let Some(desired) = inner.policy.take_last().filter(|_| recompiled) {
+        let state = Arc::new(PolicyState::build(&desired, &input));
+        drop(desired);
         *shared
             .flow_context
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(FlowContext {
             pods_by_ip: crate::policy::view::pods_by_ip(watch.snapshot.pods.iter().map(|p| &**p)),
-            policy: (*state).clone(),
+            policy: state.clone(),
         });
         inner.policy_status.endpoints = state.endpoints.len();
         inner.policy_status.identities = state.identities.len();

@@ -108,7 +108,8 @@ pub fn decode(b: &[u8]) -> Option<FlowEvent> {
 #[derive(Debug, Clone, Default)]
 pub struct FlowContext {
     pub pods_by_ip: BTreeMap<Ipv4Addr, String>,
-    pub policy: PolicyState,
+    /// The same tables as the status's (one allocation, shared).
+    pub policy: std::sync::Arc<PolicyState>,
 }
 
 fn proto_name(p: u8) -> String {
@@ -397,13 +398,17 @@ mod tests {
         let mut cx = FlowContext::default();
         cx.pods_by_ip.insert("10.244.1.11".parse().unwrap(), "x/a".into());
         cx.pods_by_ip.insert("10.244.1.22".parse().unwrap(), "y/b".into());
-        cx.policy.policies.insert(4, "y/allow-x".into());
-        cx.policy.endpoints.push(EndpointRow {
-            pod: "y/b".into(),
-            endpoint_id: 3,
-            ingress_isolated_by: vec!["y/deny-all".into()],
-            ..Default::default()
-        });
+        std::sync::Arc::make_mut(&mut cx.policy)
+            .policies
+            .insert(4, "y/allow-x".into());
+        std::sync::Arc::make_mut(&mut cx.policy)
+            .endpoints
+            .push(EndpointRow {
+                pod: "y/b".into(),
+                endpoint_id: 3,
+                ingress_isolated_by: vec!["y/deny-all".into()],
+                ..Default::default()
+            });
         cx
     }
 

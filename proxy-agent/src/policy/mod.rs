@@ -303,7 +303,9 @@ impl InputAllocations {
 pub struct PolicyReconciler {
     allocations: Allocations,
     restored: bool,
-    /// The last compile (what the datapath was brought to), for `policy list`, flows and metrics.
+    /// The last compile (what the datapath was brought to), until the daemon takes it to build the
+    /// tables of `policy list`, flows and metrics ([`Self::take_last`]): its entries are those of
+    /// `written`, ~3 MB at 1k policies over 10k pods that nothing reads again.
     last: Option<PolicyDesired>,
     reported: BTreeSet<PolicyError>,
     /// Operations applied since start, by pinned map.
@@ -339,6 +341,11 @@ impl PolicyReconciler {
 
     pub fn last(&self) -> Option<&PolicyDesired> {
         self.last.as_ref()
+    }
+
+    /// The last compile, if nobody took it since.
+    pub fn take_last(&mut self) -> Option<PolicyDesired> {
+        self.last.take()
     }
 
     /// Operations applied since start, by pinned map (`strait_reconcile_operations_total`).
@@ -429,7 +436,7 @@ impl PolicyReconciler {
         maps: &mut dyn PolicyMaps,
     ) -> Result<PolicyOutcome> {
         let from = InputAllocations::of(input, node);
-        let same_input = self.last.is_some() && self.compiled_from.as_ref().is_some_and(|(f, _)| *f == from);
+        let same_input = self.compiled_from.as_ref().is_some_and(|(f, _)| *f == from);
         if same_input && self.written.is_some() {
             // The same objects, and the maps hold what the last compile asked for.
             return Ok(PolicyOutcome {
