@@ -108,3 +108,36 @@ async fn a_resync_scan_finds_a_silent_rewrite_and_wakes_a_pass() {
     assert_eq!(snapshot.namespaces[0].metadata.name.as_deref(), Some("z"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The read while the datapath loads: the first pass still is a full read (a resync, so the maps are
+/// dumped) and still reports every kind that read brought, though the source has nothing new by then.
+/// Later resyncs fall on ticks only, never on a pass woken by a change.
+#[tokio::test]
+async fn the_first_pass_programs_what_was_read_ahead_and_resyncs_wait_for_a_tick() {
+    let dir = std::env::temp_dir().join(format!("strait-daemon-ahead-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), namespace("a")).unwrap();
+    let source = Source::start(Some(&dir), None).await.unwrap();
+    let pins = dir.join("pins");
+    let mut watch = SourceWatch::new(source, &pins);
+    let (mut sync, mut counters) = (SyncView::default(), AgentCounters::default());
+    watch.read_ahead(&mut sync, &mut counters);
+    assert_eq!(watch.snapshot.namespaces.len(), 1, "read ahead");
+    assert!(!watch.loaded(), "the first pass is the first full read");
+
+    let first = watch.refresh(&mut sync, &mut counters, Wake::Tick).unwrap();
+    assert!(first.resync);
+    assert!(first.changed.intersects(Kinds::NAMESPACES), "{}", first.changed);
+    assert!(watch.loaded());
+    let second = watch.refresh(&mut sync, &mut counters, Wake::Tick).unwrap();
+    assert_eq!(second.changed, Kinds::NONE, "carried once");
+
+    // A resync is due: a pass woken by a change leaves it to the next tick.
+    watch.last_resync = Some(Instant::now() - RESYNC);
+    let changed = watch.refresh(&mut sync, &mut counters, Wake::Changed).unwrap();
+    assert!(!changed.resync);
+    let tick = watch.refresh(&mut sync, &mut counters, Wake::Tick).unwrap();
+    assert!(tick.resync);
+    let _ = std::fs::remove_dir_all(&dir);
+}
