@@ -615,8 +615,8 @@ struct SourceWatch {
     /// This node's pods (`endpoints::local_pods`), kept as the pods change.
     local_pods: Vec<LocalEndpoint>,
     reported: BTreeSet<String>,
-    /// What the read ahead of the first pass changed (see [`Self::read_ahead`]), for that pass.
-    carried: Kinds,
+    /// What the read ahead of the first pass brought (see [`Self::read_ahead`]), for that pass.
+    carried: Refreshed,
 }
 
 /// What a refresh brought.
@@ -642,23 +642,22 @@ impl SourceWatch {
             rejected: Vec::new(),
             local_pods: Vec::new(),
             reported: BTreeSet::new(),
-            carried: Kinds::NONE,
+            carried: Refreshed::default(),
         }
     }
 
     /// Reads the source while the datapath loads, so the first pass finds the objects read (the
     /// manifests; the API-server source has nothing until its lists are in, which are under way
-    /// meanwhile). The first pass is still the first full read: it dumps the maps and programs
-    /// everything this read changed.
+    /// meanwhile). The first pass takes over what this read brought: it counts as the full read (the
+    /// maps are dumped) and programs every kind read. The source is not read again for it (a
+    /// resync of the manifests would have every file hashed on a thread, beside the programming).
     fn read_ahead(&mut self, sync: &mut SyncView, counters: &mut AgentCounters) {
         match self.refresh(sync, counters, Wake::Tick) {
-            Ok(read) => self.carried = read.changed,
+            Ok(read) => self.carried = read,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "reading the source while the datapath loads; the first pass tries again");
             }
         }
-        self.last_resync = None;
-        self.last_scan = None;
     }
 
     fn loaded(&self) -> bool {
@@ -685,11 +684,9 @@ impl SourceWatch {
         if scan_all {
             self.last_scan = Some(Instant::now());
         }
+        let carried = std::mem::take(&mut self.carried);
         let Some(update) = self.source.poll(resync, &mut self.snapshot, scan_all)? else {
-            return Ok(Refreshed {
-                changed: std::mem::take(&mut self.carried),
-                resync: false,
-            });
+            return Ok(carried);
         };
         for r in &update.rejected {
             // Reported once per distinct problem, not on every resync.
@@ -702,7 +699,7 @@ impl SourceWatch {
         // A resync brings what the source found changed (the API-server source: the stores whose
         // watches changed them; the manifests: the files the scans found changed); the maps' side of it
         // is the dump.
-        let changed = update.changed | std::mem::take(&mut self.carried);
+        let changed = update.changed | carried.changed;
         if changed.intersects(Kinds::SERVICES) {
             self.selector_services = lb::any_selector_service(&self.snapshot);
         }
@@ -723,7 +720,10 @@ impl SourceWatch {
         if resync {
             self.last_resync = Some(Instant::now());
         }
-        Ok(Refreshed { changed, resync })
+        Ok(Refreshed {
+            changed,
+            resync: resync || carried.resync,
+        })
     }
 }
 
