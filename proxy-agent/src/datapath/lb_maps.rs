@@ -90,66 +90,64 @@ impl LbMaps for AyaLbMaps<'_> {
     fn apply_ops(&mut self, ops: &[MapOp]) -> Result<(), (usize, anyhow::Error)> {
         let mut i = 0;
         while i < ops.len() {
-            let run = ops[i..]
-                .iter()
-                .take_while(|op| std::mem::discriminant(*op) == std::mem::discriminant(&ops[i]))
-                .count();
-            let written = match ops[i] {
+            let rest = &ops[i..];
+            let done = match rest[0] {
                 MapOp::UpsertBackend { .. } => {
-                    self.upsert_run(map_names::LB4_BACKENDS, &ops[i..i + run], |op| match *op {
-                        MapOp::UpsertBackend { id, backend } => (id, backend),
-                        _ => unreachable!("a run holds one kind"),
+                    self.upsert_run(map_names::LB4_BACKENDS, rest, |op| match *op {
+                        MapOp::UpsertBackend { id, backend } => Some((id, backend)),
+                        _ => None,
                     })
                 }
                 MapOp::UpsertService { .. } => {
-                    self.upsert_run(map_names::LB4_SERVICES, &ops[i..i + run], |op| match *op {
-                        MapOp::UpsertService { key, value } => (key, value),
-                        _ => unreachable!("a run holds one kind"),
+                    self.upsert_run(map_names::LB4_SERVICES, rest, |op| match *op {
+                        MapOp::UpsertService { key, value } => Some((key, value)),
+                        _ => None,
                     })
                 }
-                MapOp::UpsertRevNat { .. } => {
-                    self.upsert_run(map_names::LB4_REVNAT, &ops[i..i + run], |op| match *op {
-                        MapOp::UpsertRevNat { id, revnat } => (id, revnat),
-                        _ => unreachable!("a run holds one kind"),
-                    })
-                }
-                _ => Ok(false),
+                MapOp::UpsertRevNat { .. } => self.upsert_run(map_names::LB4_REVNAT, rest, |op| match *op {
+                    MapOp::UpsertRevNat { id, revnat } => Some((id, revnat)),
+                    _ => None,
+                }),
+                _ => self.apply(&rest[0]).map(|()| 1).map_err(|e| (0, e)),
             }
             .map_err(|(k, e)| (i + k, e))?;
-            if !written {
-                for (k, op) in ops[i..i + run].iter().enumerate() {
-                    self.apply(op).map_err(|e| (i + k, e))?;
-                }
-            }
-            i += run;
+            i += done;
         }
         Ok(())
     }
 }
 
 impl AyaLbMaps<'_> {
-    /// Writes the entries of `ops` (one kind, one map) in batches; `Ok(false)` when the kernel cannot,
-    /// with nothing written.
+    /// Writes the leading run of `ops` that `entry` reads (one kind, one map): in batches, or one by
+    /// one where the kernel cannot. Returns how many operations that was; on failure, the index of
+    /// the one that failed.
     fn upsert_run<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &str,
         ops: &[MapOp],
-        entry: impl Fn(&MapOp) -> (K, V),
-    ) -> Result<bool, (usize, anyhow::Error)> {
-        if ops.len() < 2 {
-            return Ok(false);
+        entry: impl Fn(&MapOp) -> Option<(K, V)>,
+    ) -> Result<usize, (usize, anyhow::Error)> {
+        let (keys, values): (Vec<K>, Vec<V>) = ops.iter().map_while(entry).unzip();
+        let run = keys.len();
+        if run >= 2 {
+            let map = self
+                .datapath
+                .ebpf
+                .map(name)
+                .ok_or_else(|| (0, anyhow::anyhow!("map {name} missing from the object")))?;
+            let batched = super::batch::update_hash(map, &keys, &values).map_err(|(k, e)| {
+                (
+                    k,
+                    anyhow::Error::new(e).context(format!("batch update of map {name}")),
+                )
+            })?;
+            if batched {
+                return Ok(run);
+            }
         }
-        let (keys, values): (Vec<K>, Vec<V>) = ops.iter().map(entry).unzip();
-        let map = self
-            .datapath
-            .ebpf
-            .map(name)
-            .ok_or_else(|| (0, anyhow::anyhow!("map {name} missing from the object")))?;
-        super::batch::update_hash(map, &keys, &values).map_err(|(k, e)| {
-            (
-                k,
-                anyhow::Error::new(e).context(format!("batch update of map {name}")),
-            )
-        })
+        for (k, op) in ops[..run].iter().enumerate() {
+            self.apply(op).map_err(|e| (k, e))?;
+        }
+        Ok(run)
     }
 }

@@ -398,17 +398,15 @@ mod tests {
         let mut cx = FlowContext::default();
         cx.pods_by_ip.insert("10.244.1.11".parse().unwrap(), "x/a".into());
         cx.pods_by_ip.insert("10.244.1.22".parse().unwrap(), "y/b".into());
-        std::sync::Arc::make_mut(&mut cx.policy)
-            .policies
-            .insert(4, "y/allow-x".into());
-        std::sync::Arc::make_mut(&mut cx.policy)
-            .endpoints
-            .push(EndpointRow {
-                pod: "y/b".into(),
-                endpoint_id: 3,
-                ingress_isolated_by: vec!["y/deny-all".into()],
-                ..Default::default()
-            });
+        let mut policy = PolicyState::default();
+        policy.policies.insert(4, "y/allow-x".into());
+        policy.endpoints.push(EndpointRow {
+            pod: "y/b".into(),
+            endpoint_id: 3,
+            ingress_isolated_by: vec!["y/deny-all".into()],
+            ..Default::default()
+        });
+        cx.policy = std::sync::Arc::new(policy);
         cx
     }
 
