@@ -48,6 +48,12 @@ struct ParsedFile {
     /// Of the text last parsed: a resync reads every file again but parses only those whose text
     /// changed (parsing every file is seconds at 100k endpoints; reading and hashing, milliseconds).
     hash: u64,
+    /// Of each document of that text, its hash with the kind of the one object it gave in the low
+    /// bits ([`DocumentHashes`]): when the file is rewritten, documents whose text is unchanged keep
+    /// their objects (the same allocations, so downstream sees them unchanged) instead of being parsed
+    /// again. Editing one Service in a file of a thousand costs one document's parse. Empty when the
+    /// file's objects cannot be placed by document (a `List` document).
+    documents: Box<[u64]>,
     rejected: Vec<Rejected>,
     /// A resync found text that differs from what was parsed: read again whatever the metadata says.
     suspect: bool,
@@ -308,16 +314,17 @@ impl ManifestsSource {
         // Until the walk below completes, no record is trusted (an error leaves none).
         self.totals = [0; 6];
         // The files to read, read first, together.
-        let to_read: Vec<(&Path, Option<u64>)> = current
+        let to_read: Vec<(&Path, Option<u64>, &[u64])> = current
             .iter()
             .filter_map(|(path, len, modified)| match self.files.get(path) {
                 Some(f) if !resync && f.unchanged(*len, *modified) => None,
-                cached => Some((path.as_path(), cached.map(|f| f.hash))),
+                Some(f) => Some((path.as_path(), Some(f.hash), &f.documents[..])),
+                None => Some((path.as_path(), None, &[][..])),
             })
             .collect();
         let mut preloaded: BTreeMap<PathBuf, Result<Loaded>> = to_read
             .iter()
-            .map(|(p, _)| p.to_path_buf())
+            .map(|(p, _, _)| p.to_path_buf())
             .zip(load_files(&to_read))
             .collect();
         let mut changed = Kinds::NONE;
@@ -390,36 +397,128 @@ fn read_file(
     snapshot: &mut Snapshot,
     at: &Counts,
 ) -> Result<(ParsedFile, Option<Kinds>)> {
-    let loaded = load_file(path, cached.as_ref().map(|f| f.hash))?;
+    let loaded = match &cached {
+        Some(f) => load_file(path, Some(f.hash), &f.documents)?,
+        None => load_file(path, None, &[])?,
+    };
     Ok(place(loaded, len, modified, cached, snapshot, at))
 }
 
 /// A file's text, hashed, and parsed unless it is the text last parsed (`parsed_hash`).
 struct Loaded {
     hash: u64,
-    parsed: Option<(Snapshot, Vec<Rejected>)>,
+    parsed: Option<ParsedText>,
 }
 
-fn load_file(path: &Path, parsed_hash: Option<u64>) -> Result<Loaded> {
+/// What a changed text gave: the objects of the documents parsed, and for every document in order
+/// where its objects come from.
+struct ParsedText {
+    objects: Snapshot,
+    rejected: Vec<Rejected>,
+    pieces: Vec<Piece>,
+    documents: Box<[u64]>,
+}
+
+/// One document of a changed text.
+enum Piece {
+    /// Unchanged since the last parse: its one object, of kind `kind` (a [`Counts`] index), is the
+    /// `pos`-th of that kind in the file's old run.
+    Reused { kind: u8, pos: u32 },
+    /// Parsed now: so many objects of each kind, next in `ParsedText::objects`.
+    Parsed(Counts),
+}
+
+/// Document hashes with the kind of their one object packed in the low three bits (the hash keeps
+/// 61 bits: a file's documents are compared only with that file's).
+struct DocumentHashes;
+
+impl DocumentHashes {
+    /// The document gave no object, more than one, or was rejected: it is parsed whenever its file is.
+    const NOT_REUSABLE: u64 = 7;
+
+    fn pack(hash: u64, kind: Option<usize>) -> u64 {
+        (hash & !7) | kind.map_or(Self::NOT_REUSABLE, |k| k as u64)
+    }
+
+    /// The reusable documents of a file: hash → (kind, position in that kind's run), first of equal
+    /// texts first (each is taken once, so a duplicate document is parsed rather than sharing one
+    /// allocation between two entries).
+    fn index(documents: &[u64]) -> std::collections::HashMap<u64, Vec<(u8, u32)>> {
+        let mut seen = [0u32; 6];
+        let mut index: std::collections::HashMap<u64, Vec<(u8, u32)>> =
+            std::collections::HashMap::with_capacity(documents.len());
+        for d in documents {
+            let kind = d & 7;
+            if kind == Self::NOT_REUSABLE {
+                continue;
+            }
+            let k = kind as usize;
+            index.entry(d & !7).or_default().push((k as u8, seen[k]));
+            seen[k] += 1;
+        }
+        for v in index.values_mut() {
+            v.reverse();
+        }
+        index
+    }
+}
+
+fn load_file(path: &Path, parsed_hash: Option<u64>, documents: &[u64]) -> Result<Loaded> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let hash = text_hash(&text);
     if parsed_hash == Some(hash) {
         return Ok(Loaded { hash, parsed: None });
     }
-    let (mut objects, mut rejected) = (Snapshot::default(), Vec::new());
-    parse_into(&text, path, &mut objects, &mut rejected);
     Ok(Loaded {
         hash,
-        parsed: Some((objects, rejected)),
+        parsed: Some(parse_text(&text, path, documents)),
     })
+}
+
+/// Parses the documents of `text` whose hashes are not among `documents` (the last parse's).
+fn parse_text(text: &str, path: &Path, documents: &[u64]) -> ParsedText {
+    let mut reusable = DocumentHashes::index(documents);
+    let (mut objects, mut rejected) = (Snapshot::default(), Vec::new());
+    let split = split_documents(text);
+    let mut pieces = Vec::with_capacity(split.len());
+    let mut hashes = Vec::with_capacity(split.len());
+    // A document that gives several objects (a List) shifts the positions of those after it.
+    let mut placeable = true;
+    for (index, document) in split.iter().enumerate() {
+        let hash = text_hash(document) & !7;
+        if let Some((kind, pos)) = reusable.get_mut(&hash).and_then(|v| v.pop()) {
+            pieces.push(Piece::Reused { kind, pos });
+            hashes.push(DocumentHashes::pack(hash, Some(kind as usize)));
+            continue;
+        }
+        let (before, rejected_before) = (counts(&objects), rejected.len());
+        parse_document(index, document, path, &mut objects, &mut rejected, Keep::Read);
+        let mut gave = counts(&objects);
+        for (g, b) in gave.iter_mut().zip(before) {
+            *g -= b;
+        }
+        let total: usize = gave.iter().sum();
+        let one = (total == 1 && rejected.len() == rejected_before)
+            .then(|| gave.iter().position(|n| *n == 1))
+            .flatten();
+        placeable &= total == 0 || one.is_some();
+        hashes.push(DocumentHashes::pack(hash, one));
+        pieces.push(Piece::Parsed(gave));
+    }
+    ParsedText {
+        objects,
+        rejected,
+        pieces,
+        documents: if placeable { hashes.into() } else { Box::default() },
+    }
 }
 
 /// Loads many files at once on a few threads (parsing YAML is most of a first read: ~1 s at 10k
 /// Services and 100k endpoints on one core), in the order given.
-fn load_files(files: &[(&Path, Option<u64>)]) -> Vec<Result<Loaded>> {
+fn load_files(files: &[(&Path, Option<u64>, &[u64])]) -> Vec<Result<Loaded>> {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     if workers < 2 || files.len() < 8 {
-        return files.iter().map(|(p, h)| load_file(p, *h)).collect();
+        return files.iter().map(|(p, h, d)| load_file(p, *h, d)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut done: Vec<(usize, Result<Loaded>)> = std::thread::scope(|scope| {
@@ -429,10 +528,10 @@ fn load_files(files: &[(&Path, Option<u64>)]) -> Vec<Result<Loaded>> {
                     let mut mine = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((path, hash)) = files.get(i) else {
+                        let Some((path, hash, documents)) = files.get(i) else {
                             break mine;
                         };
-                        mine.push((i, load_file(path, *hash)));
+                        mine.push((i, load_file(path, *hash, documents)));
                     }
                 })
             })
@@ -455,22 +554,22 @@ fn place(
     snapshot: &mut Snapshot,
     at: &Counts,
 ) -> (ParsedFile, Option<Kinds>) {
-    let Some((objects, rejected)) = loaded.parsed else {
+    let Some(text) = loaded.parsed else {
         let f = cached.expect("a text the same as the one parsed has a record");
         return (
             ParsedFile {
                 len,
                 modified,
-                counts: f.counts,
                 hash: loaded.hash,
-                rejected: f.rejected,
                 suspect: false,
+                ..f
             },
             None,
         );
     };
-    let new_counts = counts(&objects);
     let old_counts = cached.map_or([0; 6], |f| f.counts);
+    let objects = assemble(snapshot, at, &old_counts, text.objects, &text.pieces);
+    let new_counts = counts(&objects);
     splice(snapshot, at, &old_counts, objects);
     (
         ParsedFile {
@@ -478,11 +577,53 @@ fn place(
             modified,
             counts: new_counts,
             hash: loaded.hash,
-            rejected,
+            documents: text.documents,
+            rejected: text.rejected,
             suspect: false,
         },
         Some(kinds_present(&old_counts) | kinds_present(&new_counts)),
     )
+}
+
+/// The file's objects in document order: the reused ones taken from its old runs (at `at`, `old`
+/// long), the others from `parsed`.
+fn assemble(snapshot: &Snapshot, at: &Counts, old: &Counts, parsed: Snapshot, pieces: &[Piece]) -> Snapshot {
+    fn one<T>(run: &[Arc<T>], parsed: Vec<Arc<T>>, pieces: &[Piece], kind: usize) -> Vec<Arc<T>> {
+        if !pieces.iter().any(|p| matches!(p, Piece::Reused { .. })) {
+            return parsed;
+        }
+        let mut parsed = parsed.into_iter();
+        let mut out = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Reused { kind: k, pos } if usize::from(*k) == kind => {
+                    out.push(Arc::clone(&run[*pos as usize]));
+                }
+                Piece::Reused { .. } => {}
+                Piece::Parsed(gave) => out.extend(parsed.by_ref().take(gave[kind])),
+            }
+        }
+        out
+    }
+    let run = |k: usize| at[k]..at[k] + old[k];
+    Snapshot {
+        nodes: one(&snapshot.nodes[run(0)], parsed.nodes, pieces, 0),
+        namespaces: one(&snapshot.namespaces[run(1)], parsed.namespaces, pieces, 1),
+        pods: one(&snapshot.pods[run(2)], parsed.pods, pieces, 2),
+        services: one(&snapshot.services[run(3)], parsed.services, pieces, 3),
+        endpoint_slices: one(
+            &snapshot.endpoint_slices[run(4)],
+            parsed.endpoint_slices,
+            pieces,
+            4,
+        ),
+        network_policies: one(
+            &snapshot.network_policies[run(5)],
+            parsed.network_policies,
+            pieces,
+            5,
+        ),
+    }
 }
 
 /// A name the directory source reads (`*.yaml`, `*.yml`, `*.json`).
@@ -550,51 +691,63 @@ fn parse_documents(
     keep: Keep,
 ) {
     for (index, document) in split_documents(text).iter().enumerate() {
-        let value = match serde_yaml::from_str::<serde_yaml::Value>(document) {
-            Ok(serde_yaml::Value::Null) => continue,
-            Ok(v) => v,
-            Err(e) => {
-                rejected.push(Rejected {
-                    origin: file.display().to_string(),
-                    object: format!("document {}", index + 1),
-                    reason: format!("not valid YAML: {e}"),
-                });
-                continue;
-            }
-        };
-        let kind = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or("")
-            .to_string();
-        let name = object_name(&value, &kind, index);
-        let result = match kind.as_str() {
-            "Node" => push(value, keep, &mut snapshot.nodes),
-            "Namespace" => push(value, keep, &mut snapshot.namespaces),
-            "Pod" => push(value, keep, &mut snapshot.pods),
-            "Service" => push(value, keep, &mut snapshot.services),
-            "EndpointSlice" => push(value, keep, &mut snapshot.endpoint_slices),
-            "NetworkPolicy" => push(value, keep, &mut snapshot.network_policies),
-            "List" => {
-                // `kubectl get -o yaml` output: a List whose items are objects.
-                if let Some(serde_yaml::Value::Sequence(items)) = value.get("items") {
-                    for item in items {
-                        let doc = serde_yaml::to_string(item).unwrap_or_default();
-                        parse_documents(&doc, file, snapshot, rejected, keep);
-                    }
-                }
-                Ok(())
-            }
-            "" => Err("field kind is missing".to_string()),
-            other => Err(format!("kind {other} is not one the agent reads")),
-        };
-        if let Err(reason) = result {
+        parse_document(index, document, file, snapshot, rejected, keep);
+    }
+}
+
+/// Adds the objects of one document (the `index`-th of `file`) to `snapshot`.
+fn parse_document(
+    index: usize,
+    document: &str,
+    file: &Path,
+    snapshot: &mut Snapshot,
+    rejected: &mut Vec<Rejected>,
+    keep: Keep,
+) {
+    let value = match serde_yaml::from_str::<serde_yaml::Value>(document) {
+        Ok(serde_yaml::Value::Null) => return,
+        Ok(v) => v,
+        Err(e) => {
             rejected.push(Rejected {
                 origin: file.display().to_string(),
-                object: name,
-                reason,
+                object: format!("document {}", index + 1),
+                reason: format!("not valid YAML: {e}"),
             });
+            return;
         }
+    };
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_string();
+    let name = object_name(&value, &kind, index);
+    let result = match kind.as_str() {
+        "Node" => push(value, keep, &mut snapshot.nodes),
+        "Namespace" => push(value, keep, &mut snapshot.namespaces),
+        "Pod" => push(value, keep, &mut snapshot.pods),
+        "Service" => push(value, keep, &mut snapshot.services),
+        "EndpointSlice" => push(value, keep, &mut snapshot.endpoint_slices),
+        "NetworkPolicy" => push(value, keep, &mut snapshot.network_policies),
+        "List" => {
+            // `kubectl get -o yaml` output: a List whose items are objects.
+            if let Some(serde_yaml::Value::Sequence(items)) = value.get("items") {
+                for item in items {
+                    let doc = serde_yaml::to_string(item).unwrap_or_default();
+                    parse_documents(&doc, file, snapshot, rejected, keep);
+                }
+            }
+            Ok(())
+        }
+        "" => Err("field kind is missing".to_string()),
+        other => Err(format!("kind {other} is not one the agent reads")),
+    };
+    if let Err(reason) = result {
+        rejected.push(Rejected {
+            origin: file.display().to_string(),
+            object: name,
+            reason,
+        });
     }
 }
 
@@ -883,6 +1036,113 @@ spec: {containers: "not a list"}
             .expect("seen by a full read");
         assert_eq!(in_order(&snapshot), full());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Rewriting a file parses only the documents whose text changed: the others keep their
+    /// objects (the same allocations, which is how the planner and the policy pass see "unchanged"),
+    /// in the new document order, and the result is what a fresh read gives.
+    #[test]
+    fn a_rewritten_file_parses_only_its_changed_documents() {
+        let dir = std::env::temp_dir().join(format!("strait-manifests-docs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("objects.yaml");
+        let node = "kind: Node\nmetadata: {name: n}\n";
+        let write = |docs: &[String]| std::fs::write(&file, docs.join("---\n")).unwrap();
+        write(&[ns("a"), ns("b"), node.to_string(), ns("c")]);
+        let mut src = ManifestsSource::new(&dir);
+        let mut snapshot = Snapshot::default();
+        src.poll(false, &mut snapshot, None, false)
+            .unwrap()
+            .expect("first read");
+        let before = snapshot.clone();
+        let fresh = || {
+            let mut fresh = Snapshot::default();
+            ManifestsSource::new(&dir)
+                .poll(false, &mut fresh, None, false)
+                .unwrap();
+            fresh
+        };
+        let in_order = |s: &Snapshot| -> Vec<String> {
+            s.namespaces
+                .iter()
+                .map(|n| n.metadata.name.clone().unwrap())
+                .collect()
+        };
+        // b edited, a and c swapped, a broken document and a duplicate of c added.
+        write(&[
+            ns("c"),
+            ns("b2"),
+            ": : :\n".to_string(),
+            node.to_string(),
+            ns("a"),
+            ns("c"),
+        ]);
+        let update = src
+            .poll(false, &mut snapshot, named_all(&dir), false)
+            .unwrap()
+            .expect("rewritten");
+        assert_eq!(update.rejected.len(), 1, "{:?}", update.rejected);
+        assert_eq!(in_order(&snapshot), ["c", "b2", "a", "c"]);
+        assert_eq!(in_order(&snapshot), in_order(&fresh()));
+        assert!(
+            Arc::ptr_eq(&snapshot.namespaces[0], &before.namespaces[2]),
+            "c kept"
+        );
+        assert!(
+            Arc::ptr_eq(&snapshot.namespaces[2], &before.namespaces[0]),
+            "a kept"
+        );
+        assert!(
+            !Arc::ptr_eq(&snapshot.namespaces[3], &before.namespaces[2]),
+            "the duplicate is its own"
+        );
+        assert!(Arc::ptr_eq(&snapshot.nodes[0], &before.nodes[0]), "the node kept");
+        // The broken document is parsed (and reported) at every rewrite; fixing it brings its object.
+        let kept = snapshot.clone();
+        write(&[ns("c"), ns("b2"), ns("d"), node.to_string(), ns("a"), ns("c")]);
+        let update = src
+            .poll(false, &mut snapshot, named_all(&dir), false)
+            .unwrap()
+            .expect("rewritten");
+        assert!(update.rejected.is_empty(), "{:?}", update.rejected);
+        assert_eq!(in_order(&snapshot), ["c", "b2", "d", "a", "c"]);
+        assert!(
+            Arc::ptr_eq(&snapshot.namespaces[1], &kept.namespaces[1]),
+            "b2 kept"
+        );
+        assert!(
+            Arc::ptr_eq(&snapshot.namespaces[4], &kept.namespaces[3]),
+            "the duplicate kept"
+        );
+        // A List document gives several objects: the file is parsed whole next time, and still right.
+        let list = "kind: List\nitems:\n- {kind: Namespace, metadata: {name: l1}}\n- {kind: Namespace, metadata: {name: l2}}\n";
+        write(&[ns("a"), list.to_string()]);
+        src.poll(false, &mut snapshot, named_all(&dir), false)
+            .unwrap()
+            .expect("rewritten");
+        assert_eq!(in_order(&snapshot), ["a", "l1", "l2"]);
+        let a = Arc::clone(&snapshot.namespaces[0]);
+        write(&[list.to_string(), ns("a"), ns("e")]);
+        src.poll(false, &mut snapshot, named_all(&dir), false)
+            .unwrap()
+            .expect("rewritten");
+        assert_eq!(in_order(&snapshot), ["l1", "l2", "a", "e"]);
+        assert_eq!(in_order(&snapshot), in_order(&fresh()));
+        assert!(
+            !Arc::ptr_eq(&snapshot.namespaces[2], &a),
+            "parsed whole after a List"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn named_all(dir: &Path) -> Option<BTreeSet<OsString>> {
+        Some(
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect(),
+        )
     }
 
     const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, namespace: a0}\naddressType: IPv4\nendpoints: []\n";
