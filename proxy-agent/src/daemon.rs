@@ -227,6 +227,7 @@ impl Shared {
             frontends: inner.lb.frontends as u64,
             policy_endpoints: inner.policy_state.endpoints.len() as u64,
             identities: inner.policy_state.identities.len() as u64,
+            heap: crate::memory::heap_stats(),
             ..Default::default()
         };
         for (name, ops) in inner.policy.ops_by_map() {
@@ -323,9 +324,7 @@ fn load_datapath(args: &RunArgs) -> Result<(Datapath, Reconciler, common::config
     let mut datapath = Datapath::load(&args.bpffs_root)?;
     datapath.attachments.xdp_mode = args.xdp_mode;
     // Ids come back from the pinned maps, so a restarted agent rewrites nothing that is still right.
-    let mut reconciler = Reconciler::restore(&datapath.lb_maps())?;
-    // The resync's dumper keeps a copy of the state written, so that it can diff its dump off the loop.
-    reconciler.keep_journal();
+    let reconciler = Reconciler::restore(&datapath.lb_maps())?;
     let mut flags = 0;
     if args.policy_established == crate::cli::PolicyEstablished::Keep {
         flags |= common::config::config_flags::KEEP_ESTABLISHED;
@@ -734,12 +733,10 @@ fn ask_resync(watch: &mut SourceWatch, inner: &mut Inner) -> bool {
     if watch.dumper.asked() {
         return true;
     }
-    // What the reconciler journaled goes first: the dumper's copy must be the state written now.
-    watch.dumper.journal(inner.reconciler.take_journal());
     let sent = watch.dumper.request(crate::resync_dumper::Request {
         lb_writes: inner.reconciler.writes(),
         policy_writes: inner.policy.writes(),
-        lb_ticket: inner.reconciler.resync_request(),
+        lb_written: inner.reconciler.resync_request(),
         policy_written: inner.policy.written(),
     });
     if !sent {
@@ -912,7 +909,6 @@ fn reconcile_pass(args: &RunArgs, watch: &mut SourceWatch, shared: &Shared, wake
         services?;
         policy?;
     }
-    watch.dumper.journal(inner.reconciler.take_journal());
     // Until the source has given a first full snapshot there is nothing to compare attachments
     // with; an empty one would detach every pod of a restarted agent.
     if !watch.loaded() {

@@ -43,6 +43,8 @@ pub struct MetricsSnapshot {
     pub frontends: u64,
     pub policy_endpoints: u64,
     pub identities: u64,
+    /// The agent's allocator: bytes in live allocations and bytes it holds resident.
+    pub heap: Option<crate::memory::HeapStats>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -168,6 +170,20 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "Pod identities (distinct label sets) in use",
         s.identities,
     );
+    if let Some(heap) = s.heap {
+        gauge(
+            &mut r,
+            "strait_agent_heap_allocated_bytes",
+            "Bytes in the agent's live heap allocations",
+            heap.allocated,
+        );
+        gauge(
+            &mut r,
+            "strait_agent_heap_resident_bytes",
+            "Bytes of memory the agent's allocator holds resident (live allocations, its metadata, free pages not yet returned)",
+            heap.resident,
+        );
+    }
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &r);
@@ -189,6 +205,10 @@ mod tests {
             frontends: 2,
             policy_endpoints: 3,
             identities: 4,
+            heap: Some(crate::memory::HeapStats {
+                allocated: 5,
+                resident: 6,
+            }),
             ..Default::default()
         };
         s.counters.reconcile_ops.insert("STRAIT_POLICY_V1", 9);
@@ -210,6 +230,8 @@ mod tests {
             "strait_services_frontends 2",
             "strait_policy_endpoints 3",
             "strait_identities 4",
+            "strait_agent_heap_allocated_bytes 5",
+            "strait_agent_heap_resident_bytes 6",
             "# TYPE strait_datapath_drops counter",
             "# EOF",
         ] {

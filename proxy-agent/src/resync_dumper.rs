@@ -3,8 +3,8 @@
 //! 5–8 ms; on the daemon's loop they held back every change that arrived meanwhile. The load-balancing
 //! maps are now read in batches (200k entries: ~80 ms against ~440 ms walked, on the bench machine);
 //! the policy maps are LPM tries, which the kernel reads only entry by entry. The daemon asks with its
-//! reconcilers' write generations and what to diff against (the service maps: the mirror this thread
-//! keeps of the state written, see `reconcile::resync`; the policy maps: their shared written state),
+//! reconcilers' write generations and what to diff against (both reconcilers' written states, shared:
+//! a pass that writes before this thread is done copies its state first, see `reconcile::resync`),
 //! goes on, and applies the diff when it is there. Without a state to diff against, the dump itself
 //! comes back, used as before (see `Reconciler::resync_from`).
 
@@ -21,10 +21,7 @@ use anyhow::{Context, Result};
 use crate::{
     datapath::{lb_maps, map_source::PinnedMaps, policy_maps},
     policy::{PolicyMapsState, PolicyOp},
-    reconcile::{
-        DesiredMaps, ResyncTicket,
-        resync::{Journal, Mirror, ResyncDiff},
-    },
+    reconcile::{DesiredMaps, ResyncTicket, resync::ResyncDiff},
 };
 
 /// The load-balancing maps' side of a resync.
@@ -54,51 +51,37 @@ pub struct Dumps {
 pub struct Request {
     pub lb_writes: u64,
     pub policy_writes: u64,
-    /// The service reconciler's request (`Reconciler::resync_request`): diff against the mirror.
-    pub lb_ticket: Option<ResyncTicket>,
+    /// The service reconciler's request (`Reconciler::resync_request`): diff against its state.
+    pub lb_written: Option<(ResyncTicket, Arc<DesiredMaps>)>,
     /// The policy state written: diff against it.
     pub policy_written: Option<Arc<PolicyMapsState>>,
 }
 
-enum Message {
-    Journal(Vec<Journal>),
-    Dump(Request),
-}
-
 pub struct ResyncDumper {
-    messages: Sender<Message>,
+    messages: Sender<Request>,
     results: Receiver<Result<Dumps>>,
     /// A request is out and its answer not taken yet.
     asked: bool,
 }
 
 impl ResyncDumper {
-    /// A thread that dumps the maps pinned under `root` when asked, and keeps the mirror of the
-    /// service reconciler's state from its journal.
+    /// A thread that dumps the maps pinned under `root` when asked.
     pub fn start(root: PathBuf) -> Self {
-        let (messages, inbox) = mpsc::channel::<Message>();
+        let (messages, inbox) = mpsc::channel::<Request>();
         let (answers, results) = mpsc::channel();
         std::thread::Builder::new()
             .name("resync-dumper".into())
             .spawn(move || {
                 crate::background::lower_this_thread();
-                let mut mirror = Mirror::default();
-                while let Ok(message) = inbox.recv() {
-                    let request = match message {
-                        Message::Journal(entries) => {
-                            entries.into_iter().for_each(|e| mirror.follow(e));
-                            continue;
-                        }
-                        Message::Dump(r) => r,
-                    };
+                while let Ok(request) = inbox.recv() {
                     let dumps = dump(&root).map(|(lb, policy)| Dumps {
-                        lb: match (request.lb_ticket, mirror.state()) {
-                            (Some(ticket), Some(written)) => {
+                        lb: match &request.lb_written {
+                            Some((ticket, written)) => {
                                 let diff = ResyncDiff::of(written, &lb);
                                 crate::reconcile::drop_elsewhere(lb, DesiredMaps::len);
-                                LbDump::Diff(diff, ticket)
+                                LbDump::Diff(diff, *ticket)
                             }
-                            _ => LbDump::Full(lb),
+                            None => LbDump::Full(lb),
                         },
                         policy: match &request.policy_written {
                             Some(written) => PolicyDump::Diff(crate::policy::diff::diff(written, &policy)),
@@ -121,13 +104,6 @@ impl ResyncDumper {
         }
     }
 
-    /// Hands on what the service reconciler journaled (in order, before any later request).
-    pub fn journal(&mut self, entries: Vec<Journal>) {
-        if !entries.is_empty() {
-            let _ = self.messages.send(Message::Journal(entries));
-        }
-    }
-
     /// A request is out and its answer not taken yet.
     pub fn asked(&self) -> bool {
         self.asked
@@ -138,7 +114,7 @@ impl ResyncDumper {
         if self.asked {
             return true;
         }
-        self.asked = self.messages.send(Message::Dump(request)).is_ok();
+        self.asked = self.messages.send(request).is_ok();
         self.asked
     }
 

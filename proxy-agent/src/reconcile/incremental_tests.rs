@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, sync::Arc};
 
 use common::lb::{SCOPE_EXTERNAL, SCOPE_INTERNAL, svc_flags};
 
-use super::super::{FakeMaps, Ids, Reconciler};
+use super::super::{DesiredMaps, FakeMaps, Ids, Reconciler};
 use crate::lb::{Frontend, FrontendKind, LbPlan, PlannedBackend, Proto, ServicePortRef};
 
 /// xorshift64: deterministic and enough to shuffle plans.
@@ -292,7 +292,7 @@ fn a_resync_from_a_dump_read_elsewhere_ends_with_the_full_result() {
 /// Each frontend (slot 0) with its flags and count, its rev-NAT entry and its backends in slot order,
 /// ids resolved.
 fn by_frontend(
-    maps: &super::super::DesiredMaps,
+    maps: &DesiredMaps,
 ) -> std::collections::BTreeMap<
     common::lb::Lb4Key,
     (
@@ -318,32 +318,28 @@ fn by_frontend(
     out
 }
 
-/// A resync diffed elsewhere (against the mirror of the journal as it was when the resync asked),
+/// A resync diffed elsewhere (against the state written as it was when the resync asked, shared),
 /// applied after passes that wrote in between, repairs what was changed behind the agent's back and
 /// ends with the full pass's maps: the keys written since the request are left as written.
 #[test]
 fn a_resync_diffed_elsewhere_ends_with_the_full_result() {
-    use super::super::resync::{Mirror, ResyncDiff};
+    use super::super::resync::ResyncDiff;
     let mut taken = 0;
     for seed in 1..=20u64 {
         let mut rng = Rng(seed * 0x9E37_79B9_7F4A_7C15);
         let (mut fast, mut full) = (Reconciler::default(), Reconciler::default());
-        fast.keep_journal();
-        let mut mirror = Mirror::default();
         let (mut fast_maps, mut full_maps) = (FakeMaps::new(), FakeMaps::new());
         let mut plan = LbPlan::default();
         let mut asked = None;
         for pass in 0..45 {
-            mirror_follow(&mut mirror, &mut fast);
             match pass % 5 {
-                // The resync asks: the mirror is the state written now.
+                // The resync asks, with the state written now; passes until the dump is read write
+                // and must leave that state as it was.
                 1 => {
-                    asked = fast
-                        .resync_request()
-                        .map(|t| (t, mirror.state().cloned().expect("the mirror follows")));
-                    if let Some((_, written)) = &asked {
-                        assert_eq!(written, fast.written.as_ref().unwrap(), "seed {seed} pass {pass}");
-                    }
+                    asked = fast.resync_request().map(|(t, written)| {
+                        let copy = DesiredMaps::clone(&written);
+                        (t, written, copy)
+                    });
                 }
                 // Behind the agent's back, then the dump is read (a pass or two after the request),
                 // diffed against the state of the request, and applied after another pass.
@@ -369,11 +365,15 @@ fn a_resync_diffed_elsewhere_ends_with_the_full_result() {
             let dump = (pass % 5 == 3).then(|| fast_maps.maps.clone());
             plan = evolve(&mut rng, &plan.frontends);
             fast.reconcile(&plan, &mut fast_maps).unwrap();
-            mirror_follow(&mut mirror, &mut fast);
             if let Some(dump) = dump
-                && let Some((ticket, written)) = asked.take()
+                && let Some((ticket, written, copy)) = asked.take()
             {
+                assert_eq!(
+                    *written, copy,
+                    "seed {seed} pass {pass}: the shared state stood still"
+                );
                 let diff = ResyncDiff::of(&written, &dump);
+                drop(written);
                 plan = evolve(&mut rng, &plan.frontends);
                 fast.reconcile(&plan, &mut fast_maps).unwrap();
                 if fast.resync_with(diff, ticket, &mut fast_maps).unwrap().is_some() {
@@ -401,16 +401,10 @@ fn a_resync_diffed_elsewhere_ends_with_the_full_result() {
             );
             assert_eq!(
                 &fast_maps.maps,
-                fast.written.as_ref().unwrap(),
+                &**fast.written.as_ref().unwrap(),
                 "seed {seed} pass {pass}: the maps hold what was written"
             );
         }
     }
     assert!(taken > 100, "only {taken} resyncs applied");
-}
-
-fn mirror_follow(mirror: &mut super::super::resync::Mirror, r: &mut Reconciler) {
-    for entry in r.take_journal() {
-        mirror.follow(entry);
-    }
 }

@@ -23,7 +23,7 @@ pub mod resync;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use anyhow::{Context, Result};
 use common::lb::{Backend4, Lb4Key, Lb4Service, RevNat4};
@@ -174,8 +174,11 @@ pub struct Outcome {
 pub struct Reconciler {
     ids: Ids,
     /// What the maps hold, as far as this reconciler knows: the last desired state written without
-    /// error (or the dump at start). `None` makes the next pass dump the maps.
-    written: Option<DesiredMaps>,
+    /// error (or the dump at start). `None` makes the next pass dump the maps. Shared with the
+    /// resync's dumper, which diffs its dump against the state as it was when the resync asked: a
+    /// pass that changes it meanwhile copies it first (copy on write), so the copy exists only while
+    /// a resync is out and a pass writes, not for the life of the agent.
+    written: Option<Arc<DesiredMaps>>,
     /// Passes that dumped the maps since start (tests and the debug log).
     dumps: u64,
     /// Who uses each id of `written`, when the next pass may change it in place.
@@ -195,8 +198,6 @@ pub struct Reconciler {
     /// Bumped by every pass that writes (or tries to): a dump read elsewhere is a true picture of
     /// the maps only if this did not move while it was read.
     writes: u64,
-    /// What happened to `written`, for the copy the resync's dumper keeps (`None`: not kept).
-    journal: Option<Vec<resync::Journal>>,
     /// Bumped whenever `written` is replaced or lost: a resync diff against an older one is void.
     epoch: u64,
     /// The keys written since the outstanding resync request (see [`Self::resync_with`]).
@@ -220,7 +221,7 @@ impl Reconciler {
         ids.hold(&dump);
         Ok(Self {
             ids,
-            written: Some(dump),
+            written: Some(Arc::new(dump)),
             dumps: 1,
             ..Self::default()
         })
@@ -242,50 +243,21 @@ impl Reconciler {
         self.forget_written();
     }
 
-    /// `written` is gone (the maps hold something the journal does not say): a resync diffed against
-    /// it is void, and the dumper's copy is dropped.
+    /// `written` is gone (the maps hold something it does not say): a resync diffed against it is
+    /// void.
     fn forget_written(&mut self) {
         self.written = None;
         self.users = None;
         self.epoch += 1;
-        if let Some(j) = self.journal.as_mut() {
-            j.push(resync::Journal::Lost);
-        }
     }
 
-    /// `written` was replaced by a full pass.
-    fn reset(&mut self) {
-        self.epoch += 1;
-        if let Some(j) = self.journal.as_mut() {
-            j.push(
-                self.written
-                    .clone()
-                    .map_or(resync::Journal::Lost, resync::Journal::Reset),
-            );
-        }
-    }
-
-    /// From now on, what happens to the state written is journaled (see [`Self::take_journal`]),
-    /// starting with that state.
-    pub fn keep_journal(&mut self) {
-        self.journal = Some(Vec::new());
-        self.reset();
-    }
-
-    /// The journal since the last call, to be applied to a [`resync::Mirror`] in order.
-    pub fn take_journal(&mut self) -> Vec<resync::Journal> {
-        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
-    }
-
-    /// A resync asks for a dump diffed elsewhere against the state written now (the mirror of the
-    /// journal so far); `None` if that state is not known.
-    pub fn resync_request(&mut self) -> Option<ResyncTicket> {
-        if self.journal.is_none() || self.written.is_none() {
-            return None;
-        }
+    /// A resync asks for a dump diffed elsewhere against the state written now, which comes with the
+    /// ticket; `None` if that state is not known.
+    pub fn resync_request(&mut self) -> Option<(ResyncTicket, Arc<DesiredMaps>)> {
+        let written = Arc::clone(self.written.as_ref()?);
         // A request already out keeps what it recorded: skipping more keys only defers repairs.
         self.touched.get_or_insert_default();
-        Some(ResyncTicket { epoch: self.epoch })
+        Some((ResyncTicket { epoch: self.epoch }, written))
     }
 
     /// The request of [`Self::resync_request`] was not sent: stop recording the keys written.
@@ -311,7 +283,6 @@ impl Reconciler {
         let ops: Vec<MapOp> = diff.ops.into_iter().filter(|op| !touched.contains(op)).collect();
         self.writes += u64::from(!ops.is_empty());
         self.apply_all(&ops, maps)?;
-        // The maps hold `written` again: nothing to journal.
         self.ids
             .hold_ids(diff.orphan_backends.into_iter(), diff.orphan_revnat.into_iter());
         Ok(Some(Outcome {
@@ -334,7 +305,7 @@ impl Reconciler {
         self.forget_written();
         // Only a state every frontend fitted in (`users` is kept for those alone).
         self.resync_base = match (self.written_from.take(), written, users) {
-            (Some(from), Some(written), Some(users)) => Some((from, written, users)),
+            (Some(from), Some(written), Some(users)) => Some((from, Arc::unwrap_or_clone(written), users)),
             _ => None,
         };
         // A dump read while passes wrote is usable with the state last written (see `reconcile`);
@@ -369,7 +340,7 @@ impl Reconciler {
     /// a pass completed.
     pub fn reconcile(&mut self, plan: &LbPlan, maps: &mut dyn LbMaps) -> Result<Outcome> {
         if let (Some(written), Some(users)) = (self.written.as_mut(), self.users.as_mut()) {
-            if let Some(change) = users.update(plan, &mut self.ids, written) {
+            if let Some(change) = users.update(plan, &mut self.ids, Arc::make_mut(written)) {
                 self.written_from = Some(plan.frontends.clone());
                 return self.write_change(change, maps);
             }
@@ -404,7 +375,7 @@ impl Reconciler {
                     None => maps.dump().context("dumping the load-balancing maps")?,
                 };
                 self.ids.hold(&dump);
-                dump
+                Arc::new(dump)
             }
         };
         self.users = None;
@@ -422,15 +393,15 @@ impl Reconciler {
             }
         };
         ops.extend(diff(&wanted, &actual));
-        drop_elsewhere(actual, DesiredMaps::len);
+        drop_elsewhere(actual, |a| a.len());
         self.writes += u64::from(!ops.is_empty());
         if let Some(t) = self.touched.as_mut() {
             t.record(&ops);
         }
         self.apply_all(&ops, maps)?;
         self.ids.release_unused(&wanted);
-        self.written = Some(wanted);
-        self.reset();
+        self.written = Some(Arc::new(wanted));
+        self.epoch += 1;
         self.written_from = Some(plan.frontends.clone());
         // With a frontend left out, which ones fit depends on all of them: the next pass is full too.
         if unfit.is_empty() {
@@ -457,11 +428,6 @@ impl Reconciler {
             t.record(&ops);
         }
         self.apply_all(&ops, maps)?;
-        if let Some(j) = self.journal.as_mut()
-            && !ops.is_empty()
-        {
-            j.push(resync::Journal::Ops(ops.clone()));
-        }
         self.ids.release(&change.unused_backends, &change.unused_revnat);
         Ok(Outcome {
             ops,

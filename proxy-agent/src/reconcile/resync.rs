@@ -1,8 +1,8 @@
 //! The resync's diff, computed off the daemon's loop. At 10k Services the diff of a dump against the
 //! state last written took 5–8 ms on the loop every 10 s (after the dump itself had moved to a thread
-//! of its own), and a change arriving meanwhile waited for it. The dumper thread keeps a copy of the
-//! state the reconciler wrote ([`Mirror`], fed by the reconciler's [`Journal`]), diffs its dump
-//! against that copy as it was when the resync asked, and the loop applies that diff — except for the
+//! of its own), and a change arriving meanwhile waited for it. The resync's request hands the dumper
+//! thread the state the reconciler wrote, shared (a pass that writes before the dumper is done copies
+//! it first), the thread diffs its dump against it, and the loop applies that diff — except for the
 //! keys it wrote itself since the request: for those the maps hold what it wrote, whatever the dump
 //! saw, and a write behind the agent's back at the same moment is left to the next resync.
 
@@ -12,44 +12,7 @@ use common::lb::Lb4Key;
 
 use super::{DesiredMaps, MapOp, diff::diff};
 
-/// What a reconciler did to the state it wrote, in order, for a copy kept elsewhere.
-#[derive(Debug, Clone)]
-pub enum Journal {
-    /// These operations were written, and the state is the last one with them applied.
-    Ops(Vec<MapOp>),
-    /// The state is this one now (a pass that recomputed everything, or the start).
-    Reset(DesiredMaps),
-    /// The state is not known (a failed write, a resync that reads the maps itself).
-    Lost,
-}
-
-/// A copy of the state a reconciler last wrote, kept from its [`Journal`].
-#[derive(Debug, Default)]
-pub struct Mirror {
-    state: Option<DesiredMaps>,
-}
-
-impl Mirror {
-    pub fn follow(&mut self, entry: Journal) {
-        match entry {
-            Journal::Ops(ops) => {
-                if let Some(state) = self.state.as_mut() {
-                    for op in &ops {
-                        apply(state, op);
-                    }
-                }
-            }
-            Journal::Reset(state) => self.state = Some(state),
-            Journal::Lost => self.state = None,
-        }
-    }
-
-    pub fn state(&self) -> Option<&DesiredMaps> {
-        self.state.as_ref()
-    }
-}
-
-/// One operation on an in-memory copy of the maps (the mirror's, and the test maps').
+/// One operation on an in-memory copy of the maps (the test maps').
 pub fn apply(state: &mut DesiredMaps, op: &MapOp) {
     match *op {
         MapOp::UpsertBackend { id, backend } => {

@@ -40,6 +40,10 @@ pub struct AgentBench {
     /// file-backed (the binary's text and read-only data that were touched, libraries, mapped files).
     pub rss_anon_after_sync_mib: f64,
     pub rss_file_after_sync_mib: f64,
+    /// The agent's allocator after the first sync (its `/metrics`): live allocations, and what it
+    /// holds resident (part of the anonymous figure).
+    pub heap_allocated_after_sync_mib: Option<f64>,
+    pub heap_resident_after_sync_mib: Option<f64>,
     pub rss_peak_mib: f64,
     /// User + system CPU time of the agent from start to the first full sync, and over the changes.
     pub cpu_sync_s: f64,
@@ -150,6 +154,21 @@ pub fn run(agent: &Path, quick: bool) -> Result<AgentBench> {
     let rss_anon_after_sync_mib = proc_status_kib(pid, "RssAnon")? as f64 / 1024.0;
     let rss_file_after_sync_mib = proc_status_kib(pid, "RssFile")? as f64 / 1024.0;
     let cpu_sync_s = cpu_seconds(pid)?;
+    let metrics = http_get("/metrics").unwrap_or_default();
+    let heap_mib = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map(|b| b / (1024.0 * 1024.0))
+    };
+    let heap_allocated_after_sync_mib = heap_mib("strait_agent_heap_allocated_bytes");
+    let heap_resident_after_sync_mib = heap_mib("strait_agent_heap_resident_bytes");
 
     let iterations = if quick { 20 } else { 100 };
     let files = scale.services.div_ceil(objects::SLICES_PER_FILE);
@@ -194,6 +213,8 @@ pub fn run(agent: &Path, quick: bool) -> Result<AgentBench> {
         first_pass,
         rss_after_sync_mib,
         rss_anon_after_sync_mib,
+        heap_allocated_after_sync_mib,
+        heap_resident_after_sync_mib,
         rss_file_after_sync_mib,
         rss_peak_mib,
         cpu_sync_s,
@@ -315,26 +336,30 @@ fn wait_for(
     )
 }
 
-/// GET /status from inside the agent's namespace (a thread that enters it; the socket stays there).
+/// GET /status from inside the agent's namespace.
 fn get_status() -> Result<Value> {
-    let body = std::thread::spawn(|| -> Result<String> {
+    Ok(serde_json::from_str(&http_get("/status")?)?)
+}
+
+/// The body of a GET of `path` on the agent's admin address, from a thread that enters the agent's
+/// namespace (the socket stays there).
+fn http_get(path: &'static str) -> Result<String> {
+    let body = std::thread::spawn(move || -> Result<String> {
         let ns = std::fs::File::open(format!("/run/netns/{NETNS}"))?;
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
         let mut s = TcpStream::connect_timeout(&ADMIN.parse()?, Duration::from_secs(1))?;
         // The agent answers between passes; a resync at full size holds it for seconds.
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        s.write_all(b"GET /status HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").as_bytes())?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("status thread panicked"))??;
-    let json = body
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .context("no HTTP body")?;
-    Ok(serde_json::from_str(json)?)
+    .map_err(|_| anyhow::anyhow!("admin request thread panicked"))??;
+    body.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .context("no HTTP body")
 }
 
 /// utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat, in clock ticks).
@@ -400,6 +425,7 @@ pub fn markdown(b: &AgentBench) -> String {
          {first_pass}\
          | resident memory after the first sync | {:.1} MiB | ≤ 64 MiB: {} |\n\
          | of which anonymous / file-backed | {:.1} / {:.1} MiB | |\n\
+         | the allocator (in the anonymous figure): live allocations / resident | {} | |\n\
          | peak resident memory (sync and {} endpoint changes) | {:.1} MiB | ≤ 64 MiB: {} |\n\
          | EndpointSlice change on disk → map write, p50 / p99 of {} | {:.2} / {:.2} ms | < 5 ms p99: {} |\n\
          | the same, until the bench's status poll showed the write | {:.2} / {:.2} ms | |\n\
@@ -429,6 +455,10 @@ pub fn markdown(b: &AgentBench) -> String {
         verdict(b.rss_after_sync_mib, 64.0, "MiB", true),
         b.rss_anon_after_sync_mib,
         b.rss_file_after_sync_mib,
+        match (b.heap_allocated_after_sync_mib, b.heap_resident_after_sync_mib) {
+            (Some(a), Some(r)) => format!("{a:.1} / {r:.1} MiB"),
+            _ => "not reported".to_owned(),
+        },
         b.change_ms.len(),
         b.rss_peak_mib,
         verdict(b.rss_peak_mib, 64.0, "MiB", true),
