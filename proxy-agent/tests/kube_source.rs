@@ -96,7 +96,7 @@ fn cluster_ip(s: &Snapshot, name: &str) -> Option<String> {
         .services
         .iter()
         .find(|x| x.metadata.name.as_deref() == Some(name))?;
-    svc.spec.as_ref()?.cluster_ip.clone()
+    svc.spec.as_ref()?.cluster_ip.as_deref().map(str::to_owned)
 }
 
 fn service(name: &str, ip: &str) -> Value {

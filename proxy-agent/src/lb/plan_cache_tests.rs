@@ -116,7 +116,10 @@ fn a_service_claiming_one_address_twice_keeps_its_first_claim_when_patched() {
     // ClusterIp claim, which must stay.
     for service in &mut snapshot.services {
         let spec = Arc::make_mut(service).spec.as_mut().unwrap();
-        spec.external_ips = spec.cluster_ip.clone().map(|ip| vec![ip]);
+        spec.external_ips = spec
+            .cluster_ip
+            .clone()
+            .map(|ip| vec![ip.into_string()].into_boxed_slice());
     }
     let mut cache = PlanCache::default();
     let first = cache.plan(&snapshot, &[], &node);

@@ -58,12 +58,17 @@ pub fn strip_service(service: &mut Service) {
     if service.metadata.labels.as_ref().is_some_and(|l| l.is_empty()) {
         service.metadata.labels = None;
     }
-    if let Some(status) = service.status.as_mut() {
-        *status = ServiceStatus {
-            load_balancer: status.load_balancer.take(),
-            ..Default::default()
-        };
-    }
+    // A status without a load balancer says nothing the agent reads: no box kept for it.
+    service.status = service
+        .status
+        .take()
+        .and_then(|mut status| status.load_balancer.take())
+        .map(|load_balancer| {
+            Box::new(ServiceStatus {
+                load_balancer: Some(load_balancer),
+                ..Default::default()
+            })
+        });
 }
 
 /// EndpointSlices: identity; the rest was cut down when the object was read into its compact form
