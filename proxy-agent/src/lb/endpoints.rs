@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use super::{Proto, Rejected};
-use crate::slim::{Address, EndpointSlice, Hints};
+use crate::slim::{EndpointSlice, Hints, NodeName};
 
 /// One endpoint of one Service port, after the merge of all the Service's slices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub(crate) struct Endpoint {
     pub terminating: bool,
     /// nodeName is this node.
     pub local: bool,
-    pub node_name: Option<Arc<str>>,
+    pub node_name: Option<NodeName>,
     pub hints: Hints,
 }
 
@@ -55,7 +55,7 @@ impl ServiceSlice {
     /// was rejected whole by `validate`.
     fn endpoints(&self) -> impl Iterator<Item = SliceEndpoint<'_>> {
         self.object.endpoints.iter().filter_map(|ep| {
-            let Address::Ip(std::net::IpAddr::V4(addr)) = ep.address else {
+            let Some(std::net::IpAddr::V4(addr)) = ep.address.ip() else {
                 return None;
             };
             let conditions = ep.conditions.as_ref();
@@ -78,7 +78,7 @@ struct SliceEndpoint<'a> {
     ready: bool,
     serving: bool,
     terminating: bool,
-    node_name: &'a Option<Arc<str>>,
+    node_name: &'a Option<NodeName>,
     hints: &'a Hints,
 }
 
@@ -172,7 +172,7 @@ fn validate(slice: &EndpointSlice) -> Result<Vec<SlicePort>, (String, String)> {
         });
     }
     for (i, ep) in slice.endpoints.iter().enumerate() {
-        if let Address::Unparsed(text) = &ep.address {
+        if let Some(text) = ep.address.unparsed() {
             return Err((
                 format!("endpoints[{i}].addresses[0]"),
                 format!("{text:?} is not an IP address"),
