@@ -86,7 +86,7 @@ struct SliceEndpoint<'a> {
 /// watches only its own family; IPv6 and FQDN slices, and slices without a Service label, are skipped),
 /// else the valid slice or why it was rejected.
 pub(crate) fn read_slice(slice: &Arc<EndpointSlice>) -> Option<Result<ServiceSlice, Rejected>> {
-    if slice.address_type != "IPv4" {
+    if *slice.address_type != *"IPv4" {
         return None;
     }
     slice.service_name.as_ref()?;
@@ -153,7 +153,7 @@ pub(crate) fn merged_endpoints<'a>(
 
 /// The slice's ports, or the first field that makes the slice unusable.
 fn validate(slice: &EndpointSlice) -> Result<Vec<SlicePort>, (String, String)> {
-    let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
+    let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, |p| p.len()));
     for (i, port) in slice.ports.iter().flatten().enumerate() {
         let proto =
             Proto::parse(port.protocol.as_deref()).map_err(|e| (format!("ports[{i}].protocol"), e))?;

@@ -29,7 +29,10 @@ fn edit_slice(snapshot: &mut Snapshot, name: &str, edit: impl FnOnce(&mut Vec<En
         .iter_mut()
         .find(|s| s.metadata.name.as_deref() == Some(name))
         .unwrap_or_else(|| panic!("no slice {name}"));
-    edit(&mut std::sync::Arc::make_mut(slice).endpoints);
+    let slice = std::sync::Arc::make_mut(slice);
+    let mut endpoints = std::mem::take(&mut slice.endpoints).into_vec();
+    edit(&mut endpoints);
+    slice.endpoints = endpoints.into_boxed_slice();
 }
 
 fn endpoint(ip: &str, node: &str) -> Endpoint {

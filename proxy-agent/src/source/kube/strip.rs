@@ -393,7 +393,7 @@ spec:
             slice.metadata.labels, None,
             "the Service's labels the controller copies"
         );
-        assert_eq!(slice.address_type, "IPv4");
+        assert_eq!(&*slice.address_type, "IPv4");
         assert_eq!(slice.ports, before.ports);
         let (a, b) = (&slice.endpoints[0], &before.endpoints[0]);
         assert_eq!(a.address, b.address);
