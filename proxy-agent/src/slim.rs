@@ -313,11 +313,32 @@ pub fn shared_name(name: String) -> NodeName {
     shared(&NAMES, name, |n| NodeName(Arc::new(n.into_boxed_str())))
 }
 
-/// The value of an enum-like Service field (`type`, `sessionAffinity`, the traffic policies) as one
-/// allocation every Service with that value shares. An unknown value is kept as written, for the
-/// planner's report; like node names, words are never forgotten.
+/// The value of an enum-like field (a Service's `type`, `sessionAffinity`, traffic policies and
+/// distribution; a slice's `addressType`) as one allocation every object with that value shares.
+/// Only the API's own values are shared (and kept for the life of the process); any other value is
+/// kept as written in an allocation of its own, for the planner's report, so that objects carrying
+/// ever new invalid values cannot grow the table.
 pub fn shared_word(word: String) -> Arc<str> {
+    const KNOWN: &[&str] = &[
+        "ClusterIP",
+        "NodePort",
+        "LoadBalancer",
+        "ExternalName",
+        "None",
+        "ClientIP",
+        "Cluster",
+        "Local",
+        "PreferClose",
+        "PreferSameZone",
+        "PreferSameNode",
+        "IPv4",
+        "IPv6",
+        "FQDN",
+    ];
     static WORDS: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Mutex::default);
+    if !KNOWN.contains(&word.as_str()) {
+        return Arc::from(word);
+    }
     shared(&WORDS, word, Arc::from)
 }
 
@@ -463,6 +484,9 @@ status: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}
         let other: Service = serde_yaml::from_str(SERVICE).unwrap();
         let word = |s: &Service| s.spec.as_ref().unwrap().type_.clone().unwrap();
         assert!(Arc::ptr_eq(&word(&slim), &word(&other)));
+        // A value that is none of the API's is kept, not shared.
+        let (x, y) = (shared_word("Weird".into()), shared_word("Weird".into()));
+        assert!(&*x == "Weird" && !Arc::ptr_eq(&x, &y));
     }
 
     #[test]
