@@ -9,13 +9,20 @@ fn namespace(name: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n")
 }
 
-#[tokio::test]
-async fn a_manifest_change_wakes_a_pass_before_the_tick() {
-    let dir = std::env::temp_dir().join(format!("strait-daemon-wake-{}", std::process::id()));
+/// A manifests source over a new directory `strait-daemon-<tag>-<pid>` holding `a.yaml` (namespace
+/// a).
+async fn source_over_a(tag: &str) -> (std::path::PathBuf, Source) {
+    let dir = std::env::temp_dir().join(format!("strait-daemon-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("a.yaml"), namespace("a")).unwrap();
-    let mut source = Source::start(Some(&dir), None).await.unwrap();
+    let source = Source::start(Some(&dir), None).await.unwrap();
+    (dir, source)
+}
+
+#[tokio::test]
+async fn a_manifest_change_wakes_a_pass_before_the_tick() {
+    let (dir, mut source) = source_over_a("wake").await;
     // A tick an hour away: only the change can wake the pass within the test.
     let mut ticker = tokio::time::interval(Duration::from_secs(3600));
     assert_eq!(
@@ -54,12 +61,8 @@ async fn a_manifest_change_wakes_a_pass_before_the_tick() {
 /// by the resync's scan off the loop; the scan's end wakes a pass, which reads the file again.
 #[tokio::test]
 async fn a_resync_scan_finds_a_silent_rewrite_and_wakes_a_pass() {
-    let dir = std::env::temp_dir().join(format!("strait-daemon-scan-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let (dir, mut source) = source_over_a("scan").await;
     let a = dir.join("a.yaml");
-    std::fs::write(&a, namespace("a")).unwrap();
-    let mut source = Source::start(Some(&dir), None).await.unwrap();
     let mut ticker = tokio::time::interval(Duration::from_secs(3600));
     assert_eq!(wait_for_work(&mut ticker, &mut source).await, Wake::Tick);
     let mut snapshot = Snapshot::default();
@@ -114,11 +117,7 @@ async fn a_resync_scan_finds_a_silent_rewrite_and_wakes_a_pass() {
 /// Later resyncs fall on ticks only, never on a pass woken by a change.
 #[tokio::test]
 async fn the_first_pass_programs_what_was_read_ahead_and_resyncs_wait_for_a_tick() {
-    let dir = std::env::temp_dir().join(format!("strait-daemon-ahead-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("a.yaml"), namespace("a")).unwrap();
-    let source = Source::start(Some(&dir), None).await.unwrap();
+    let (dir, source) = source_over_a("ahead").await;
     let pins = dir.join("pins");
     let mut watch = SourceWatch::new(source, &pins);
     let (mut sync, mut counters) = (SyncView::default(), AgentCounters::default());

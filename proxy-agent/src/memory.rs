@@ -12,18 +12,7 @@ const PURGE_ALL_ARENAS: &[u8] = b"arena.4096.purge\0";
 /// use (its arenas then hold nothing); a failure is only logged, since nothing depends on it. True
 /// when jemalloc accepted the request.
 pub fn return_free_pages() -> bool {
-    // SAFETY: `arena.<i>.purge` takes no argument and returns nothing: both pointer pairs are null,
-    // and the name is a NUL-terminated static string.
-    #[allow(unsafe_code, reason = "jemalloc's control interface is a C function")]
-    let rc = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            PURGE_ALL_ARENAS.as_ptr().cast(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        )
-    };
+    let rc = mallctl(PURGE_ALL_ARENAS, None, None);
     if rc != 0 {
         tracing::debug!(errno = rc, "jemalloc purge failed");
     }
@@ -43,44 +32,42 @@ pub struct HeapStats {
 pub fn heap_stats() -> Option<HeapStats> {
     // jemalloc's statistics are a snapshot taken when the epoch advances.
     let mut epoch: u64 = 1;
-    mallctl_write(b"epoch\0", &mut epoch)?;
+    (mallctl(b"epoch\0", None, Some(&mut epoch)) == 0).then_some(())?;
+    let read = |name: &[u8]| {
+        let mut value: usize = 0;
+        (mallctl(name, Some(&mut value), None) == 0).then_some(value as u64)
+    };
     Some(HeapStats {
-        allocated: mallctl_read(b"stats.allocated\0")?,
-        resident: mallctl_read(b"stats.resident\0")?,
+        allocated: read(b"stats.allocated\0")?,
+        resident: read(b"stats.resident\0")?,
     })
 }
 
-fn mallctl_write(name: &[u8], value: &mut u64) -> Option<()> {
-    // SAFETY: `name` is NUL-terminated; `epoch` takes a u64 in and we ask for nothing back.
-    #[allow(unsafe_code, reason = "jemalloc's control interface is a C function")]
-    let rc = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            name.as_ptr().cast(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
+/// One jemalloc control call: `name` (NUL-terminated), reading a `size_t` into `read` and/or
+/// writing the `u64` in `write`. Returns jemalloc's error code (0: done); a read whose size is not
+/// a `size_t` is an error.
+fn mallctl(name: &[u8], read: Option<&mut usize>, write: Option<&mut u64>) -> i32 {
+    debug_assert_eq!(name.last(), Some(&0));
+    let mut read_len = std::mem::size_of::<usize>();
+    let (old, old_len) = match read {
+        Some(value) => (
             std::ptr::from_mut(value).cast(),
-            std::mem::size_of::<u64>(),
-        )
+            std::ptr::from_mut(&mut read_len),
+        ),
+        None => (std::ptr::null_mut(), std::ptr::null_mut()),
     };
-    (rc == 0).then_some(())
-}
-
-fn mallctl_read(name: &[u8]) -> Option<u64> {
-    // The statistics read here are `size_t`.
-    let mut value: usize = 0;
-    let mut len = std::mem::size_of::<usize>();
-    // SAFETY: `name` is NUL-terminated; `value` and `len` describe a buffer of the statistic's size.
+    let (new, new_len) = match write {
+        Some(value) => (std::ptr::from_mut(value).cast(), std::mem::size_of::<u64>()),
+        None => (std::ptr::null_mut(), 0),
+    };
+    // SAFETY: `name` is NUL-terminated; `old`/`old_len` are null or a `usize` and its size, `new`/
+    // `new_len` null and 0 or a `u64` and its size, all live for the call.
     #[allow(unsafe_code, reason = "jemalloc's control interface is a C function")]
-    let rc = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            name.as_ptr().cast(),
-            std::ptr::from_mut(&mut value).cast(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    (rc == 0 && len == std::mem::size_of::<usize>()).then_some(value as u64)
+    let rc = unsafe { tikv_jemalloc_sys::mallctl(name.as_ptr().cast(), old, old_len, new, new_len) };
+    if rc == 0 && !old_len.is_null() && read_len != std::mem::size_of::<usize>() {
+        return libc::EINVAL;
+    }
+    rc
 }
 
 #[cfg(test)]

@@ -282,16 +282,10 @@ impl From<discovery::EndpointSlice> for EndpointSlice {
 /// Edits for tests (the agent replaces a slice whole).
 #[cfg(test)]
 impl EndpointSlice {
-    pub fn push_endpoint(&mut self, endpoint: Endpoint) {
-        let mut v = std::mem::take(&mut self.endpoints).into_vec();
-        v.push(endpoint);
-        self.endpoints = v.into_boxed_slice();
-    }
-
-    pub fn pop_endpoint(&mut self) {
-        let mut v = std::mem::take(&mut self.endpoints).into_vec();
-        v.pop();
-        self.endpoints = v.into_boxed_slice();
+    pub fn edit_endpoints(&mut self, edit: impl FnOnce(&mut Vec<Endpoint>)) {
+        let mut endpoints = std::mem::take(&mut self.endpoints).into_vec();
+        edit(&mut endpoints);
+        self.endpoints = endpoints.into_boxed_slice();
     }
 }
 

@@ -47,10 +47,12 @@ fn a_changed_slice_replans_its_service_only() {
         cache.plan(&snapshot, &[], &node);
         for i in 0..snapshot.endpoint_slices.len() {
             let slice = Arc::make_mut(&mut snapshot.endpoint_slices[i]);
-            slice.push_endpoint(Endpoint {
-                address: format!("10.244.99.{}", i + 1).as_str().into(),
-                node_name: Some(node.as_str().into()),
-                ..Default::default()
+            slice.edit_endpoints(|e| {
+                e.push(Endpoint {
+                    address: format!("10.244.99.{}", i + 1).as_str().into(),
+                    node_name: Some(node.as_str().into()),
+                    ..Default::default()
+                })
             });
             let cached = cache.plan(&snapshot, &[], &node);
             assert_eq!(cached, plan(&snapshot, &node), "{name}: slice {i}");
@@ -125,7 +127,9 @@ fn a_service_claiming_one_address_twice_keeps_its_first_claim_when_patched() {
     let first = cache.plan(&snapshot, &[], &node);
     assert_eq!(first, plan(&snapshot, &node));
     for j in 0..snapshot.endpoint_slices.len() {
-        Arc::make_mut(&mut snapshot.endpoint_slices[j]).pop_endpoint();
+        Arc::make_mut(&mut snapshot.endpoint_slices[j]).edit_endpoints(|e| {
+            e.pop();
+        });
         assert_eq!(
             cache.plan(&snapshot, &[], &node),
             plan(&snapshot, &node),
@@ -171,20 +175,26 @@ fn random_edits_give_the_fresh_plan() {
                         let n = rng.below(250) + 1;
                         let slice = Arc::make_mut(&mut snapshot.endpoint_slices[i]);
                         if rng.below(2) == 0 || slice.endpoints.is_empty() {
-                            slice.push_endpoint(Endpoint {
-                                address: format!("10.244.77.{n}").as_str().into(),
-                                node_name: Some(node.as_str().into()),
-                                ..Default::default()
+                            slice.edit_endpoints(|e| {
+                                e.push(Endpoint {
+                                    address: format!("10.244.77.{n}").as_str().into(),
+                                    node_name: Some(node.as_str().into()),
+                                    ..Default::default()
+                                })
                             });
                         } else {
-                            slice.pop_endpoint();
+                            slice.edit_endpoints(|e| {
+                                e.pop();
+                            });
                         }
                     }
                     3 if slices > 0 => {
                         let i = rng.below(slices);
-                        Arc::make_mut(&mut snapshot.endpoint_slices[i]).push_endpoint(Endpoint {
-                            address: "10.244.300.1".into(),
-                            ..Default::default()
+                        Arc::make_mut(&mut snapshot.endpoint_slices[i]).edit_endpoints(|e| {
+                            e.push(Endpoint {
+                                address: "10.244.300.1".into(),
+                                ..Default::default()
+                            })
                         });
                     }
                     4 if slices > 0 && !services.is_empty() => {
@@ -266,13 +276,17 @@ fn one_rewritten_slice_of_many_is_found_by_position() {
     cache.plan(&snapshot, &[], &node);
     assert_eq!(cache.slice_walks(), 1);
     let last = snapshot.endpoint_slices.len() - 1;
-    Arc::make_mut(&mut snapshot.endpoint_slices[last]).pop_endpoint();
+    Arc::make_mut(&mut snapshot.endpoint_slices[last]).edit_endpoints(|e| {
+        e.pop();
+    });
     assert_eq!(cache.plan(&snapshot, &[], &node), plan(&snapshot, &node));
     assert_eq!(cache.replanned(), 1);
     assert_eq!(cache.slice_walks(), 1, "found by position");
     // The same allocation twice (no source does this): the walk keeps one entry per allocation.
     snapshot.endpoint_slices.push(snapshot.endpoint_slices[0].clone());
     assert_eq!(cache.plan(&snapshot, &[], &node), plan(&snapshot, &node));
-    Arc::make_mut(&mut snapshot.endpoint_slices[0]).pop_endpoint();
+    Arc::make_mut(&mut snapshot.endpoint_slices[0]).edit_endpoints(|e| {
+        e.pop();
+    });
     assert_eq!(cache.plan(&snapshot, &[], &node), plan(&snapshot, &node));
 }

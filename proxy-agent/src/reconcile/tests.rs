@@ -29,10 +29,7 @@ fn edit_slice(snapshot: &mut Snapshot, name: &str, edit: impl FnOnce(&mut Vec<En
         .iter_mut()
         .find(|s| s.metadata.name.as_deref() == Some(name))
         .unwrap_or_else(|| panic!("no slice {name}"));
-    let slice = std::sync::Arc::make_mut(slice);
-    let mut endpoints = std::mem::take(&mut slice.endpoints).into_vec();
-    edit(&mut endpoints);
-    slice.endpoints = endpoints.into_boxed_slice();
+    std::sync::Arc::make_mut(slice).edit_endpoints(edit);
 }
 
 fn endpoint(ip: &str, node: &str) -> Endpoint {

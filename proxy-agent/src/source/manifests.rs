@@ -60,6 +60,12 @@ struct ParsedFile {
 }
 
 impl ParsedFile {
+    /// What the last parse of a file left for the next one (its text's hash, its documents'): none
+    /// without a record.
+    fn last_parse(record: Option<&Self>) -> (Option<u64>, &[u64]) {
+        record.map_or((None, &[]), |f| (Some(f.hash), &f.documents))
+    }
+
     fn unchanged(&self, len: u64, modified: Option<SystemTime>) -> bool {
         !self.suspect && self.len == len && self.modified == modified
     }
@@ -318,8 +324,10 @@ impl ManifestsSource {
             .iter()
             .filter_map(|(path, len, modified)| match self.files.get(path) {
                 Some(f) if !resync && f.unchanged(*len, *modified) => None,
-                Some(f) => Some((path.as_path(), Some(f.hash), &f.documents[..])),
-                None => Some((path.as_path(), None, &[][..])),
+                record => {
+                    let (hash, documents) = ParsedFile::last_parse(record);
+                    Some((path.as_path(), hash, documents))
+                }
             })
             .collect();
         let mut preloaded: BTreeMap<PathBuf, Result<Loaded>> = to_read
@@ -397,10 +405,8 @@ fn read_file(
     snapshot: &mut Snapshot,
     at: &Counts,
 ) -> Result<(ParsedFile, Option<Kinds>)> {
-    let loaded = match &cached {
-        Some(f) => load_file(path, Some(f.hash), &f.documents)?,
-        None => load_file(path, None, &[])?,
-    };
+    let (hash, documents) = ParsedFile::last_parse(cached.as_ref());
+    let loaded = load_file(path, hash, documents)?;
     Ok(place(loaded, len, modified, cached, snapshot, at))
 }
 
@@ -972,23 +978,7 @@ spec: {containers: "not a list"}
         let named = |n: &[&str]| -> Option<BTreeSet<OsString>> {
             Some(n.iter().map(|n| format!("{n}.yaml").into()).collect())
         };
-        let full = || {
-            let mut fresh = Snapshot::default();
-            ManifestsSource::new(&dir)
-                .poll(false, &mut fresh, None, false)
-                .unwrap();
-            fresh
-                .namespaces
-                .iter()
-                .map(|n| n.metadata.name.clone().unwrap())
-                .collect::<Vec<_>>()
-        };
-        let in_order = |s: &Snapshot| -> Vec<String> {
-            s.namespaces
-                .iter()
-                .map(|n| n.metadata.name.clone().unwrap())
-                .collect()
-        };
+        let full = || in_order(&fresh_read(&dir));
         // Changed, added before, between and after, removed: in one batch and one by one.
         std::fs::write(
             dir.join("d.yaml"),
@@ -1056,19 +1046,7 @@ spec: {containers: "not a list"}
             .unwrap()
             .expect("first read");
         let before = snapshot.clone();
-        let fresh = || {
-            let mut fresh = Snapshot::default();
-            ManifestsSource::new(&dir)
-                .poll(false, &mut fresh, None, false)
-                .unwrap();
-            fresh
-        };
-        let in_order = |s: &Snapshot| -> Vec<String> {
-            s.namespaces
-                .iter()
-                .map(|n| n.metadata.name.clone().unwrap())
-                .collect()
-        };
+        let fresh = || fresh_read(&dir);
         // b edited, a and c swapped, a broken document and a duplicate of c added.
         write(&[
             ns("c"),
@@ -1134,6 +1112,23 @@ spec: {containers: "not a list"}
             "parsed whole after a List"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The namespaces' names in snapshot order.
+    fn in_order(s: &Snapshot) -> Vec<String> {
+        s.namespaces
+            .iter()
+            .map(|n| n.metadata.name.clone().unwrap())
+            .collect()
+    }
+
+    /// What a new source reads from `dir`.
+    fn fresh_read(dir: &Path) -> Snapshot {
+        let mut fresh = Snapshot::default();
+        ManifestsSource::new(dir)
+            .poll(false, &mut fresh, None, false)
+            .unwrap();
+        fresh
     }
 
     fn named_all(dir: &Path) -> Option<BTreeSet<OsString>> {
