@@ -57,6 +57,10 @@ pub mod ct_flags {
     /// route changes, so `SEEN_REPLY` stays clear); on the backend's node the reply entry (backend →
     /// client) carries it, with the frontend the client addressed in `orig_saddr` and `wire_port`.
     pub const DSR: u16 = 1 << 10;
+    /// A reply entry that holds its frontend in `rewrite_addr` / `rewrite_port`. Reply entries written
+    /// by a datapath older than this flag hold the backend there, and are restored through the rev-NAT
+    /// map by their `rev_nat` id instead (both ways stay readable, so an upgrade keeps open connections).
+    pub const FRONTEND: u16 = 1 << 11;
 }
 
 #[repr(C)]
@@ -66,12 +70,15 @@ pub struct CtEntry4 {
     pub rev_nat: u32,
     /// bpf_ktime_get_ns() of the last packet; the userspace sweeper expires by protocol and state.
     pub last_seen_ns: u64,
-    /// The backend chosen for this connection. Kept in the entry (not only its id) so a TCP or SCTP
-    /// connection stays with its backend while that pod lives, even after the endpoint left the
-    /// Service (not ready, removed from the slice) — as kube-proxy's conntrack does. UDP flows instead
-    /// re-balance once the backend id is gone, so a deleted backend does not black-hole them.
-    pub backend_addr: Be32,
-    pub backend_port: Be16,
+    /// Where this direction is translated to. A forward entry: the backend chosen (the new
+    /// destination). Kept in the entry (not only its id) so a TCP or SCTP connection stays with its
+    /// backend while that pod lives, even after the endpoint left the Service (not ready, removed from
+    /// the slice) — as kube-proxy's conntrack does. UDP flows instead re-balance once the backend id is
+    /// gone, so a deleted backend does not black-hole them. A reply entry with `FRONTEND`: the frontend
+    /// (VIP:port, node IP:NodePort) the client addressed, the answers' new source; kept here for the same
+    /// reason, and so restoring a reply costs no rev-NAT lookup.
+    pub rewrite_addr: Be32,
+    pub rewrite_port: Be16,
     pub flags: u16,
     /// With SNAT: the client's own address, which its source was rewritten from (hairpin: the backend
     /// itself; north-south: the external client). A DSR reply entry on the backend's node: the frontend

@@ -34,12 +34,13 @@ pub struct CtRow {
     /// After a reply-tuple clash: the client's own port and the one it leaves with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<(u16, u16)>,
-    /// A DSR reply entry on the backend's node: the frontend (on the entry node) the answer leaves from.
+    /// A reply entry: the frontend (VIP:port, node IP:NodePort) its answers leave from. On a DSR
+    /// backend's node, that frontend is on the node the client entered through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frontend: Option<String>,
 }
 
-const FLAG_NAMES: [(u16, &str); 11] = [
+const FLAG_NAMES: [(u16, &str); 12] = [
     (ct_flags::FORWARD, "forward"),
     (ct_flags::REPLY, "reply"),
     (ct_flags::SEEN_FIN, "fin"),
@@ -51,12 +52,14 @@ const FLAG_NAMES: [(u16, &str); 11] = [
     (ct_flags::PORT_SNAT, "port-snat"),
     (ct_flags::NODEPORT, "north-south"),
     (ct_flags::DSR, "dsr"),
+    (ct_flags::FRONTEND, "frontend"),
 ];
 
 /// Pure: one conntrack entry as a row, `now_ns` on the entries' clock (CLOCK_MONOTONIC).
 pub fn ct_row(k: &CtKey4, e: &CtEntry4, now_ns: u64) -> CtRow {
     let addr = |a: common::net::Be32| Ipv4Addr::from(a.octets());
-    let translated = e.backend_port.get() != 0;
+    let holds_frontend = e.flags & ct_flags::FRONTEND != 0;
+    let translated = e.rewrite_port.get() != 0 && !holds_frontend;
     let direction = if e.flags & ct_flags::FORWARD != 0 {
         "forward"
     } else if e.flags & ct_flags::REPLY != 0 && (e.rev_nat != 0 || e.flags & ct_flags::DSR != 0) {
@@ -74,12 +77,16 @@ pub fn ct_row(k: &CtKey4, e: &CtEntry4, now_ns: u64) -> CtRow {
             .filter(|(bit, _)| e.flags & bit != 0)
             .map(|&(_, name)| name)
             .collect(),
-        backend: translated.then(|| format!("{}:{}", addr(e.backend_addr), e.backend_port.get())),
+        backend: translated.then(|| format!("{}:{}", addr(e.rewrite_addr), e.rewrite_port.get())),
         rev_nat: e.rev_nat,
         idle_s: now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000,
         ports: (e.flags & ct_flags::PORT_SNAT != 0).then(|| (e.client_port.get(), e.wire_port.get())),
-        frontend: (e.flags & ct_flags::DSR != 0 && e.orig_saddr.raw() != 0)
-            .then(|| format!("{}:{}", addr(e.orig_saddr), e.wire_port.get())),
+        frontend: if holds_frontend {
+            Some(format!("{}:{}", addr(e.rewrite_addr), e.rewrite_port.get()))
+        } else {
+            (e.flags & ct_flags::DSR != 0 && e.orig_saddr.raw() != 0)
+                .then(|| format!("{}:{}", addr(e.orig_saddr), e.wire_port.get()))
+        },
     }
 }
 
@@ -204,8 +211,8 @@ mod tests {
             backend_id: 7,
             rev_nat: 2,
             last_seen_ns: 5_000_000_000,
-            backend_addr: Be32::from_octets([10, 244, 2, 5]),
-            backend_port: Be16::new(8080),
+            rewrite_addr: Be32::from_octets([10, 244, 2, 5]),
+            rewrite_port: Be16::new(8080),
             flags: ct_flags::REPLY | ct_flags::PORT_SNAT | ct_flags::SEEN_REPLY,
             orig_saddr: Be32::default(),
             client_port: Be16::new(40000),
@@ -225,8 +232,8 @@ mod tests {
     #[test]
     fn a_dsr_reply_entry_names_the_frontend_it_answers_from() {
         let e = CtEntry4 {
-            backend_addr: Be32::from_octets([10, 244, 2, 11]),
-            backend_port: Be16::new(8080),
+            rewrite_addr: Be32::from_octets([10, 244, 2, 11]),
+            rewrite_port: Be16::new(8080),
             flags: ct_flags::REPLY | ct_flags::NODEPORT | ct_flags::DSR,
             orig_saddr: Be32::from_octets([10, 0, 0, 10]),
             client_port: Be16::new(40000),
@@ -239,6 +246,27 @@ mod tests {
         assert_eq!(r.frontend.as_deref(), Some("10.0.0.10:30080"));
         let table = render_ct(&[r]);
         assert!(table.contains("(from 10.0.0.10:30080)"), "{table}");
+    }
+
+    #[test]
+    fn a_reply_entry_names_the_frontend_it_restores() {
+        let e = CtEntry4 {
+            rev_nat: 3,
+            rewrite_addr: Be32::from_octets([10, 96, 0, 10]),
+            rewrite_port: Be16::new(80),
+            flags: ct_flags::REPLY | ct_flags::FRONTEND,
+            client_port: Be16::new(40000),
+            wire_port: Be16::new(40000),
+            ..Default::default()
+        };
+        let r = ct_row(&CtKey4::default(), &e, 0);
+        assert_eq!(r.direction, "reply");
+        assert_eq!(
+            r.backend, None,
+            "a reply entry's rewrite is its frontend, not a backend"
+        );
+        assert_eq!(r.frontend.as_deref(), Some("10.96.0.10:80"));
+        assert_eq!(r.flags, vec!["reply", "frontend"]);
     }
 
     #[test]

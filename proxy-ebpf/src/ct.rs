@@ -80,6 +80,9 @@ pub struct Translation<'a> {
     pub backend_id: u32,
     pub backend: &'a Backend4,
     pub rev_nat: u32,
+    /// The frontend the client addressed (raw network order): the source its answers get back.
+    pub frontend_addr: u32,
+    pub frontend_port: u16,
     /// Hairpin: the client's address, rewritten to the hairpin address on the way out (0: none).
     pub snat_from: u32,
     /// The client's source port as sent, and as it leaves (they differ after a clash, see PORT_SNAT).
@@ -105,9 +108,9 @@ pub fn create(forward: &CtKey4, reply: &CtKey4, t: &Translation) -> Result<(), (
         backend_id: t.backend_id,
         rev_nat: t.rev_nat,
         last_seen_ns: now,
-        backend_addr: t.backend.addr,
-        backend_port: t.backend.port,
-        flags: ct_flags::REPLY | flags,
+        rewrite_addr: Be32::from_raw(t.frontend_addr),
+        rewrite_port: Be16::from_raw(t.frontend_port),
+        flags: ct_flags::REPLY | ct_flags::FRONTEND | flags,
         orig_saddr: Be32::from_raw(t.snat_from),
         client_port: Be16::from_raw(t.client_port),
         wire_port: Be16::from_raw(t.wire_port),
@@ -116,6 +119,8 @@ pub fn create(forward: &CtKey4, reply: &CtKey4, t: &Translation) -> Result<(), (
     // could not be translated back.
     CT4.insert(reply, &reply_entry, 0).map_err(|_| ())?;
     let forward_entry = CtEntry4 {
+        rewrite_addr: t.backend.addr,
+        rewrite_port: t.backend.port,
         flags: ct_flags::FORWARD | flags,
         ..reply_entry
     };

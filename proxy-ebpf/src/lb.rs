@@ -74,15 +74,15 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         if entry.flags & ct_flags::NODEPORT != 0 && entry.flags & ct_flags::REPLY != 0 {
             // A local backend answering a client outside the node: restored here, then routed out. With
             // DSR the frontend (on another node) is in the entry itself.
-            let rev = if entry.flags & ct_flags::DSR != 0 {
+            let rev = if entry.flags & ct_flags::DSR != 0 && entry.flags & ct_flags::FRONTEND == 0 {
                 RevNat4 {
                     addr: entry.orig_saddr,
                     port: entry.wire_port,
                     _pad: 0,
                 }
             } else {
-                match rev_nat(entry) {
-                    Some(rev) => *rev,
+                match frontend_of(entry) {
+                    Some(rev) => rev,
                     None => return Outcome::Drop,
                 }
             };
@@ -97,8 +97,8 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
             && (flow.proto != proto::UDP || backend(entry.backend_id).is_some())
         {
             let be = Backend4 {
-                addr: entry.backend_addr,
-                port: entry.backend_port,
+                addr: entry.rewrite_addr,
+                port: entry.rewrite_port,
                 proto: flow.proto,
                 flags: 0,
             };
@@ -150,6 +150,8 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         backend_id,
         backend: be,
         rev_nat: svc.rev_nat,
+        frontend_addr: flow.daddr,
+        frontend_port: flow.dport,
         snat_from: if hairpin { flow.saddr } else { 0 },
         client_port: flow.sport,
         wire_port,
@@ -278,19 +280,29 @@ fn hairpin_reply(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     if entry.flags & ct_flags::REPLY == 0 || entry.flags & ct_flags::SNAT == 0 {
         return Outcome::Drop;
     }
-    let Some(rev) = rev_nat(entry) else {
+    let Some(rev) = frontend_of(entry) else {
         return Outcome::Drop;
     };
-    match restore(ctx, flow, entry, rev) {
+    match restore(ctx, flow, entry, &rev) {
         Ok(()) => Outcome::RedirectBack,
         Err(()) => Outcome::Drop,
     }
 }
 
+/// The frontend a reply entry restores: held in the entry itself, or, in entries written before it
+/// was (see `ct_flags::FRONTEND`), found by the entry's rev-NAT id. `None`: an entry of neither kind
+/// (policy's marker for an untranslated connection), or a rev-NAT id that is gone.
 #[inline(always)]
-fn rev_nat(entry: &CtEntry4) -> Option<&'static RevNat4> {
-    // SAFETY: read-only use of a map value.
-    unsafe { REVNAT.get(&entry.rev_nat) }
+pub fn frontend_of(entry: &CtEntry4) -> Option<RevNat4> {
+    if entry.flags & ct_flags::FRONTEND != 0 {
+        return Some(RevNat4 {
+            addr: entry.rewrite_addr,
+            port: entry.rewrite_port,
+            _pad: 0,
+        });
+    }
+    // SAFETY: read-only copy of a map value.
+    unsafe { REVNAT.get(&entry.rev_nat) }.copied()
 }
 
 /// Reverse NAT of a reply: the source becomes the VIP:port the client connected to, the destination the
@@ -324,11 +336,11 @@ pub fn to_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
     if entry.flags & ct_flags::REPLY == 0 || entry.flags & (ct_flags::SNAT | ct_flags::NODEPORT) != 0 {
         return Outcome::Pass;
     }
-    // A reply entry without a rev-NAT id is policy's marker for an untranslated connection.
-    let Some(rev) = rev_nat(entry) else {
+    // A reply entry without a frontend is policy's marker for an untranslated connection.
+    let Some(rev) = frontend_of(entry) else {
         return Outcome::Pass;
     };
-    match restore(ctx, flow, entry, rev) {
+    match restore(ctx, flow, entry, &rev) {
         Ok(()) => Outcome::Pass,
         Err(()) => Outcome::Drop,
     }

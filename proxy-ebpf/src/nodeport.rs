@@ -17,7 +17,7 @@ use crate::{
     lb::{self, Frontend},
     maps::{
         STRAIT_CONFIG_V2 as CONFIG, STRAIT_LB4_BACKENDS_V2 as BACKENDS, STRAIT_LB4_MAGLEV_V1 as MAGLEV,
-        STRAIT_LB4_REVNAT_V2 as REVNAT, STRAIT_LB4_SOURCE_RANGES_V1 as SOURCE_RANGES,
+        STRAIT_LB4_SOURCE_RANGES_V1 as SOURCE_RANGES,
     },
     nat::Tuple,
     parse::Ipv4Flow,
@@ -62,8 +62,8 @@ pub fn plan(flow: &Ipv4Flow) -> Plan {
                 tuple: Tuple {
                     saddr: if snat { node_addr() } else { flow.saddr },
                     sport: entry.wire_port.raw(),
-                    daddr: entry.backend_addr.raw(),
-                    dport: entry.backend_port.raw(),
+                    daddr: entry.rewrite_addr.raw(),
+                    dport: entry.rewrite_port.raw(),
                 },
                 dsr: entry.flags & ct_flags::DSR != 0 && crate::dsr::carries_option(flow),
             };
@@ -77,8 +77,7 @@ pub fn plan(flow: &Ipv4Flow) -> Plan {
 /// A reply from a backend: back to the client, from the address and port it connected to.
 #[inline(always)]
 fn reply(entry: &mut CtEntry4, flow: &Ipv4Flow) -> Plan {
-    // SAFETY: read-only use of a map value.
-    let Some(rev) = (unsafe { REVNAT.get(&entry.rev_nat) }) else {
+    let Some(rev) = lb::frontend_of(entry) else {
         return Plan::Drop(DropReason::NatFailed);
     };
     let (daddr, dport) = ct::reply_destination(entry, flow);
@@ -161,6 +160,8 @@ fn new_connection(flow: &Ipv4Flow, forward: &CtKey4) -> Plan {
         backend_id,
         backend: be,
         rev_nat: svc.rev_nat,
+        frontend_addr: flow.daddr,
+        frontend_port: flow.dport,
         snat_from: if snat_addr != 0 { flow.saddr } else { 0 },
         client_port: flow.sport,
         wire_port,

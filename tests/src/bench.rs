@@ -18,6 +18,7 @@
 
 use std::{net::Ipv4Addr, time::Instant};
 
+use anyhow::Context as _;
 use aya::{
     maps::HashMap as AyaHashMap,
     programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
@@ -25,7 +26,7 @@ use aya::{
 use common::{
     ct::{CtEntry4, CtKey4, ct_flags},
     event::DropReason,
-    lb::{MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES, RevNat4},
+    lb::{MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES},
     map_names,
     net::{Be16, Be32},
     policy::{DIR_INGRESS, PolicyKey, endpoint_flags, identity},
@@ -483,8 +484,8 @@ pub fn clusterip_group(
         rev_nat: svc.rev_nat,
         flags: ct_flags::FORWARD,
         last_seen_ns: 0,
-        backend_addr: Be32::from_octets(vip.octets()),
-        backend_port: Be16::new(vport),
+        rewrite_addr: Be32::from_octets(vip.octets()),
+        rewrite_port: Be16::new(vport),
         orig_saddr: Be32::from_octets([0; 4]),
         client_port: Be16::new(40000),
         wire_port: Be16::new(40000),
@@ -530,28 +531,21 @@ pub fn clusterip_group(
         ));
     }
 
-    // The reply direction: the backend's answer, reverse-NATed to come from VIP:port. Same cycle:
-    // a spare rev-NAT id maps back to the backend, and a reply entry for VIP:port → client uses it.
+    // The reply direction: the backend's answer, reverse-NATed to come from VIP:port. Same cycle: a
+    // reply entry for VIP:port → client, made from the one the datapath wrote for the connection (so
+    // the measured path is the one real replies take), names the backend as its frontend.
     let reply = established(backend, 8080, CLIENT, 40000);
-    let spare_rev_nat = n + 1;
-    {
-        let map = dp
-            .datapath
-            .ebpf_mut()
-            .map_mut(map_names::LB4_REVNAT)
-            .expect("rev-NAT map");
-        let mut revnat: AyaHashMap<_, u32, RevNat4> = AyaHashMap::try_from(map)?;
-        let back = RevNat4 {
-            addr: Be32::from_octets(backend.octets()),
-            port: Be16::new(8080),
-            _pad: 0,
-        };
-        revnat.insert(spare_rev_nat, back, 0)?;
-    }
+    let written = ct_map(&mut dp)
+        .get(&ct_key(backend, 8080, CLIENT, 40000), 0)
+        .context("the connection's reply entry")?;
+    anyhow::ensure!(
+        written.flags & ct_flags::FRONTEND != 0,
+        "the reply entry does not hold its frontend: {written:?}"
+    );
     let reply_cycle = CtEntry4 {
-        rev_nat: spare_rev_nat,
-        flags: ct_flags::REPLY,
-        ..cycle
+        rewrite_addr: Be32::from_octets(backend.octets()),
+        rewrite_port: Be16::new(8080),
+        ..written
     };
     ct_map(&mut dp).insert(ct_key(vip, vport, CLIENT, 40000), reply_cycle, 0)?;
     let one = test_run(&mut dp, TC_TO_POD, &reply, 1)?;

@@ -4,7 +4,12 @@
 
 use std::net::Ipv4Addr;
 
-use common::ct::ct_flags;
+use common::{
+    ct::{CtEntry4, CtKey4, ct_flags},
+    lb::RevNat4,
+    map_names,
+    net::{Be16, Be32},
+};
 use tests::{
     datapath::{TestDatapath, TestService},
     packet::{self, Ipv4Packet, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
@@ -225,6 +230,93 @@ fn tcp_connection_outlives_its_endpoint() {
         "the open TCP connection keeps its backend"
     );
     assert_checksums(&out.packet, "kept");
+}
+
+#[test]
+fn replies_are_restored_from_the_entry_and_older_entries_through_the_rev_nat_map() {
+    if !privilege::require("replies_are_restored_from_the_entry_and_older_entries_through_the_rev_nat_map") {
+        return;
+    }
+    let mut dp = TestDatapath::load("clusterip-frontend");
+    dp.add_service(&one_backend(PROTO_TCP, 1));
+    let syn = dp.run("tc_from_pod", &Ipv4Packet::tcp(CLIENT, 40020, VIP, 80).build());
+    assert_eq!(packet::read(&syn.packet).dst, BACKEND_A);
+    let reply_key = CtKey4 {
+        saddr: Be32::from_octets(BACKEND_A.octets()),
+        daddr: Be32::from_octets(CLIENT.octets()),
+        sport: Be16::new(8080),
+        dport: Be16::new(40020),
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    let entry = dp
+        .conntrack()
+        .into_iter()
+        .find(|(k, _)| *k == reply_key)
+        .map(|(_, e)| e)
+        .expect("the connection's reply entry");
+    assert_eq!(entry.flags & ct_flags::FRONTEND, ct_flags::FRONTEND, "{entry:?}");
+    assert_eq!(
+        (entry.rewrite_addr, entry.rewrite_port),
+        (Be32::from_octets(VIP.octets()), Be16::new(80)),
+        "the reply entry holds the frontend"
+    );
+    let reply = || {
+        let mut r = Ipv4Packet::tcp(BACKEND_A, 8080, CLIENT, 40020);
+        r.tcp_flags = TCP_ACK;
+        r.build()
+    };
+    let restored = |out: &tests::datapath::RunResult| {
+        let seen = packet::read(&out.packet);
+        (seen.src, seen.sport, seen.dst, seen.dport)
+    };
+    // The Service's rev-NAT entry goes (the Service was deleted): as with kube-proxy's conntrack, the
+    // open connection's answers still come from VIP:port.
+    dp.hash_map::<u32, RevNat4>(map_names::LB4_REVNAT)
+        .remove(&1)
+        .unwrap();
+    let out = dp.run("tc_to_pod", &reply());
+    assert_eq!(out.action, TC_ACT_OK);
+    assert_eq!(
+        restored(&out),
+        (VIP, 80, CLIENT, 40020),
+        "restored from the entry"
+    );
+    assert_checksums(&out.packet, "restored from the entry");
+
+    // An entry as a datapath before FRONTEND wrote it (the backend in the rewrite fields): restored
+    // through the rev-NAT map, so connections opened before an upgrade keep working after it.
+    let older = CtEntry4 {
+        rewrite_addr: Be32::from_octets(BACKEND_A.octets()),
+        rewrite_port: Be16::new(8080),
+        flags: entry.flags & !ct_flags::FRONTEND,
+        ..entry
+    };
+    dp.hash_map::<CtKey4, CtEntry4>(map_names::CT4)
+        .insert(reply_key, older, 0)
+        .unwrap();
+    let unknown = dp.run("tc_to_pod", &reply());
+    assert_eq!(
+        restored(&unknown),
+        (BACKEND_A, 8080, CLIENT, 40020),
+        "an older entry whose rev-NAT id is gone is left alone"
+    );
+    let rev = RevNat4 {
+        addr: Be32::from_octets(VIP.octets()),
+        port: Be16::new(80),
+        _pad: 0,
+    };
+    dp.hash_map::<u32, RevNat4>(map_names::LB4_REVNAT)
+        .insert(1, rev, 0)
+        .unwrap();
+    let out = dp.run("tc_to_pod", &reply());
+    assert_eq!(out.action, TC_ACT_OK);
+    assert_eq!(
+        restored(&out),
+        (VIP, 80, CLIENT, 40020),
+        "restored through the rev-NAT map"
+    );
+    assert_checksums(&out.packet, "restored through the rev-NAT map");
 }
 
 #[test]
