@@ -11,6 +11,7 @@ pub mod csum;
 pub mod ct;
 pub mod dsr;
 pub mod event;
+pub mod iface;
 pub mod lb;
 pub mod net;
 pub mod policy;
@@ -35,6 +36,7 @@ pub mod map_names {
     pub const SOCK_REVNAT4: &str = "STRAIT_SOCK_REVNAT4_V2";
     pub const CONFIG: &str = "STRAIT_CONFIG_V2";
     pub const IFACES: &str = "STRAIT_IFACES_V1";
+    pub const IFACES_DIRECT: &str = "STRAIT_IFACES_DIRECT_V1";
     pub const LB4_MAGLEV: &str = "STRAIT_LB4_MAGLEV_V1";
     pub const LB4_SOURCE_RANGES: &str = "STRAIT_LB4_SOURCE_RANGES_V1";
     pub use crate::policy::{

@@ -159,6 +159,12 @@ fn ifindex(ctx: &TcContext) -> u32 {
 /// carries an undefined payload that LLVM may spill, and the verifier rejects reading it.
 #[inline(always)]
 fn iface_addr(ifindex: u32) -> u32 {
+    if common::iface::is_direct(ifindex) {
+        return match maps::STRAIT_IFACES_DIRECT_V1.get(ifindex) {
+            Some(a) => a.raw(),
+            None => 0,
+        };
+    }
     // SAFETY: read-only copy of a map value.
     match unsafe { maps::STRAIT_IFACES_V1.get(&ifindex) } {
         Some(a) => a.raw(),

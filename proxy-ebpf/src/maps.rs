@@ -9,6 +9,7 @@ use common::{
     config::DatapathConfig,
     ct::{CtEntry4, CtKey4, MAX_CT_ENTRIES},
     event::{DROP_REASON_SLOTS, EVENTS_RING_BYTES},
+    iface::DIRECT_SLOTS,
     lb::{
         Backend4, Lb4Key, Lb4Service, MAX_BACKENDS, MAX_MAGLEV_TABLES, MAX_REVNAT, MAX_SERVICE_ENTRIES,
         MAX_SOURCE_RANGES, MaglevTable, RevNat4, SourceRangeKey4,
@@ -82,8 +83,11 @@ pub static STRAIT_EVENTS_V1: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 #[map]
 pub static STRAIT_CONFIG_V2: Array<DatapathConfig> = Array::pinned(1, 0);
 
-/// Host-side veth ifindex → the address of the pod behind it (anti-spoofing, and the endpoint whose
-/// policy applies to packets that cannot be parsed).
+/// Host-side veth ifindex → the address of the pod behind it (see `common::iface`): ifindexes below
+/// `DIRECT_SLOTS` in the array, indexed by the ifindex itself (0: no pod), larger ones in the hash map.
+#[map]
+pub static STRAIT_IFACES_DIRECT_V1: Array<Be32> = Array::pinned(DIRECT_SLOTS, 0);
+
 #[map]
 pub static STRAIT_IFACES_V1: HashMap<u32, Be32> = HashMap::pinned(MAX_POLICY_ENDPOINTS, 0);
 

@@ -320,11 +320,46 @@ impl TestDatapath {
         array.set(0, config, 0).unwrap();
     }
 
-    /// Registers `addr` as the pod behind `ifindex` (BPF_PROG_TEST_RUN runs skbs on loopback, ifindex 1).
+    /// Registers `addr` as the pod behind `ifindex` the way the agent does (BPF_PROG_TEST_RUN runs
+    /// skbs on loopback, ifindex 1, unless [`Self::run_tc_on`] names another interface).
     pub fn register_iface(&mut self, ifindex: u32, addr: std::net::Ipv4Addr) {
-        self.hash_map::<u32, Be32>(map_names::IFACES)
-            .insert(ifindex, Be32::from_octets(addr.octets()), 0)
-            .unwrap();
+        self.datapath
+            .register_iface(ifindex, addr)
+            .expect("registering an interface");
+    }
+
+    pub fn forget_iface(&mut self, ifindex: u32) {
+        self.datapath
+            .forget_iface(ifindex)
+            .expect("forgetting an interface");
+    }
+
+    /// Runs a tc program as if `packet` went through interface `ifindex` of the calling thread's netns.
+    pub fn run_tc_on(&mut self, prog: &str, packet: &[u8], ifindex: u32) -> RunResult {
+        // struct __sk_buff up to `ifindex`, its eleventh field; every other field stays zero, as the
+        // kernel requires of the ones it does not take from userspace.
+        let mut skb = [0u32; 11];
+        skb[10] = ifindex;
+        let ctx: Vec<u8> = skb.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut out = vec![0u8; packet.len() + 256];
+        let Some(aya::programs::Program::SchedClassifier(p)) = self.datapath.ebpf_mut().program_mut(prog)
+        else {
+            panic!("program {prog} missing or not tc");
+        };
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        };
+        let result = p
+            .test_run(opts)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {prog}: {e:?}"));
+        out.truncate(result.data_size_out as usize);
+        RunResult {
+            action: result.return_value,
+            packet: out,
+        }
     }
 
     pub fn drops(&mut self, reason: DropReason) -> u64 {

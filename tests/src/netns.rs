@@ -16,7 +16,8 @@ pub const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 /// Behind the veth `lxc0`, as a pod on this node.
 pub const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 
-fn ip(args: &str) {
+/// Runs `ip` with `args` (split on whitespace) in the calling thread's netns; panics on failure.
+pub fn ip(args: &str) {
     let out = Command::new("ip")
         .args(args.split_whitespace())
         .output()
@@ -28,13 +29,18 @@ fn ip(args: &str) {
     );
 }
 
+/// Moves the calling thread into a new, empty network namespace with loopback up.
+pub fn enter_own_netns() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    ip("link set lo up");
+}
+
 /// Moves the calling thread into a new network namespace shaped like a node: `np0` on the node
 /// segment (10.0.0.10/24) with the peer node (10.0.0.11) and the client (10.0.0.254) as permanent
 /// neighbours, 10.244.2.0/24 via the peer node, 203.0.113.0/24 via the client's router, a local pod
 /// 10.244.1.11 behind the veth `lxc0`, forwarding on. Returns np0's ifindex.
 pub fn enter_node_netns() -> u32 {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    ip("link set lo up");
+    enter_own_netns();
     ip("link add np0 address 02:00:00:00:00:0a type veth peer name np1 address 02:00:00:00:00:0c");
     ip("addr add 10.0.0.10/24 dev np0");
     ip("link set np0 up");

@@ -279,3 +279,41 @@ fn policy_sees_the_backend_and_its_target_port() {
     assert_eq!(out.action, OK);
     assert_eq!(packet::read(&out.packet).src, vip);
 }
+
+#[test]
+fn spoofing_is_refused_on_interfaces_in_either_table() {
+    if !privilege::require("spoofing_is_refused_on_interfaces_in_either_table") {
+        return;
+    }
+    // An interface whose ifindex is past the direct table (a node that has created that many since
+    // boot), in a netns of this test's own.
+    let high = common::iface::DIRECT_SLOTS + 4464;
+    tests::netns::enter_own_netns();
+    tests::netns::ip(&format!(
+        "link add pod-high index {high} type veth peer name pod-high-peer"
+    ));
+    tests::netns::ip("link set pod-high up");
+    let mut dp = TestDatapath::load("pol-ifaces");
+    for ifindex in [TEST_IFINDEX, high] {
+        dp.register_iface(ifindex, POD);
+        let own = Ipv4Packet::tcp(POD, 40000, STRANGER, 80).build();
+        let spoofed = Ipv4Packet::tcp(FRIEND, 40000, STRANGER, 80).build();
+        assert_eq!(
+            dp.run_tc_on("tc_from_pod", &own, ifindex).action,
+            OK,
+            "ifindex {ifindex}: own"
+        );
+        assert_eq!(
+            dp.run_tc_on("tc_from_pod", &spoofed, ifindex).action,
+            SHOT,
+            "ifindex {ifindex}: spoofed"
+        );
+        dp.forget_iface(ifindex);
+        assert_eq!(
+            dp.run_tc_on("tc_from_pod", &spoofed, ifindex).action,
+            OK,
+            "ifindex {ifindex}: forgotten, nothing to check against"
+        );
+    }
+    assert_eq!(dp.drops(DropReason::Spoofed), 2);
+}

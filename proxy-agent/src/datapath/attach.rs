@@ -20,7 +20,7 @@ use aya::programs::{
     links::{FdLink, Link},
     tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact},
 };
-use common::{map_names, net::Be32, prog_names};
+use common::{iface, map_names, net::Be32, prog_names};
 use serde::Serialize;
 
 use super::{
@@ -417,8 +417,24 @@ impl Datapath {
         Ok(aya::maps::HashMap::try_from(map)?)
     }
 
-    fn register_iface(&mut self, ifindex: u32, ip: std::net::Ipv4Addr) -> Result<()> {
+    fn ifaces_direct(&mut self) -> Result<aya::maps::Array<&mut aya::maps::MapData, Be32>> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::IFACES_DIRECT)
+            .with_context(|| format!("map {} missing from the object", map_names::IFACES_DIRECT))?;
+        Ok(aya::maps::Array::try_from(map)?)
+    }
+
+    /// Records the pod address behind `ifindex` where the datapath looks for it (`common::iface`).
+    pub fn register_iface(&mut self, ifindex: u32, ip: std::net::Ipv4Addr) -> Result<()> {
         let want = Be32::from_octets(ip.octets());
+        if iface::is_direct(ifindex) {
+            let mut direct = self.ifaces_direct()?;
+            if direct.get(&ifindex, 0).ok() != Some(want) {
+                direct.set(ifindex, want, 0)?;
+            }
+            return Ok(());
+        }
         let mut ifaces = self.ifaces()?;
         if ifaces.get(&ifindex, 0).ok() != Some(want) {
             ifaces.insert(ifindex, want, 0)?;
@@ -426,7 +442,12 @@ impl Datapath {
         Ok(())
     }
 
-    fn forget_iface(&mut self, ifindex: u32) -> Result<()> {
+    /// Clears what [`Self::register_iface`] recorded.
+    pub fn forget_iface(&mut self, ifindex: u32) -> Result<()> {
+        if iface::is_direct(ifindex) {
+            self.ifaces_direct()?.set(ifindex, Be32::default(), 0)?;
+            return Ok(());
+        }
         match self.ifaces()?.remove(&ifindex) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
