@@ -40,7 +40,7 @@ pub mod map_names {
     pub const LB4_MAGLEV: &str = "STRAIT_LB4_MAGLEV_V1";
     pub const LB4_SOURCE_RANGES: &str = "STRAIT_LB4_SOURCE_RANGES_V1";
     pub use crate::policy::{
-        map_names::{IPCACHE4, POLICY, POLICY_ENDPOINTS4},
+        map_names::{IPCACHE4, POLICY, POLICY_ENDPOINTS4, POLICY_STATE},
         policy_map_names::POLICY_NAMES,
     };
 }

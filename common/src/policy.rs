@@ -27,6 +27,16 @@ pub mod map_names {
     pub const POLICY: &str = "STRAIT_POLICY_V1";
     pub const IPCACHE4: &str = "STRAIT_IPCACHE4_V1";
     pub const POLICY_ENDPOINTS4: &str = "STRAIT_POLICY_EP4_V1";
+    pub const POLICY_STATE: &str = "STRAIT_POLICY_STATE_V1";
+}
+
+/// Flags of the policy state map (one `u32`, index 0), written by the agent's policy reconciler.
+pub mod policy_state {
+    /// No endpoint on this node is isolated in either direction, so policy has nothing to decide and
+    /// the programs skip the endpoint lookup (a hash lookup per packet, each way). Set only after the
+    /// last isolation is gone from the endpoints map, and cleared before the first one is written; a
+    /// new map holds 0, so a datapath whose agent has not written it yet enforces as before.
+    pub const NONE_ISOLATED: u32 = 1 << 0;
 }
 
 pub const MAX_POLICY_ENTRIES: u32 = 262_144;

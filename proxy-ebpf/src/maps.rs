@@ -64,6 +64,10 @@ pub static STRAIT_IPCACHE4_V1: LpmTrie<Be32, IpCacheValue4> =
 pub static STRAIT_POLICY_EP4_V1: HashMap<PolicyEndpointKey4, PolicyEndpoint4> =
     HashMap::pinned(MAX_POLICY_ENDPOINTS, 0);
 
+/// `common::policy::policy_state` flags (index 0).
+#[map]
+pub static STRAIT_POLICY_STATE_V1: Array<u32> = Array::pinned(1, 0);
+
 #[map]
 pub static STRAIT_POLICY_NAMES_V1: Array<PolicyName> = Array::pinned(MAX_POLICIES, 0);
 

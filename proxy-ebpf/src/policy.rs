@@ -11,7 +11,7 @@ use common::{
     net::{Be32, proto},
     policy::{
         DIR_EGRESS, DIR_INGRESS, IpCacheValue4, PolicyEndpoint4, PolicyEndpointKey4, PolicyKey,
-        endpoint_flags, identity,
+        endpoint_flags, identity, policy_state,
     },
 };
 
@@ -20,7 +20,7 @@ use crate::{
     events::{self, Context},
     maps::{
         STRAIT_CONFIG_V2 as CONFIG, STRAIT_CT4_V2 as CT4, STRAIT_IPCACHE4_V1 as IPCACHE,
-        STRAIT_POLICY_EP4_V1 as ENDPOINTS, STRAIT_POLICY_V1 as POLICY,
+        STRAIT_POLICY_EP4_V1 as ENDPOINTS, STRAIT_POLICY_STATE_V1 as STATE, STRAIT_POLICY_V1 as POLICY,
     },
     parse::Ipv4Flow,
 };
@@ -30,6 +30,16 @@ const BPF_NOEXIST: u64 = 1;
 enum Decision {
     Allowed { policy_ref: u16, rule_index: u16 },
     Denied,
+}
+
+/// Whether no endpoint on this node is isolated (`policy_state::NONE_ISOLATED`): then policy decides
+/// nothing and the endpoint lookup is skipped.
+#[inline(always)]
+fn none_isolated() -> bool {
+    match STATE.get(0) {
+        Some(flags) => *flags & policy_state::NONE_ISOLATED != 0,
+        None => false,
+    }
 }
 
 #[inline(always)]
@@ -230,6 +240,9 @@ fn enforce(flow: &Ipv4Flow, cx: &Context, ep: &PolicyEndpoint4) -> Result<(), Dr
 /// Egress policy of the sending pod (tc ingress of its veth), after service translation.
 #[inline(always)]
 pub fn from_pod(flow: &Ipv4Flow, cx: &Context) -> Result<(), DropReason> {
+    if none_isolated() {
+        return Ok(());
+    }
     match endpoint_of(flow.saddr) {
         Some(ep) => enforce(flow, cx, &ep),
         None => Ok(()),
@@ -239,6 +252,9 @@ pub fn from_pod(flow: &Ipv4Flow, cx: &Context) -> Result<(), DropReason> {
 /// Ingress policy of the receiving pod (tc egress of its veth).
 #[inline(always)]
 pub fn to_pod(flow: &Ipv4Flow, cx: &Context) -> Result<(), DropReason> {
+    if none_isolated() {
+        return Ok(());
+    }
     match endpoint_of(flow.daddr) {
         Some(ep) => enforce(flow, cx, &ep),
         None => Ok(()),
@@ -249,7 +265,7 @@ pub fn to_pod(flow: &Ipv4Flow, cx: &Context) -> Result<(), DropReason> {
 /// is isolated in `dir` (it must not bypass policy), passed otherwise (the stack will judge it).
 #[inline(always)]
 pub fn unreadable_allowed(pod_addr: u32, from_pod: bool) -> bool {
-    if pod_addr == 0 {
+    if pod_addr == 0 || none_isolated() {
         return true;
     }
     let Some(ep) = endpoint_of(pod_addr) else {

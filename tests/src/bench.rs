@@ -29,7 +29,7 @@ use common::{
     lb::{MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES},
     map_names,
     net::{Be16, Be32},
-    policy::{DIR_INGRESS, PolicyKey, endpoint_flags, identity},
+    policy::{DIR_INGRESS, PolicyKey, endpoint_flags, identity, policy_state},
 };
 use serde::Serialize;
 
@@ -350,6 +350,17 @@ pub fn repeat_case<'a>(
     }
 }
 
+/// `case` with the policy state map set to `flags` before each of its rounds (the cases of one group
+/// share the maps).
+pub fn under_policy_state(mut case: Case<'_>, flags: u32) -> Case<'_> {
+    let mut inner = std::mem::replace(&mut case.round, Box::new(|_, _| Ok(0.0)));
+    case.round = Box::new(move |dp, r| {
+        dp.set_policy_state(flags);
+        inner(dp, r)
+    });
+    case
+}
+
 /// A single-shot case: `shots` runs of one repetition each, each on the packet `make(round, shot)`;
 /// the round's figure is the median of the kernel-reported durations.
 pub fn single_shot_case<'a>(
@@ -525,8 +536,8 @@ pub fn clusterip_group(
              program `repeat` times on one skb); with the conntrack cycle every repetition is an \
              established-flow translation, and {} repetitions create no conntrack entry. tc_to_pod \
              reply: 1 run rewrites {backend}:8080->{CLIENT}:40000 to come from {vip}:80 (checksums \
-             valid), 2 runs give the backend's packet back (a reply-entry cycle through a spare \
-             rev-NAT id)",
+             valid), 2 runs give the backend's packet back (a reply-entry cycle: the second entry names \
+             the backend as its frontend)",
             p.repeat
         ));
     }
@@ -596,6 +607,10 @@ pub fn clusterip_group(
         policy_entries: None,
     };
     let shots = p.shots;
+    // A node where no pod is isolated by a NetworkPolicy, as the agent writes the state map for it:
+    // policy is skipped. One case measures the established flow on a node where some pod is isolated
+    // (not this client): then every packet also looks its pod's endpoint up.
+    let open = policy_state::NONE_ISOLATED;
     let cases = vec![
         repeat_case(
             "tc bare",
@@ -605,29 +620,38 @@ pub fn clusterip_group(
             p.repeat,
             TC_ACT_OK,
         ),
-        repeat_case(
-            "tc_from_pod, not a service",
-            TC_FROM_POD,
-            Some(0),
-            other,
-            p.repeat,
-            TC_ACT_OK,
+        under_policy_state(
+            repeat_case(
+                "tc_from_pod, not a service",
+                TC_FROM_POD,
+                Some(0),
+                other,
+                p.repeat,
+                TC_ACT_OK,
+            ),
+            open,
         ),
-        repeat_case(
-            "tc_from_pod, ClusterIP established",
-            TC_FROM_POD,
-            Some(0),
-            request,
-            p.repeat,
-            TC_ACT_OK,
+        under_policy_state(
+            repeat_case(
+                "tc_from_pod, ClusterIP established",
+                TC_FROM_POD,
+                Some(0),
+                request.clone(),
+                p.repeat,
+                TC_ACT_OK,
+            ),
+            open,
         ),
-        repeat_case(
-            "tc_to_pod, ClusterIP reply (reverse NAT)",
-            TC_TO_POD,
-            Some(0),
-            reply,
-            p.repeat,
-            TC_ACT_OK,
+        under_policy_state(
+            repeat_case(
+                "tc_to_pod, ClusterIP reply (reverse NAT)",
+                TC_TO_POD,
+                Some(0),
+                reply,
+                p.repeat,
+                TC_ACT_OK,
+            ),
+            open,
         ),
         single_shot_case(
             "tc bare (single-shot)",
@@ -637,13 +661,27 @@ pub fn clusterip_group(
             TC_ACT_OK,
             new_flow,
         ),
-        single_shot_case(
-            "tc_from_pod, ClusterIP new connection (single-shot)",
-            TC_FROM_POD,
-            Some(4),
-            shots,
-            TC_ACT_OK,
-            new_flow,
+        under_policy_state(
+            single_shot_case(
+                "tc_from_pod, ClusterIP new connection (single-shot)",
+                TC_FROM_POD,
+                Some(4),
+                shots,
+                TC_ACT_OK,
+                new_flow,
+            ),
+            open,
+        ),
+        under_policy_state(
+            repeat_case(
+                "tc_from_pod, ClusterIP established, policy enforced on the node (this pod open)",
+                TC_FROM_POD,
+                Some(0),
+                request,
+                p.repeat,
+                TC_ACT_OK,
+            ),
+            0,
         ),
     ];
     let out = interleave(&mut dp, &info, p.rounds, cases)?;

@@ -320,6 +320,18 @@ impl TestDatapath {
         array.set(0, config, 0).unwrap();
     }
 
+    /// Writes the policy state map (`common::policy::policy_state` flags), as the agent's policy
+    /// reconciler does.
+    pub fn set_policy_state(&mut self, flags: u32) {
+        let map = self
+            .datapath
+            .ebpf_mut()
+            .map_mut(map_names::POLICY_STATE)
+            .expect("policy state map");
+        let mut array: AyaArray<_, u32> = AyaArray::try_from(map).unwrap();
+        array.set(0, flags, 0).unwrap();
+    }
+
     /// Registers `addr` as the pod behind `ifindex` the way the agent does (BPF_PROG_TEST_RUN runs
     /// skbs on loopback, ifindex 1, unless [`Self::run_tc_on`] names another interface).
     pub fn register_iface(&mut self, ifindex: u32, addr: std::net::Ipv4Addr) {

@@ -317,3 +317,29 @@ fn spoofing_is_refused_on_interfaces_in_either_table() {
     }
     assert_eq!(dp.drops(DropReason::Spoofed), 2);
 }
+
+#[test]
+fn the_state_map_skips_policy_only_when_it_says_no_endpoint_is_isolated() {
+    if !privilege::require("the_state_map_skips_policy_only_when_it_says_no_endpoint_is_isolated") {
+        return;
+    }
+    let mut dp = isolated(
+        "pol-state",
+        endpoint_flags::INGRESS_ISOLATED | endpoint_flags::EGRESS_ISOLATED,
+    );
+    let inbound = Ipv4Packet::tcp(STRANGER, 40000, POD, 80);
+    let outbound = Ipv4Packet::tcp(POD, 40001, STRANGER, 80);
+    assert_eq!(to_pod(&mut dp, &inbound), SHOT, "a new map holds 0: enforced");
+    assert_eq!(from_pod(&mut dp, &outbound), SHOT);
+    // What the agent writes only once no endpoint is isolated (its diff orders it last): the
+    // programs then skip the endpoint lookup altogether, so this isolated endpoint is not consulted.
+    dp.set_policy_state(common::policy::policy_state::NONE_ISOLATED);
+    assert_eq!(to_pod(&mut dp, &inbound), OK, "skipped");
+    assert_eq!(from_pod(&mut dp, &outbound), OK, "skipped");
+    dp.set_policy_state(0);
+    assert_eq!(
+        to_pod(&mut dp, &Ipv4Packet::tcp(STRANGER, 40002, POD, 80)),
+        SHOT,
+        "cleared: enforced again"
+    );
+}

@@ -393,9 +393,11 @@ fn markdown(r: &Report, has_plot: bool) -> String {
         let _ = writeln!(
             s,
             "- Where the established-flow cost goes ({n} services): a packet that is no service already \
-             costs {:.0} ns ({} bare: parse, per-CPU counter, veth address, conntrack miss, service miss, \
-             policy endpoint lookup); the translation (conntrack hit and refresh, DNAT, checksum updates) \
-             adds {:.0} ns. Meeting 2× means the whole path within ~{:.0} ns on this machine.",
+             costs {:.0} ns ({} bare: parse, per-CPU counter, veth address, conntrack miss, service miss; \
+             on a node where no pod is isolated, policy is skipped, as in these cases: see the \
+             \"policy enforced on the node\" row for the cost when some pod is); the translation \
+             (conntrack hit and refresh, DNAT, checksum updates) adds {:.0} ns. Meeting 2× means the \
+             whole path within ~{:.0} ns on this machine.",
             miss.median_ns,
             fmt_ratio(miss.ratio),
             est.median_ns - miss.median_ns,
@@ -518,8 +520,8 @@ fn markdown(r: &Report, has_plot: bool) -> String {
          entry (client→VIP ⇒ backend, created by the program on a first packet) plus one more \
          (client→backend ⇒ VIP), so every repetition is an established-flow lookup + DNAT + checksum \
          update; checked before measuring (1, 2 and 3 runs; no conntrack entry created by the \
-         repetitions). The reply (reverse NAT) likewise: a spare rev-NAT id maps VIP:port back to the \
-         backend. Policy cases do not rewrite packets; the XDP NodePort cases do, and are measured \
+         repetitions). The reply (reverse NAT) likewise: a reply entry for VIP:port → client, copied from \
+         the one the program wrote for the connection, names the backend as its frontend. Policy cases do not rewrite packets; the XDP NodePort cases do, and are measured \
          single-shot.\n\
          - **single-shot** (`repeat = 1`, {} runs per round, each on a new source port, i.e. a new \
          connection; the round's figure is the median of the kernel-reported durations): first packets \

@@ -12,7 +12,7 @@ use common::{
     net::Be32,
     policy::{
         IpCacheKey4, IpCacheValue4, MAX_POLICIES, PolicyEndpoint4, PolicyEndpointKey4, PolicyEntry,
-        PolicyKey, PolicyKeyData, PolicyName,
+        PolicyKey, PolicyKeyData, PolicyName, policy_state,
     },
 };
 
@@ -84,6 +84,10 @@ fn names(dp: &mut Datapath) -> Result<Array<&mut MapData, PolicyName>> {
     Ok(Array::try_from(map_mut(dp, map_names::POLICY_NAMES)?)?)
 }
 
+fn state(dp: &mut Datapath) -> Result<Array<&mut MapData, u32>> {
+    Ok(Array::try_from(map_mut(dp, map_names::POLICY_STATE)?)?)
+}
+
 fn name_value(name: &str) -> PolicyName {
     let mut v = PolicyName::default();
     let bytes = name.as_bytes();
@@ -143,15 +147,20 @@ pub fn dump(src: &dyn MapSource) -> Result<PolicyMapsState> {
             out.names.insert(r, name);
         }
     }
+    let state: Array<&MapData, u32> =
+        Array::try_from(dp.map(map_names::POLICY_STATE)?).context("policy state map type")?;
+    let flags = state.get(&0, 0).context("reading the policy state map")?;
+    out.none_isolated = flags & policy_state::NONE_ISOLATED != 0;
     Ok(out)
 }
 
 /// The maps [`dump`] reads.
-pub const DUMPED: [&str; 4] = [
+pub const DUMPED: [&str; 5] = [
     map_names::IPCACHE4,
     map_names::POLICY,
     map_names::POLICY_ENDPOINTS4,
     map_names::POLICY_NAMES,
+    map_names::POLICY_STATE,
 ];
 
 impl PolicyMaps for AyaPolicyMaps<'_> {
@@ -185,6 +194,14 @@ impl PolicyMaps for AyaPolicyMaps<'_> {
             }
             PolicyOp::DeleteEndpoint { key } => {
                 super::absent_ok(endpoints(dp)?.remove(key))?;
+            }
+            PolicyOp::SetState { none_isolated } => {
+                let flags = if *none_isolated {
+                    policy_state::NONE_ISOLATED
+                } else {
+                    0
+                };
+                state(dp)?.set(0, flags, 0)?;
             }
         }
         Ok(())

@@ -20,6 +20,9 @@ use crate::reconcile::diff::differing;
 /// 8. delete stale policy entries: no endpoint or address relies on them any more;
 /// 9. clear stale policy names.
 ///
+/// The state map's `NONE_ISOLATED` is cleared before step 1 when D isolates some endpoint, and set after
+/// step 9 when D isolates none: while it is set, no endpoint in the maps is isolated.
+///
 /// Unchanged entries produce no operation, so `diff(d, d)` is empty.
 pub fn diff(desired: &PolicyMapsState, actual: &PolicyMapsState) -> Vec<PolicyOp> {
     // Each map walked once beside its other side (at 44k entries, a lookup per key into the other
@@ -29,6 +32,9 @@ pub fn diff(desired: &PolicyMapsState, actual: &PolicyMapsState) -> Vec<PolicyOp
     let endpoints = differing(&desired.endpoints, &actual.endpoints);
     let ipcache = differing(&desired.ipcache, &actual.ipcache);
     let mut ops = Vec::new();
+    if actual.none_isolated && !desired.none_isolated {
+        ops.push(PolicyOp::SetState { none_isolated: false });
+    }
     for &(r, want, _) in &names {
         if let Some(name) = want {
             ops.push(PolicyOp::UpsertName {
@@ -107,6 +113,9 @@ pub fn diff(desired: &PolicyMapsState, actual: &PolicyMapsState) -> Vec<PolicyOp
         if want.is_none() {
             ops.push(PolicyOp::DeleteName { policy_ref: *r });
         }
+    }
+    if desired.none_isolated && !actual.none_isolated {
+        ops.push(PolicyOp::SetState { none_isolated: true });
     }
     ops
 }

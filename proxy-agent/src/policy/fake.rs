@@ -55,6 +55,7 @@ impl PolicyMaps for FakePolicyMaps {
             PolicyOp::DeleteName { policy_ref } => {
                 m.names.remove(policy_ref);
             }
+            PolicyOp::SetState { none_isolated } => m.none_isolated = *none_isolated,
         }
         self.applied.push(op.clone());
         if self.record {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use common::policy::{
     IpCacheKey4, IpCacheValue4, MAX_POLICIES, PolicyEndpoint4, PolicyEndpointKey4, PolicyEntry, PolicyKey,
-    identity,
+    endpoint_flags, identity,
 };
 use policy::{Allocations, IdentityKey, PolicyDesired, PolicyError, PolicyInput, PolicyRef, net::Ipv4Net};
 
@@ -38,6 +38,8 @@ pub struct PolicyMapsState {
     pub policy: BTreeMap<PolicyKey, PolicyEntry>,
     /// `policy_ref` → `namespace/name` (the non-empty slots of the names array).
     pub names: BTreeMap<u16, String>,
+    /// The state map's `NONE_ISOLATED`: no endpoint isolated, the datapath skips policy.
+    pub none_isolated: bool,
 }
 
 impl PolicyMapsState {
@@ -61,6 +63,7 @@ impl PolicyMapsState {
             endpoints: d.endpoints.clone(),
             policy: d.policy.clone(),
             names,
+            none_isolated: d.endpoints.values().all(|e| !is_isolated(e)),
         };
         (state, unfit)
     }
@@ -75,6 +78,12 @@ impl PolicyMapsState {
         }
     }
 
+    /// Whether some endpoint is isolated while the state says none is: the datapath would skip
+    /// policy it must enforce. [`diff()`] orders its operations so that this never holds.
+    pub fn skips_an_isolated_endpoint(&self) -> bool {
+        self.none_isolated && self.endpoints.values().any(is_isolated)
+    }
+
     pub fn len(&self) -> usize {
         self.ipcache.len() + self.endpoints.len() + self.policy.len() + self.names.len()
     }
@@ -82,6 +91,10 @@ impl PolicyMapsState {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn is_isolated(e: &PolicyEndpoint4) -> bool {
+    e.flags & (endpoint_flags::INGRESS_ISOLATED | endpoint_flags::EGRESS_ISOLATED) != 0
 }
 
 /// One write to one policy map.
@@ -116,6 +129,10 @@ pub enum PolicyOp {
     DeleteName {
         policy_ref: u16,
     },
+    /// Writes the state map (`policy_state`).
+    SetState {
+        none_isolated: bool,
+    },
 }
 
 impl PolicyOp {
@@ -127,6 +144,7 @@ impl PolicyOp {
             Self::UpsertPolicy { .. } | Self::DeletePolicy { .. } => m::POLICY,
             Self::UpsertIpCache { .. } | Self::DeleteIpCache { .. } => m::IPCACHE4,
             Self::UpsertEndpoint { .. } | Self::DeleteEndpoint { .. } => m::POLICY_ENDPOINTS4,
+            Self::SetState { .. } => m::POLICY_STATE,
         }
     }
 }
@@ -145,6 +163,8 @@ impl std::fmt::Display for PolicyOp {
             Self::DeletePolicy { key } => write!(f, "delete POLICY {}", policy_key_text(key)),
             Self::DeleteIpCache { key } => write!(f, "delete IPCACHE {}", ipcache_key_text(key)),
             Self::DeleteName { policy_ref } => write!(f, "delete NAME {policy_ref}"),
+            Self::SetState { none_isolated: true } => write!(f, "set STATE none-isolated"),
+            Self::SetState { none_isolated: false } => write!(f, "set STATE enforcing"),
         }
     }
 }

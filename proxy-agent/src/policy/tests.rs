@@ -242,6 +242,12 @@ fn no_operation_order_denies_what_both_states_allow() {
             .filter(|f| allowed(&before, f) && allowed(&after, f))
             .collect();
         for (i, state) in maps.history.iter().enumerate() {
+            assert!(
+                !state.skips_an_isolated_endpoint(),
+                "{name}: after operation {} ({}) the datapath would skip an isolated endpoint",
+                i + 1,
+                out.ops[i]
+            );
             let mid = state.as_desired();
             for f in &both {
                 checked += 1;
@@ -319,6 +325,7 @@ fn operations_come_in_the_documented_phases() {
         PolicyOp::DeleteEndpoint { .. } => 7,
         PolicyOp::DeletePolicy { .. } => 8,
         PolicyOp::DeleteName { .. } => 9,
+        PolicyOp::SetState { .. } => unreachable!("both cases isolate"),
     };
     let phases: Vec<u8> = out.ops.iter().map(phase).filter(|p| *p != 0).collect();
     assert!(phases.windows(2).all(|w| w[0] <= w[1]), "{phases:?}");
@@ -513,4 +520,31 @@ fn a_pass_over_the_same_objects_with_the_maps_as_written_neither_compiles_nor_wr
     let again = reconcile(&mut r, &input, &mut maps);
     assert!(again.ops.is_empty() && !again.compiled);
     assert_eq!((r.compiles(), r.dumps()), (1, 1));
+}
+
+#[test]
+fn policy_is_skipped_only_while_no_endpoint_is_isolated() {
+    let mut maps = FakePolicyMaps::new();
+    let mut r = PolicyReconciler::new();
+    let open = reconcile(&mut r, &model(), &mut maps);
+    assert!(maps.maps.none_isolated, "no policy: the datapath may skip it");
+    assert_eq!(open.ops.last(), Some(&PolicyOp::SetState { none_isolated: true }));
+    maps.record = true;
+    let isolating = reconcile(&mut r, &case("pod-selector"), &mut maps);
+    assert_eq!(
+        isolating.ops.first(),
+        Some(&PolicyOp::SetState { none_isolated: false }),
+        "enforcement comes back before any endpoint is isolated"
+    );
+    assert!(!maps.maps.none_isolated);
+    let back = reconcile(&mut r, &model(), &mut maps);
+    assert_eq!(
+        back.ops.last(),
+        Some(&PolicyOp::SetState { none_isolated: true }),
+        "skipped again only after the last isolation is gone"
+    );
+    assert!(maps.history.iter().all(|s| !s.skips_an_isolated_endpoint()));
+    assert!(reconcile(&mut r, &model(), &mut maps).ops.is_empty());
+    // A state map that was never written (a new datapath) holds 0: enforcing, until the agent says.
+    assert!(!PolicyMapsState::default().none_isolated);
 }
