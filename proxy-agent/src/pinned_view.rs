@@ -205,7 +205,8 @@ mod tests {
             sport: Be16::new(8080),
             dport: Be16::new(51000),
             proto: proto::UDP,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         };
         let e = CtEntry4 {
             backend_id: 7,

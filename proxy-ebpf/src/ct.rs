@@ -18,7 +18,8 @@ pub fn key_of(flow: &Ipv4Flow) -> CtKey4 {
         sport: Be16::from_raw(flow.sport),
         dport: Be16::from_raw(flow.dport),
         proto: flow.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 

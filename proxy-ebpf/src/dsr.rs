@@ -124,7 +124,8 @@ fn record(flow: &Ipv4Flow, frontend: Frontend) {
         sport: Be16::from_raw(flow.dport),
         dport: Be16::from_raw(flow.sport),
         proto: flow.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     if let Some(e) = ct::lookup(&reply)
         && e.flags & ct_flags::DSR != 0

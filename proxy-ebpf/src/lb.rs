@@ -140,7 +140,8 @@ pub fn from_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
         sport: be.port,
         dport: Be16::from_raw(flow.sport),
         proto: flow.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     // Nothing to avoid: the client's sockets are its own namespace's, and no socket has HAIRPIN_ADDR.
     let Some(wire_port) = ct::wire_port(&mut reply, svc.rev_nat, (0, 0)) else {

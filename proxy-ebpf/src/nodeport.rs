@@ -142,7 +142,8 @@ fn new_connection(flow: &Ipv4Flow, forward: &CtKey4) -> Plan {
         sport: be.port,
         dport: Be16::from_raw(flow.sport),
         proto: flow.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     // With DSR the answer is matched on the backend's node by the port the client sent, so it is never
     // reallocated here; the reply entry kept on this node is the record of the translation only.

@@ -129,7 +129,8 @@ fn reversed(key: &CtKey4) -> CtKey4 {
         sport: key.dport,
         dport: key.sport,
         proto: key.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 

@@ -430,7 +430,8 @@ fn ct_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> CtKey4 {
         sport: Be16::new(sport),
         dport: Be16::new(dport),
         proto: PROTO_TCP,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 
@@ -1109,7 +1110,8 @@ pub fn conntrack_sweep_group(p: &Params) -> anyhow::Result<Vec<Measurement>> {
                     sport: Be16::new(1024 + (i % 60_000) as u16),
                     dport: Be16::new(80),
                     proto: PROTO_TCP,
-                    _pad: [0; 3],
+                    _pad: 0,
+                    _pad2: 0,
                 };
                 let entry = CtEntry4 {
                     last_seen_ns: now,

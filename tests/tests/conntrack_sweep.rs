@@ -23,7 +23,8 @@ fn key(i: u32, p: u8) -> CtKey4 {
         sport: Be16::new(20_000 + (i % 40_000) as u16),
         dport: Be16::new(80),
         proto: p,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 

@@ -247,7 +247,8 @@ fn replies_are_restored_from_the_entry_and_older_entries_through_the_rev_nat_map
         sport: Be16::new(8080),
         dport: Be16::new(40020),
         proto: PROTO_TCP,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let entry = dp
         .conntrack()

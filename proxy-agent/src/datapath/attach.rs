@@ -446,12 +446,11 @@ impl Datapath {
     pub fn forget_iface(&mut self, ifindex: u32) -> Result<()> {
         if iface::is_direct(ifindex) {
             self.ifaces_direct()?.set(ifindex, Be32::default(), 0)?;
-            return Ok(());
         }
-        match self.ifaces()?.remove(&ifindex) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        // Also for direct ifindexes: a datapath before the direct table kept them all in the hash map,
+        // and what it left there goes with the interface.
+        super::absent_ok(self.ifaces()?.remove(&ifindex))?;
+        Ok(())
     }
 }
 

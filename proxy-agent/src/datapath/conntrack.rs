@@ -189,7 +189,8 @@ mod tests {
             sport: Be16::new(1000),
             dport: Be16::new(80),
             proto: p,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 
