@@ -185,8 +185,10 @@ mod pod_impls {
 }
 
 /// The bytes after `prefix_len` in a [`PolicyKey`]: LPM maps are declared with this as their key data
-/// (aya's `Key<[u8; 12]>` has exactly the layout of `PolicyKey`).
-pub type PolicyKeyData = [u8; 12];
+/// (aya's `Key<[u32; 3]>` has exactly the layout of `PolicyKey`). Words rather than `[u8; 12]`: the
+/// BPF backend built the byte array with calls to `memset` and a store per byte, on every policy
+/// lookup of a packet into an isolated pod.
+pub type PolicyKeyData = [u32; 3];
 
 impl PolicyKey {
     /// The order entries are listed in dumps and tables: by endpoint, direction, peer, protocol and
@@ -203,31 +205,23 @@ impl PolicyKey {
     }
 
     pub fn data(&self) -> PolicyKeyData {
-        let mut d = [0u8; 12];
-        let e = self.endpoint_id.to_ne_bytes();
-        let p = self.peer_id.to_ne_bytes();
         let port = self.port.raw().to_ne_bytes();
-        let mut i = 0;
-        while i < 4 {
-            d[i] = e[i];
-            d[4 + i] = p[i];
-            i += 1;
-        }
-        d[8] = self.direction;
-        d[9] = self.proto;
-        d[10] = port[0];
-        d[11] = port[1];
-        d
+        [
+            self.endpoint_id,
+            self.peer_id,
+            u32::from_ne_bytes([self.direction, self.proto, port[0], port[1]]),
+        ]
     }
 
     pub fn from_data(prefix_len: u32, d: &PolicyKeyData) -> Self {
+        let last = d[2].to_ne_bytes();
         Self {
             prefix_len,
-            endpoint_id: u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
-            peer_id: u32::from_ne_bytes([d[4], d[5], d[6], d[7]]),
-            direction: d[8],
-            proto: d[9],
-            port: Be16::from_raw(u16::from_ne_bytes([d[10], d[11]])),
+            endpoint_id: d[0],
+            peer_id: d[1],
+            direction: last[0],
+            proto: last[1],
+            port: Be16::from_raw(u16::from_ne_bytes([last[2], last[3]])),
         }
     }
 }
@@ -278,5 +272,25 @@ mod key_data_tests {
     fn key_data_round_trips() {
         let k = PolicyKey::lookup(7, DIR_EGRESS, 300, 6, 8080);
         assert_eq!(PolicyKey::from_data(k.prefix_len, &k.data()), k);
+    }
+
+    #[test]
+    fn key_data_is_laid_out_as_the_key_after_its_prefix_length() {
+        // The LPM trie matches these bytes in memory order: endpoint, peer, direction, protocol, port.
+        let k = PolicyKey::lookup(0x0102_0304, DIR_INGRESS, 0x0a0b_0c0d, 17, 0x1f90);
+        let bytes: [u8; 12] = {
+            let mut b = [0u8; 12];
+            for (i, w) in k.data().iter().enumerate() {
+                b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            b
+        };
+        let mut want = [0u8; 12];
+        want[..4].copy_from_slice(&0x0102_0304u32.to_ne_bytes());
+        want[4..8].copy_from_slice(&0x0a0b_0c0du32.to_ne_bytes());
+        want[8] = DIR_INGRESS;
+        want[9] = 17;
+        want[10..].copy_from_slice(&0x1f90u16.to_be_bytes());
+        assert_eq!(bytes, want);
     }
 }
