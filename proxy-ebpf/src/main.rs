@@ -314,6 +314,20 @@ pub fn bench_tc_bare(_ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
+/// Reference for benchmarks: what parsing a packet and one conntrack lookup cost on their own, the
+/// least an established flow must do. Passes the packet when its conntrack entry exists, drops it
+/// otherwise (so a benchmark can check it measured a hit). Never attached.
+#[classifier]
+pub fn bench_tc_ct(ctx: TcContext) -> i32 {
+    let Parsed::Ipv4(flow) = parse::parse_tc(&ctx) else {
+        return TC_ACT_SHOT;
+    };
+    match ct::lookup(&ct::key_of(&flow)) {
+        Some(_) => TC_ACT_OK,
+        None => TC_ACT_SHOT,
+    }
+}
+
 /// Baseline for benchmarks: the cheapest possible XDP program. Never attached.
 #[xdp]
 pub fn bench_xdp_bare(_ctx: XdpContext) -> u32 {

@@ -40,6 +40,8 @@ use crate::{
 
 pub const BENCH_TC_BARE: &str = "bench_tc_bare";
 pub const BENCH_XDP_BARE: &str = "bench_xdp_bare";
+/// Parse and one conntrack lookup, nothing else: the floor under an established flow.
+pub const BENCH_TC_CT: &str = "bench_tc_ct";
 pub const TC_FROM_POD: &str = "tc_from_pod";
 pub const TC_TO_POD: &str = "tc_to_pod";
 pub const XDP_NODE: &str = "xdp_node";
@@ -187,11 +189,13 @@ pub struct Run {
 /// Loads the bare baselines, which the agent's loader leaves alone (they are never attached).
 pub fn load_baselines(dp: &mut TestDatapath) -> anyhow::Result<()> {
     let ebpf = dp.datapath.ebpf_mut();
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(BENCH_TC_BARE)
-        .ok_or_else(|| anyhow::anyhow!("{BENCH_TC_BARE} missing from the object"))?
-        .try_into()?;
-    tc.load()?;
+    for name in [BENCH_TC_BARE, BENCH_TC_CT] {
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow::anyhow!("{name} missing from the object"))?
+            .try_into()?;
+        tc.load()?;
+    }
     let xdp: &mut Xdp = ebpf
         .program_mut(BENCH_XDP_BARE)
         .ok_or_else(|| anyhow::anyhow!("{BENCH_XDP_BARE} missing from the object"))?
@@ -672,6 +676,14 @@ pub fn clusterip_group(
                 new_flow,
             ),
             open,
+        ),
+        repeat_case(
+            "parse + one conntrack lookup (hit), nothing else: the floor under an established flow",
+            BENCH_TC_CT,
+            Some(0),
+            request.clone(),
+            p.repeat,
+            TC_ACT_OK,
         ),
         under_policy_state(
             repeat_case(
