@@ -87,6 +87,8 @@ const ESTABLISHED: &str = "tc_from_pod, ClusterIP established";
 const NOT_SERVICE: &str = "tc_from_pod, not a service";
 const REPLY: &str = "tc_to_pod, ClusterIP reply (reverse NAT)";
 const NEW_CONN: &str = "tc_from_pod, ClusterIP new connection (single-shot)";
+const CT_FLOOR: &str =
+    "parse + one conntrack lookup (hit), nothing else: the floor under an established flow";
 const CLUSTERIP_TARGET: f64 = 2.0;
 const FLAT_TARGET: f64 = 1.1;
 
@@ -403,6 +405,18 @@ fn markdown(r: &Report, has_plot: bool) -> String {
             est.median_ns - miss.median_ns,
             2.0 * bare,
         );
+        if let Some(floor) = find(r, CT_FLOOR, Some(*n), None) {
+            let _ = writeln!(
+                s,
+                "- The floor ({n} services): parsing the packet and one conntrack lookup that hits, and \
+                 nothing else, cost {:.0} ns, {} bare on their own — the ≤ 2× target is below what a \
+                 datapath that consults conntrack for every packet can reach here; the established \
+                 flow is {:.1}× that floor.",
+                floor.median_ns,
+                fmt_ratio(floor.ratio),
+                est.median_ns / floor.median_ns,
+            );
+        }
     }
     if let Some(&(n, f)) = flat.iter().max_by_key(|x| x.0) {
         let verdict = if f <= FLAT_TARGET { "met" } else { "missed" };
