@@ -30,6 +30,26 @@ pub fn lookup(key: &CtKey4) -> Option<&'static mut CtEntry4> {
     CT4.get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }
 
+/// A packet's own conntrack entry, looked up once for the stages that all need it (on a pod's veth
+/// egress: policy, then reverse NAT). Each stage takes it with [`Shared::entry`].
+#[derive(Clone, Copy)]
+pub struct Shared(Option<*mut CtEntry4>);
+
+impl Shared {
+    #[inline(always)]
+    pub fn lookup(key: &CtKey4) -> Self {
+        Self(CT4.get_ptr_mut(key))
+    }
+
+    /// The entry as the lookup found it (an insert under the same key since is not seen: callers
+    /// use it only where such an entry would change nothing).
+    #[inline(always)]
+    pub fn entry(self) -> Option<&'static mut CtEntry4> {
+        // SAFETY: as `lookup`; the stages that take it run one after the other.
+        self.0.map(|p| unsafe { &mut *p })
+    }
+}
+
 /// CLOCK_MONOTONIC at tick resolution: conntrack and affinity time out in seconds, and the coarse
 /// clock is much cheaper per packet than the precise one. The sweeper compares against CLOCK_MONOTONIC.
 #[inline(always)]

@@ -323,14 +323,14 @@ fn restore(ctx: &TcContext, flow: &mut Ipv4Flow, entry: &mut CtEntry4, rev: &Rev
 }
 
 /// Packets delivered to a pod (tc egress of its host veth): replies of translated connections get
-/// their source rewritten back to the VIP:port the client connected to.
+/// their source rewritten back to the VIP:port the client connected to. `own` is the packet's
+/// conntrack entry (looked up once for policy and this).
 #[inline(always)]
-pub fn to_pod(ctx: &TcContext, flow: &mut Ipv4Flow) -> Outcome {
+pub fn to_pod(ctx: &TcContext, flow: &mut Ipv4Flow, own: ct::Shared) -> Outcome {
     if flow.later_fragment || !nat::has_ports(flow.proto) {
         return Outcome::Pass;
     }
-    let key = ct::key_of(flow);
-    let Some(entry) = ct::lookup(&key) else {
+    let Some(entry) = own.entry() else {
         return Outcome::Pass;
     };
     // Hairpin and north-south replies are restored where they leave their backend instead.

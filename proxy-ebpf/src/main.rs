@@ -122,6 +122,8 @@ pub fn tc_to_pod(ctx: TcContext) -> i32 {
             };
         }
     };
+    // Policy and reverse NAT both read the packet's own conntrack entry: one lookup serves both.
+    let own = ct::Shared::lookup(&ct::key_of(&flow));
     // Hairpin traffic was redirected here by the pod's own program: the pod reaching itself.
     if flow.saddr != lb::HAIRPIN_ADDR {
         let cx = Context {
@@ -130,11 +132,11 @@ pub fn tc_to_pod(ctx: TcContext) -> i32 {
             service_addr: 0,
             service_port: 0,
         };
-        if let Err(reason) = policy::to_pod(&flow, &cx) {
+        if let Err(reason) = policy::to_pod(&flow, &cx, own) {
             return drop(reason);
         }
     }
-    match lb::to_pod(&ctx, &mut flow) {
+    match lb::to_pod(&ctx, &mut flow, own) {
         Outcome::Pass => TC_ACT_OK,
         Outcome::RedirectBack => redirect_back(&ctx),
         Outcome::Reject | Outcome::Drop | Outcome::ToNetwork | Outcome::OutsideSourceRanges => {

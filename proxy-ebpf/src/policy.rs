@@ -165,7 +165,12 @@ fn track(key: &CtKey4, existing: Option<&'static mut CtEntry4>, flag: u16, flow:
 /// Policy for one side of a flow. `ep` is the local pod on this side: the source for `FROM_POD`
 /// (egress policy), the destination for `TO_POD` (ingress policy).
 #[inline(always)]
-fn enforce(flow: &Ipv4Flow, cx: &Context, ep: &PolicyEndpoint4) -> Result<(), DropReason> {
+fn enforce(
+    flow: &Ipv4Flow,
+    cx: &Context,
+    ep: &PolicyEndpoint4,
+    shared: Option<ct::Shared>,
+) -> Result<(), DropReason> {
     let (dir, isolated_flag, ok_flag, peer_addr, deny_reason) = if cx.direction == direction::FROM_POD {
         (
             DIR_EGRESS,
@@ -197,7 +202,10 @@ fn enforce(flow: &Ipv4Flow, cx: &Context, ep: &PolicyEndpoint4) -> Result<(), Dr
         };
     }
     let key = ct::key_of(flow);
-    let entry = ct::lookup(&key);
+    let entry = match shared {
+        Some(shared) => shared.entry(),
+        None => ct::lookup(&key),
+    };
     if let Some(e) = &entry {
         if e.flags & ct_flags::REPLY != 0 {
             return Ok(()); // the answer of a connection accepted earlier
@@ -245,19 +253,21 @@ pub fn from_pod(flow: &Ipv4Flow, cx: &Context) -> Result<(), DropReason> {
         return Ok(());
     }
     match endpoint_of(flow.saddr) {
-        Some(ep) => enforce(flow, cx, &ep),
+        Some(ep) => enforce(flow, cx, &ep, None),
         None => Ok(()),
     }
 }
 
-/// Ingress policy of the receiving pod (tc egress of its veth).
+/// Ingress policy of the receiving pod (tc egress of its veth). `own` is the packet's conntrack entry,
+/// which the reverse NAT after this reads too. A connection this admits gets its entry inserted
+/// here, unseen by `own`: that entry is never a reply entry, the only kind reverse NAT acts on.
 #[inline(always)]
-pub fn to_pod(flow: &Ipv4Flow, cx: &Context) -> Result<(), DropReason> {
+pub fn to_pod(flow: &Ipv4Flow, cx: &Context, own: ct::Shared) -> Result<(), DropReason> {
     if none_isolated() {
         return Ok(());
     }
     match endpoint_of(flow.daddr) {
-        Some(ep) => enforce(flow, cx, &ep),
+        Some(ep) => enforce(flow, cx, &ep, Some(own)),
         None => Ok(()),
     }
 }
