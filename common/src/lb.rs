@@ -2,7 +2,8 @@
 //! - `LB4_SERVICES`: (VIP, port, proto, scope, slot) → service. Slot 0 is the frontend (backend count,
 //!   rev-NAT id, flags); slots 1..=count hold backend ids, so picking a backend is one more lookup.
 //! - `LB4_BACKENDS`: backend id → address, port, flags.
-//! - `LB4_REVNAT`: rev-NAT id → the VIP:port replies must appear to come from.
+//! - `LB4_REVNAT`: rev-NAT id → the VIP:port replies must appear to come from. Reply conntrack entries
+//!   hold their frontend themselves (`ct_flags::FRONTEND`); this map restores those written before.
 
 use crate::net::{Be16, Be32};
 

@@ -390,6 +390,14 @@ async fn serve(args: RunArgs, shared: Arc<Shared>, mut watch: SourceWatch) -> Re
             shared.lock().errors = vec![format!("{e:#}")];
         }
     }
+    // The programs stay attached and may next be driven by an older agent, which knows nothing of the
+    // policy state map and would isolate pods without clearing it: leave it enforcing.
+    let stop_skipping = crate::policy::PolicyOp::SetState { none_isolated: false };
+    if let Err(e) =
+        crate::policy::PolicyMaps::apply(&mut shared.lock().datapath.policy_maps(), &stop_skipping)
+    {
+        tracing::warn!(error = %format!("{e:#}"), "could not clear the policy state map at shutdown");
+    }
     tracing::info!("shutting down; pinned maps stay for the next start");
     Ok(())
 }

@@ -77,7 +77,12 @@ pub fn ct_row(k: &CtKey4, e: &CtEntry4, now_ns: u64) -> CtRow {
             .filter(|(bit, _)| e.flags & bit != 0)
             .map(|&(_, name)| name)
             .collect(),
-        backend: translated.then(|| format!("{}:{}", addr(e.rewrite_addr), e.rewrite_port.get())),
+        // A reply entry's key starts at its backend; its rewrite fields hold the frontend.
+        backend: if holds_frontend {
+            Some(format!("{}:{}", addr(k.saddr), k.sport.get()))
+        } else {
+            translated.then(|| format!("{}:{}", addr(e.rewrite_addr), e.rewrite_port.get()))
+        },
         rev_nat: e.rev_nat,
         idle_s: now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000,
         ports: (e.flags & ct_flags::PORT_SNAT != 0).then(|| (e.client_port.get(), e.wire_port.get())),
@@ -260,11 +265,21 @@ mod tests {
             wire_port: Be16::new(40000),
             ..Default::default()
         };
-        let r = ct_row(&CtKey4::default(), &e, 0);
+        let k = CtKey4 {
+            saddr: Be32::from_octets([10, 244, 2, 5]),
+            daddr: Be32::from_octets([10, 244, 1, 2]),
+            sport: Be16::new(8080),
+            dport: Be16::new(40000),
+            proto: proto::TCP,
+            _pad: 0,
+            _pad2: 0,
+        };
+        let r = ct_row(&k, &e, 0);
         assert_eq!(r.direction, "reply");
         assert_eq!(
-            r.backend, None,
-            "a reply entry's rewrite is its frontend, not a backend"
+            r.backend.as_deref(),
+            Some("10.244.2.5:8080"),
+            "the backend is the key's source"
         );
         assert_eq!(r.frontend.as_deref(), Some("10.96.0.10:80"));
         assert_eq!(r.flags, vec!["reply", "frontend"]);

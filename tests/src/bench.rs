@@ -478,8 +478,10 @@ pub fn clusterip_group(
         n * (2 + 2 * BACKENDS_PER_SERVICE),
         t.elapsed().as_secs_f64()
     ));
-    // The pod behind the test veth is the client (anti-spoofing passes, as for a real pod).
+    // The pod behind the test veth is the client (anti-spoofing passes, as for a real pod), with the
+    // endpoint record the agent writes for every local pod (open: no policy isolates it).
     dp.register_iface(TEST_IFINDEX, CLIENT);
+    dp.add_endpoint(CLIENT, EP_OPEN, identity::FIRST_POD_IDENTITY, 0);
     let svc = synthetic_service(n / 2);
     let (vip, vport) = (svc.vip, svc.port);
     let backends: Vec<Ipv4Addr> = svc.backends.iter().map(|b| b.0).collect();

@@ -545,6 +545,4 @@ fn policy_is_skipped_only_while_no_endpoint_is_isolated() {
     );
     assert!(maps.history.iter().all(|s| !s.skips_an_isolated_endpoint()));
     assert!(reconcile(&mut r, &model(), &mut maps).ops.is_empty());
-    // A state map that was never written (a new datapath) holds 0: enforcing, until the agent says.
-    assert!(!PolicyMapsState::default().none_isolated);
 }
