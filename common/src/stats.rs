@@ -35,6 +35,10 @@ impl StatIndex {
 /// Number of slots in the stats map.
 pub const STAT_SLOTS: u32 = 8;
 
+/// The stats map's slot counting flow records the events ring had no room for (in `packets`): the
+/// packet itself is never affected, but `proxy-agent flows` misses those records.
+pub const EVENTS_LOST_SLOT: u32 = 4;
+
 /// One counter slot (per CPU in the kernel; userspace sums the CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

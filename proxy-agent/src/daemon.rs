@@ -250,6 +250,10 @@ impl Shared {
         if let Ok(c) = inner.datapath.counters() {
             m.packets = c.into_iter().map(|(n, c)| (n.to_owned(), c.packets)).collect();
         }
+        match inner.datapath.flow_records_lost() {
+            Ok(n) => m.flow_records_lost = n,
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "reading lost flow records"),
+        }
         crate::metrics::render(&m)
     }
 }

@@ -45,6 +45,8 @@ pub struct MetricsSnapshot {
     pub identities: u64,
     /// The agent's allocator: bytes in live allocations and bytes it holds resident.
     pub heap: Option<crate::memory::HeapStats>,
+    /// Flow records the datapath could not write (events ring full).
+    pub flow_records_lost: u64,
 }
 
 type Labels = Vec<(String, String)>;
@@ -128,6 +130,13 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "kind",
         &watch_errors,
     );
+    let lost = Counter::<u64>::default();
+    lost.inc_by(s.flow_records_lost);
+    r.register(
+        "strait_flow_records_lost",
+        "Flow records (drops, new connections through isolated pods) the events ring had no room for; the packets themselves are unaffected",
+        lost,
+    );
     let listen_errors = Counter::<u64>::default();
     listen_errors.inc_by(s.counters.health_check_listen_errors);
     r.register(
@@ -209,6 +218,7 @@ mod tests {
                 allocated: 5,
                 resident: 6,
             }),
+            flow_records_lost: 11,
             ..Default::default()
         };
         s.counters.reconcile_ops.insert("STRAIT_POLICY_V1", 9);
@@ -232,6 +242,7 @@ mod tests {
             "strait_identities 4",
             "strait_agent_heap_allocated_bytes 5",
             "strait_agent_heap_resident_bytes 6",
+            "strait_flow_records_lost_total 11",
             "# TYPE strait_datapath_drops counter",
             "# EOF",
         ] {

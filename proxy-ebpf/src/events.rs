@@ -4,12 +4,13 @@
 use common::{
     event::{DropReason, FlowEvent},
     net::{Be16, Be32},
+    stats::EVENTS_LOST_SLOT,
 };
 
 use crate::{
     maps::{
         STRAIT_DROP_STATS_V1 as DROP_STATS, STRAIT_EVENTS_V1 as EVENTS,
-        STRAIT_POLICY_STATS_V1 as POLICY_STATS,
+        STRAIT_POLICY_STATS_V1 as POLICY_STATS, STRAIT_PROG_STATS_V1 as PROG_STATS,
     },
     parse::Ipv4Flow,
 };
@@ -70,6 +71,12 @@ pub fn report(
         _pad: 0,
         _pad2: 0,
     };
-    // A full ring drops the record, never the packet: the counters above stay exact.
-    let _ = EVENTS.output::<FlowEvent>(&event, 0);
+    // A full ring drops the record, never the packet: the counters above stay exact, and the lost
+    // record is counted.
+    if EVENTS.output::<FlowEvent>(&event, 0).is_err()
+        && let Some(slot) = PROG_STATS.get_ptr_mut(EVENTS_LOST_SLOT)
+    {
+        // SAFETY: per-CPU slot from a successful lookup.
+        unsafe { (*slot).packets += 1 };
+    }
 }

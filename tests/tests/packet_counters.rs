@@ -7,6 +7,7 @@ use tests::{datapath::TestDatapath, packet::Ipv4Packet, privilege};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 
 struct Case {
     desc: &'static str,
@@ -113,4 +114,27 @@ fn maps_are_pinned_where_the_agent_was_told() {
     let dp = TestDatapath::load("pins");
     let pinned = dp.datapath.pin_dir.join(common::map_names::PROG_STATS);
     assert!(pinned.exists(), "{} should exist", pinned.display());
+}
+
+#[test]
+fn flow_records_the_ring_has_no_room_for_are_counted() {
+    if !privilege::require("flow_records_the_ring_has_no_room_for_are_counted") {
+        return;
+    }
+    let mut dp = TestDatapath::load("lost-records");
+    let pod = Ipv4Addr::new(10, 244, 1, 2);
+    dp.register_iface(1, pod);
+    // Each spoofed packet is dropped and reported; nothing reads the ring, so it fills up. A record
+    // takes 48 bytes plus the ring's 8-byte header.
+    let ring = u64::from(common::event::EVENTS_RING_BYTES);
+    let attempts = ring / 56 + 1000;
+    let spoofed = Ipv4Packet::tcp(Ipv4Addr::new(10, 244, 9, 9), 40000, pod, 80).build();
+    for _ in 0..attempts {
+        assert_eq!(dp.run("tc_from_pod", &spoofed).action, TC_ACT_SHOT);
+    }
+    let lost = dp.datapath.flow_records_lost().expect("reading the counter");
+    assert!(
+        (1000..=attempts - ring / 64).contains(&lost),
+        "{lost} of {attempts} records lost with a {ring}-byte ring"
+    );
 }

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use aya::maps::PerCpuArray;
 use common::{
     map_names,
-    stats::{ProgStats, StatIndex},
+    stats::{EVENTS_LOST_SLOT, ProgStats, StatIndex},
 };
 use serde::Serialize;
 
@@ -17,13 +17,26 @@ pub struct Counter {
 }
 
 impl Datapath {
-    /// `(program name, counter)` for each attach point.
-    pub fn counters(&self) -> Result<Vec<(&'static str, Counter)>> {
+    fn prog_stats(&self) -> Result<PerCpuArray<&aya::maps::MapData, ProgStats>> {
         let map = self
             .ebpf
             .map(map_names::PROG_STATS)
             .with_context(|| format!("map {} missing from the object", map_names::PROG_STATS))?;
-        let array: PerCpuArray<_, ProgStats> = PerCpuArray::try_from(map)?;
+        Ok(PerCpuArray::try_from(map)?)
+    }
+
+    /// Flow records the events ring had no room for, summed over CPUs.
+    pub fn flow_records_lost(&self) -> Result<u64> {
+        let per_cpu = self
+            .prog_stats()?
+            .get(&EVENTS_LOST_SLOT, 0)
+            .context("reading the lost flow records counter")?;
+        Ok(per_cpu.iter().fold(0u64, |acc, s| acc.wrapping_add(s.packets)))
+    }
+
+    /// `(program name, counter)` for each attach point.
+    pub fn counters(&self) -> Result<Vec<(&'static str, Counter)>> {
+        let array = self.prog_stats()?;
         StatIndex::ALL
             .iter()
             .map(|&index| {
