@@ -29,7 +29,7 @@ use common::{
     lb::{MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES},
     map_names,
     net::{Be16, Be32},
-    policy::{DIR_INGRESS, PolicyKey, endpoint_flags, identity, policy_state},
+    policy::{DIR_INGRESS, PolicyKey, endpoint_flags, identity},
 };
 use serde::Serialize;
 
@@ -354,12 +354,12 @@ pub fn repeat_case<'a>(
     }
 }
 
-/// `case` with the policy state map set to `flags` before each of its rounds (the cases of one group
-/// share the maps).
-pub fn under_policy_state(mut case: Case<'_>, flags: u32) -> Case<'_> {
+/// `case` with the policy state map's `NONE_ISOLATED` set to `none_isolated` before each of its
+/// rounds (the cases of one group share the maps).
+pub fn under_policy_state(mut case: Case<'_>, none_isolated: bool) -> Case<'_> {
     let mut inner = std::mem::replace(&mut case.round, Box::new(|_, _| Ok(0.0)));
     case.round = Box::new(move |dp, r| {
-        dp.set_policy_state(flags);
+        dp.set_none_isolated(none_isolated);
         inner(dp, r)
     });
     case
@@ -617,7 +617,7 @@ pub fn clusterip_group(
     // A node where no pod is isolated by a NetworkPolicy, as the agent writes the state map for it:
     // policy is skipped. One case measures the established flow on a node where some pod is isolated
     // (not this client): then every packet also looks its pod's endpoint up.
-    let open = policy_state::NONE_ISOLATED;
+    let open = true;
     let cases = vec![
         repeat_case(
             "tc bare",
@@ -696,7 +696,7 @@ pub fn clusterip_group(
                 p.repeat,
                 TC_ACT_OK,
             ),
-            0,
+            false,
         ),
     ];
     let out = interleave(&mut dp, &info, p.rounds, cases)?;

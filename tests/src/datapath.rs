@@ -38,18 +38,24 @@ impl TestDatapath {
 
     /// Runs program `prog` once on `packet` and returns the verdict and the packet as it left.
     pub fn run(&mut self, prog: &str, packet: &[u8]) -> RunResult {
+        self.run_with_ctx(prog, packet, None)
+    }
+
+    /// One BPF_PROG_TEST_RUN of `prog` (XDP or tc) on `packet`, with `ctx` as its context when given.
+    fn run_with_ctx(&mut self, prog: &str, packet: &[u8], ctx: Option<&[u8]>) -> RunResult {
         let mut out = vec![0u8; packet.len() + 256];
         let program = self
             .datapath
             .ebpf_mut()
             .program_mut(prog)
             .unwrap_or_else(|| panic!("program {prog} missing from the object"));
-        let mut opts = TestRunOptions {
+        let opts = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            ctx_in: ctx,
+            repeat: 1,
             ..Default::default()
         };
-        opts.repeat = 1;
         let result: Result<aya::programs::TestRunResult, ProgramError> = match program {
             aya::programs::Program::Xdp(p) => p.test_run(opts),
             aya::programs::Program::SchedClassifier(p) => p.test_run(opts),
@@ -320,16 +326,13 @@ impl TestDatapath {
         array.set(0, config, 0).unwrap();
     }
 
-    /// Writes the policy state map (`common::policy::policy_state` flags), as the agent's policy
-    /// reconciler does.
-    pub fn set_policy_state(&mut self, flags: u32) {
-        let map = self
-            .datapath
-            .ebpf_mut()
-            .map_mut(map_names::POLICY_STATE)
-            .expect("policy state map");
-        let mut array: AyaArray<_, u32> = AyaArray::try_from(map).unwrap();
-        array.set(0, flags, 0).unwrap();
+    /// Writes the policy state map's `NONE_ISOLATED` through the agent's own policy map writer.
+    pub fn set_none_isolated(&mut self, none_isolated: bool) {
+        use proxy_agent::policy::{PolicyMaps, PolicyOp};
+        self.datapath
+            .policy_maps()
+            .apply(&PolicyOp::SetState { none_isolated })
+            .expect("writing the policy state map");
     }
 
     /// Registers `addr` as the pod behind `ifindex` the way the agent does (BPF_PROG_TEST_RUN runs
@@ -353,25 +356,7 @@ impl TestDatapath {
         let mut skb = [0u32; 11];
         skb[10] = ifindex;
         let ctx: Vec<u8> = skb.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let mut out = vec![0u8; packet.len() + 256];
-        let Some(aya::programs::Program::SchedClassifier(p)) = self.datapath.ebpf_mut().program_mut(prog)
-        else {
-            panic!("program {prog} missing or not tc");
-        };
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        };
-        let result = p
-            .test_run(opts)
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {prog}: {e:?}"));
-        out.truncate(result.data_size_out as usize);
-        RunResult {
-            action: result.return_value,
-            packet: out,
-        }
+        self.run_with_ctx(prog, packet, Some(&ctx))
     }
 
     pub fn drops(&mut self, reason: DropReason) -> u64 {
@@ -394,24 +379,7 @@ impl TestDatapath {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         let md: [u32; 6] = [0, packet.len() as u32, 0, ifindex, 0, 0];
         let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let mut out = vec![0u8; packet.len() + 256];
-        let Some(aya::programs::Program::Xdp(p)) = self.datapath.ebpf_mut().program_mut(prog) else {
-            panic!("program {prog} missing or not XDP");
-        };
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        };
-        let result = p
-            .test_run(opts)
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {prog}: {e:?}"));
-        out.truncate(result.data_size_out as usize);
-        RunResult {
-            action: result.return_value,
-            packet: out,
-        }
+        self.run_with_ctx(prog, packet, Some(&ctx))
     }
 
     /// The Maglev table of rev-NAT id `rev_nat`: `backend_ids` repeated over the whole table.

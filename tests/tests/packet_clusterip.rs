@@ -267,23 +267,20 @@ fn replies_are_restored_from_the_entry_and_older_entries_through_the_rev_nat_map
         r.tcp_flags = TCP_ACK;
         r.build()
     };
-    let restored = |out: &tests::datapath::RunResult| {
+    // Runs the backend's answer through tc_to_pod; checks verdict, addressing and checksums.
+    let answer = |dp: &mut TestDatapath, want: (Ipv4Addr, u16, Ipv4Addr, u16), what: &str| {
+        let out = dp.run("tc_to_pod", &reply());
+        assert_eq!(out.action, TC_ACT_OK, "{what}");
         let seen = packet::read(&out.packet);
-        (seen.src, seen.sport, seen.dst, seen.dport)
+        assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), want, "{what}");
+        assert_checksums(&out.packet, what);
     };
     // The Service's rev-NAT entry goes (the Service was deleted): as with kube-proxy's conntrack, the
     // open connection's answers still come from VIP:port.
     dp.hash_map::<u32, RevNat4>(map_names::LB4_REVNAT)
         .remove(&1)
         .unwrap();
-    let out = dp.run("tc_to_pod", &reply());
-    assert_eq!(out.action, TC_ACT_OK);
-    assert_eq!(
-        restored(&out),
-        (VIP, 80, CLIENT, 40020),
-        "restored from the entry"
-    );
-    assert_checksums(&out.packet, "restored from the entry");
+    answer(&mut dp, (VIP, 80, CLIENT, 40020), "restored from the entry");
 
     // An entry as a datapath before FRONTEND wrote it (the backend in the rewrite fields): restored
     // through the rev-NAT map, so connections opened before an upgrade keep working after it.
@@ -296,11 +293,10 @@ fn replies_are_restored_from_the_entry_and_older_entries_through_the_rev_nat_map
     dp.hash_map::<CtKey4, CtEntry4>(map_names::CT4)
         .insert(reply_key, older, 0)
         .unwrap();
-    let unknown = dp.run("tc_to_pod", &reply());
-    assert_eq!(
-        restored(&unknown),
+    answer(
+        &mut dp,
         (BACKEND_A, 8080, CLIENT, 40020),
-        "an older entry whose rev-NAT id is gone is left alone"
+        "an older entry whose rev-NAT id is gone is left alone",
     );
     let rev = RevNat4 {
         addr: Be32::from_octets(VIP.octets()),
@@ -310,14 +306,11 @@ fn replies_are_restored_from_the_entry_and_older_entries_through_the_rev_nat_map
     dp.hash_map::<u32, RevNat4>(map_names::LB4_REVNAT)
         .insert(1, rev, 0)
         .unwrap();
-    let out = dp.run("tc_to_pod", &reply());
-    assert_eq!(out.action, TC_ACT_OK);
-    assert_eq!(
-        restored(&out),
+    answer(
+        &mut dp,
         (VIP, 80, CLIENT, 40020),
-        "restored through the rev-NAT map"
+        "restored through the rev-NAT map",
     );
-    assert_checksums(&out.packet, "restored through the rev-NAT map");
 }
 
 #[test]

@@ -331,12 +331,13 @@ fn the_state_map_skips_policy_only_when_it_says_no_endpoint_is_isolated() {
     let outbound = Ipv4Packet::tcp(POD, 40001, STRANGER, 80);
     assert_eq!(to_pod(&mut dp, &inbound), SHOT, "a new map holds 0: enforced");
     assert_eq!(from_pod(&mut dp, &outbound), SHOT);
-    // What the agent writes only once no endpoint is isolated (its diff orders it last): the
-    // programs then skip the endpoint lookup altogether, so this isolated endpoint is not consulted.
-    dp.set_policy_state(common::policy::policy_state::NONE_ISOLATED);
+    // What the agent writes only once no endpoint is isolated (its diff orders it last), written here
+    // through the agent's own writer: the programs then skip the endpoint lookup altogether, so this
+    // isolated endpoint is not consulted.
+    dp.set_none_isolated(true);
     assert_eq!(to_pod(&mut dp, &inbound), OK, "skipped");
     assert_eq!(from_pod(&mut dp, &outbound), OK, "skipped");
-    dp.set_policy_state(0);
+    dp.set_none_isolated(false);
     assert_eq!(
         to_pod(&mut dp, &Ipv4Packet::tcp(STRANGER, 40002, POD, 80)),
         SHOT,
