@@ -410,18 +410,12 @@ pub fn detach_tc(interface: &str) -> usize {
 
 impl Datapath {
     fn ifaces(&mut self) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, u32, Be32>> {
-        let map = self
-            .ebpf
-            .map_mut(map_names::IFACES)
-            .with_context(|| format!("map {} missing from the object", map_names::IFACES))?;
+        let map = self.map_mut(map_names::IFACES)?;
         Ok(aya::maps::HashMap::try_from(map)?)
     }
 
     fn ifaces_direct(&mut self) -> Result<aya::maps::Array<&mut aya::maps::MapData, Be32>> {
-        let map = self
-            .ebpf
-            .map_mut(map_names::IFACES_DIRECT)
-            .with_context(|| format!("map {} missing from the object", map_names::IFACES_DIRECT))?;
+        let map = self.map_mut(map_names::IFACES_DIRECT)?;
         Ok(aya::maps::Array::try_from(map)?)
     }
 

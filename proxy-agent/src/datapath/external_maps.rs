@@ -12,7 +12,7 @@ use common::{
 };
 use policy::net::Ipv4Net;
 
-use super::Datapath;
+use super::{Datapath, MapSource};
 use crate::{
     lb::maglev::TableSize,
     reconcile::external::{ExternalMaps, ExternalState, fingerprint},
@@ -40,21 +40,13 @@ fn range_key(rev_nat: u32, net: Ipv4Net) -> Key<SourceRangeKey4> {
 
 impl AyaExternalMaps<'_> {
     fn maglev(&mut self) -> Result<HashMap<&mut MapData, u32, MaglevTable>> {
-        let map = self
-            .datapath
-            .ebpf
-            .map_mut(map_names::LB4_MAGLEV)
-            .with_context(|| format!("map {} missing from the object", map_names::LB4_MAGLEV))?;
+        let map = self.datapath.map_mut(map_names::LB4_MAGLEV)?;
         HashMap::try_from(map)
             .with_context(|| format!("map {} has an unexpected type", map_names::LB4_MAGLEV))
     }
 
     fn ranges(&mut self) -> Result<LpmTrie<&mut MapData, SourceRangeKey4, u8>> {
-        let map = self
-            .datapath
-            .ebpf
-            .map_mut(map_names::LB4_SOURCE_RANGES)
-            .with_context(|| format!("map {} missing from the object", map_names::LB4_SOURCE_RANGES))?;
+        let map = self.datapath.map_mut(map_names::LB4_SOURCE_RANGES)?;
         LpmTrie::try_from(map)
             .with_context(|| format!("map {} has an unexpected type", map_names::LB4_SOURCE_RANGES))
     }
@@ -64,11 +56,7 @@ impl ExternalMaps for AyaExternalMaps<'_> {
     fn dump(&self, size: TableSize) -> Result<ExternalState> {
         let mut out = ExternalState::default();
         let used = (size.get() as usize).min(MAGLEV_MAX);
-        let map = self
-            .datapath
-            .ebpf
-            .map(map_names::LB4_MAGLEV)
-            .with_context(|| format!("map {} missing from the object", map_names::LB4_MAGLEV))?;
+        let map = self.datapath.map(map_names::LB4_MAGLEV)?;
         let tables: HashMap<&MapData, u32, MaglevTable> = HashMap::try_from(map)?;
         for key in tables.keys() {
             let rev_nat = key.context("reading the Maglev map")?;
@@ -77,11 +65,7 @@ impl ExternalMaps for AyaExternalMaps<'_> {
             out.maglev
                 .insert(rev_nat, fingerprint(&table.backend_ids[..used]));
         }
-        let map = self
-            .datapath
-            .ebpf
-            .map(map_names::LB4_SOURCE_RANGES)
-            .with_context(|| format!("map {} missing from the object", map_names::LB4_SOURCE_RANGES))?;
+        let map = self.datapath.map(map_names::LB4_SOURCE_RANGES)?;
         let trie: LpmTrie<&MapData, SourceRangeKey4, u8> = LpmTrie::try_from(map)?;
         for key in trie.keys() {
             let key = key.context("reading the source-range map")?;

@@ -24,10 +24,7 @@ fn hash_mut<'m, K: aya::Pod, V: aya::Pod>(
     dp: &'m mut Datapath,
     name: &str,
 ) -> Result<HashMap<&'m mut MapData, K, V>> {
-    let map = dp
-        .ebpf
-        .map_mut(name)
-        .with_context(|| format!("map {name} missing from the object"))?;
+    let map = dp.map_mut(name)?;
     HashMap::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 

@@ -69,10 +69,7 @@ impl Datapath {
 
     /// Writes the datapath settings (one array map, read by the programs on every packet).
     pub fn set_config(&mut self, config: common::config::DatapathConfig) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(common::map_names::CONFIG)
-            .with_context(|| format!("map {} missing from the object", common::map_names::CONFIG))?;
+        let map = self.map_mut(common::map_names::CONFIG)?;
         let mut array: aya::maps::Array<_, common::config::DatapathConfig> = aya::maps::Array::try_from(map)?;
         array.set(0, config, 0).context("writing the datapath settings")?;
         Ok(())

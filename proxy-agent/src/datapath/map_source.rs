@@ -21,6 +21,15 @@ impl MapSource for Datapath {
     }
 }
 
+impl Datapath {
+    /// The loaded object's map `name`, for writing.
+    pub(crate) fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+}
+
 /// Maps opened from their pins (`ROOT/NAME`), each a handle of its own.
 pub struct PinnedMaps {
     maps: BTreeMap<String, Map>,

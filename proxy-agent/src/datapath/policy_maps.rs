@@ -48,10 +48,7 @@ impl Datapath {
 }
 
 fn per_cpu_u64<'m>(dp: &'m Datapath, name: &str) -> Result<PerCpuArray<&'m MapData, u64>> {
-    let map = dp
-        .ebpf
-        .map(name)
-        .with_context(|| format!("map {name} missing from the object"))?;
+    let map = dp.map(name)?;
     PerCpuArray::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -62,30 +59,24 @@ fn sum(array: &PerCpuArray<&MapData, u64>, index: u32) -> Result<u64> {
     Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
 }
 
-fn map_mut<'m>(dp: &'m mut Datapath, name: &str) -> Result<&'m mut aya::maps::Map> {
-    dp.ebpf
-        .map_mut(name)
-        .with_context(|| format!("map {name} missing from the object"))
-}
-
 fn ipcache(dp: &mut Datapath) -> Result<LpmTrie<&mut MapData, Be32, IpCacheValue4>> {
-    Ok(LpmTrie::try_from(map_mut(dp, map_names::IPCACHE4)?)?)
+    Ok(LpmTrie::try_from(dp.map_mut(map_names::IPCACHE4)?)?)
 }
 
 fn policy(dp: &mut Datapath) -> Result<LpmTrie<&mut MapData, PolicyKeyData, PolicyEntry>> {
-    Ok(LpmTrie::try_from(map_mut(dp, map_names::POLICY)?)?)
+    Ok(LpmTrie::try_from(dp.map_mut(map_names::POLICY)?)?)
 }
 
 fn endpoints(dp: &mut Datapath) -> Result<HashMap<&mut MapData, PolicyEndpointKey4, PolicyEndpoint4>> {
-    Ok(HashMap::try_from(map_mut(dp, map_names::POLICY_ENDPOINTS4)?)?)
+    Ok(HashMap::try_from(dp.map_mut(map_names::POLICY_ENDPOINTS4)?)?)
 }
 
 fn names(dp: &mut Datapath) -> Result<Array<&mut MapData, PolicyName>> {
-    Ok(Array::try_from(map_mut(dp, map_names::POLICY_NAMES)?)?)
+    Ok(Array::try_from(dp.map_mut(map_names::POLICY_NAMES)?)?)
 }
 
 fn state(dp: &mut Datapath) -> Result<Array<&mut MapData, u32>> {
-    Ok(Array::try_from(map_mut(dp, map_names::POLICY_STATE)?)?)
+    Ok(Array::try_from(dp.map_mut(map_names::POLICY_STATE)?)?)
 }
 
 fn name_value(name: &str) -> PolicyName {

@@ -8,7 +8,7 @@ use common::{
 };
 use serde::Serialize;
 
-use super::Datapath;
+use super::{Datapath, MapSource};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counter {
@@ -18,10 +18,7 @@ pub struct Counter {
 
 impl Datapath {
     fn prog_stats(&self) -> Result<PerCpuArray<&aya::maps::MapData, ProgStats>> {
-        let map = self
-            .ebpf
-            .map(map_names::PROG_STATS)
-            .with_context(|| format!("map {} missing from the object", map_names::PROG_STATS))?;
+        let map = self.map(map_names::PROG_STATS)?;
         Ok(PerCpuArray::try_from(map)?)
     }
 
