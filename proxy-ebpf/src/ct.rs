@@ -25,9 +25,7 @@ pub fn key_of(flow: &Ipv4Flow) -> CtKey4 {
 
 #[inline(always)]
 pub fn lookup(key: &CtKey4) -> Option<&'static mut CtEntry4> {
-    // SAFETY: the pointer comes from a successful map lookup; concurrent writers only touch
-    // last_seen_ns and flags, where a lost update is harmless.
-    CT4.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+    Shared::lookup(key).entry()
 }
 
 /// A packet's own conntrack entry, looked up once for the stages that all need it (on a pod's veth
@@ -45,7 +43,9 @@ impl Shared {
     /// use it only where such an entry would change nothing).
     #[inline(always)]
     pub fn entry(self) -> Option<&'static mut CtEntry4> {
-        // SAFETY: as `lookup`; the stages that take it run one after the other.
+        // SAFETY: the pointer comes from a successful map lookup; concurrent writers only touch
+        // last_seen_ns and flags, where a lost update is harmless; the stages that take a shared
+        // entry run one after the other.
         self.0.map(|p| unsafe { &mut *p })
     }
 }
