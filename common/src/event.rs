@@ -128,7 +128,11 @@ pub struct FlowEvent {
     pub _pad2: u32,
 }
 
-pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+/// 256 KiB: ~4.7k records. The agent reads records as they arrive, so the ring only has to cover a
+/// burst between two wake-ups; a record it has no room for is counted (`stats::EVENTS_LOST_SLOT`).
+/// The agent maps the ring's data twice (the kernel's wrap-around mapping), so each byte here is two
+/// of the agent's resident size: at 1 MiB the ring was 2 MiB of it.
+pub const EVENTS_RING_BYTES: u32 = 256 << 10;
 
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 48);
 

@@ -30,7 +30,7 @@ pub mod map_names {
     pub const LB4_REVNAT: &str = "STRAIT_LB4_REVNAT_V2";
     pub const CT4: &str = "STRAIT_CT4_V2";
     pub const LB4_AFFINITY: &str = "STRAIT_LB4_AFFINITY_V2";
-    pub const EVENTS: &str = "STRAIT_EVENTS_V1";
+    pub const EVENTS: &str = "STRAIT_EVENTS_V2";
     pub const DROP_STATS: &str = "STRAIT_DROP_STATS_V1";
     pub const POLICY_STATS: &str = "STRAIT_POLICY_STATS_V1";
     pub const SOCK_REVNAT4: &str = "STRAIT_SOCK_REVNAT4_V2";
@@ -39,6 +39,11 @@ pub mod map_names {
     pub const IFACES_DIRECT: &str = "STRAIT_IFACES_DIRECT_V1";
     pub const LB4_MAGLEV: &str = "STRAIT_LB4_MAGLEV_V1";
     pub const LB4_SOURCE_RANGES: &str = "STRAIT_LB4_SOURCE_RANGES_V1";
+    /// Pins an older datapath left that no current map reads: the agent removes them at start, so an
+    /// upgrade does not keep their kernel memory until `cleanup` (programs that still use one keep it
+    /// until they are replaced; a pin's removal never takes a map away from its users).
+    /// `STRAIT_EVENTS_V1`: the 1 MiB events ring, now 256 KiB under V2.
+    pub const RETIRED: &[&str] = &["STRAIT_EVENTS_V1"];
     pub use crate::policy::{
         map_names::{IPCACHE4, POLICY, POLICY_ENDPOINTS4, POLICY_STATE},
         policy_map_names::POLICY_NAMES,

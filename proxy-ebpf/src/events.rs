@@ -9,7 +9,7 @@ use common::{
 
 use crate::{
     maps::{
-        STRAIT_DROP_STATS_V1 as DROP_STATS, STRAIT_EVENTS_V1 as EVENTS,
+        STRAIT_DROP_STATS_V1 as DROP_STATS, STRAIT_EVENTS_V2 as EVENTS,
         STRAIT_POLICY_STATS_V1 as POLICY_STATS, STRAIT_PROG_STATS_V1 as PROG_STATS,
     },
     parse::Ipv4Flow,

@@ -81,7 +81,7 @@ pub static STRAIT_DROP_STATS_V1: PerCpuArray<u64> = PerCpuArray::pinned(DROP_REA
 
 /// Flow records for `proxy-agent flows`: drops and new connections.
 #[map]
-pub static STRAIT_EVENTS_V1: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
+pub static STRAIT_EVENTS_V2: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
 /// Settings written by the agent (index 0).
 #[map]

@@ -31,8 +31,45 @@ pub fn prepare(pin_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(pin_dir).with_context(|| format!("creating pin directory {}", pin_dir.display()))
 }
 
+/// Removes the pins in `pin_dir` named by `common::map_names::RETIRED`; returns the names removed. A
+/// pin that cannot be removed is logged and left: nothing reads it.
+pub fn remove_retired(pin_dir: &Path) -> Vec<&'static str> {
+    let mut removed = Vec::new();
+    for name in common::map_names::RETIRED {
+        let path = pin_dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(*name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(pin = %path.display(), error = %e, "cannot remove a retired pin"),
+        }
+    }
+    removed
+}
+
 pub fn is_bpffs(path: &Path) -> bool {
     statfs(path)
         .map(|s| s.filesystem_type() == BPF_FS_MAGIC)
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retired_pins_are_removed_and_current_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("strait-retired-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let retired = common::map_names::RETIRED[0];
+        for name in [retired, common::map_names::EVENTS, common::map_names::CT4] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        assert_eq!(remove_retired(&dir), vec![retired]);
+        assert!(!dir.join(retired).exists());
+        assert!(dir.join(common::map_names::EVENTS).exists());
+        assert!(dir.join(common::map_names::CT4).exists());
+        // Nothing left to remove: a second start finds none.
+        assert!(remove_retired(&dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

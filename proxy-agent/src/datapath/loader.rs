@@ -54,6 +54,9 @@ fn retry_interrupted<T, E>(
 impl Datapath {
     pub fn load(pin_dir: &Path) -> Result<Self> {
         bpffs::prepare(pin_dir)?;
+        for name in bpffs::remove_retired(pin_dir) {
+            tracing::info!(pin = name, "removed a pin no map of this datapath reads");
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
@@ -183,7 +186,7 @@ pub(crate) fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya:
 
 #[cfg(test)]
 mod tests {
-    use super::retry_interrupted;
+    use super::{OBJECT, retry_interrupted};
 
     #[test]
     fn an_interrupted_load_is_tried_again_a_bounded_number_of_times() {
@@ -217,5 +220,17 @@ mod tests {
             |e| *e == "again",
         );
         assert_eq!((r, calls), (Err("rejected"), 1), "a verifier rejection is final");
+    }
+
+    #[test]
+    fn the_object_defines_no_retired_map() {
+        let contains = |name: &str| OBJECT.windows(name.len()).any(|w| w == name.as_bytes());
+        assert!(
+            contains(common::map_names::EVENTS),
+            "the search finds a current map"
+        );
+        for name in common::map_names::RETIRED {
+            assert!(!contains(name), "{name} is retired but the object still names it");
+        }
     }
 }
