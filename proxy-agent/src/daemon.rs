@@ -568,7 +568,7 @@ fn reconcile_policy(args: &RunArgs, watch: &SourceWatch, shared: &Shared, inner:
             .flow_context
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(FlowContext {
-            pods_by_ip: crate::policy::view::pods_by_ip(watch.snapshot.pods.iter().map(|p| &**p)),
+            pods_by_ip: crate::policy::view::PodsByIp::new(&watch.snapshot.pods),
             policy: state.clone(),
         });
         inner.policy_status.endpoints = state.endpoints.len();

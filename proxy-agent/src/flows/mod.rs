@@ -6,7 +6,7 @@
 //! isolate the endpoint — and keeps the last [`DEFAULT_CAPACITY`] in memory, numbered, for `/flows` and
 //! `proxy-agent flows`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -16,7 +16,7 @@ use common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::policy::view::PolicyState;
+use crate::policy::view::{PodsByIp, PolicyState};
 
 pub const DEFAULT_CAPACITY: usize = 4096;
 
@@ -107,7 +107,7 @@ pub fn decode(b: &[u8]) -> Option<FlowEvent> {
 /// What names a flow: refreshed by every policy reconcile.
 #[derive(Debug, Clone, Default)]
 pub struct FlowContext {
-    pub pods_by_ip: BTreeMap<Ipv4Addr, String>,
+    pub pods_by_ip: PodsByIp,
     /// The same tables as the status's (one allocation, shared).
     pub policy: std::sync::Arc<PolicyState>,
 }
@@ -129,7 +129,7 @@ pub fn resolve(e: &FlowEvent, time_unix_ns: u64, cx: &FlowContext) -> FlowRecord
         FlowPeer {
             ip: ip.to_string(),
             port: port.get(),
-            pod: cx.pods_by_ip.get(&ip).cloned(),
+            pod: cx.pods_by_ip.get(ip),
         }
     };
     let reason = DropReason::from_u8(e.reason);
@@ -395,9 +395,13 @@ mod tests {
     }
 
     fn context() -> FlowContext {
-        let mut cx = FlowContext::default();
-        cx.pods_by_ip.insert("10.244.1.11".parse().unwrap(), "x/a".into());
-        cx.pods_by_ip.insert("10.244.1.22".parse().unwrap(), "y/b".into());
+        let mut cx = FlowContext {
+            pods_by_ip: PodsByIp::new(&[
+                crate::policy::view::test_pod("x", "a", "10.244.1.11"),
+                crate::policy::view::test_pod("y", "b", "10.244.1.22"),
+            ]),
+            ..Default::default()
+        };
         let mut policy = PolicyState::default();
         policy.policies.insert(4, "y/allow-x".into());
         policy.endpoints.push(EndpointRow {

@@ -176,8 +176,8 @@ fn invalid_policies_are_reported_once_and_the_rest_is_enforced() {
 }
 
 fn pod_ip(input: &PolicyInput, pod: &str) -> Ipv4Addr {
-    view::pods_by_ip(&input.pods)
-        .into_iter()
+    view::PodsByIp::new(&input.pods)
+        .iter()
         .find(|(_, p)| p == pod)
         .map(|(ip, _)| ip)
         .unwrap_or_else(|| panic!("no pod {pod}"))
@@ -188,7 +188,7 @@ fn pod_ip(input: &PolicyInput, pod: &str) -> Ipv4Addr {
 fn probe_flows(inputs: &[&PolicyInput], extra: &BTreeSet<Ipv4Addr>) -> Vec<(Ipv4Addr, Ipv4Addr, u8, u16)> {
     let mut addrs: BTreeSet<Ipv4Addr> = extra.clone();
     for i in inputs {
-        addrs.extend(view::pods_by_ip(&i.pods).keys());
+        addrs.extend(view::PodsByIp::new(&i.pods).iter().map(|(ip, _)| ip));
     }
     addrs.insert("10.0.0.11".parse().unwrap());
     let mut flows = Vec::new();

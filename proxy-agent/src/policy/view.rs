@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use crate::slim::Pod;
 use policy::{
@@ -69,36 +70,89 @@ pub struct IdentityRow {
     pub pods: Vec<String>,
 }
 
-/// Pod IPs of live pods that own their address (not host-network, not finished), as `ns/name`.
-pub fn pods_by_ip<'a, P: std::borrow::Borrow<Pod> + 'a>(
-    pods: impl IntoIterator<Item = &'a P>,
-) -> BTreeMap<Ipv4Addr, String> {
-    let mut out = BTreeMap::new();
-    for p in pods {
-        let p: &Pod = p.borrow();
-        let spec_host = p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
-        let status = p.status.as_ref();
-        let finished = matches!(
-            status.and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        );
-        if spec_host || finished {
-            continue;
+/// Pod names by address, for naming flow records and identities: the pods themselves (shared with the
+/// snapshot, not copied) and their addresses sorted. A map of `ns/name` strings held 10k names at the
+/// agent bench's scale (~0.6 MiB); this holds two words per pod and formats a name when asked.
+#[derive(Debug, Clone, Default)]
+pub struct PodsByIp {
+    pods: Vec<Arc<Pod>>,
+    /// (address, index into `pods`), sorted by address, one per address.
+    by_ip: Vec<(Ipv4Addr, u32)>,
+}
+
+impl PodsByIp {
+    /// Live pods that own their address (not host-network, not finished); of two with one address,
+    /// the first listed names it.
+    pub fn new(pods: &[Arc<Pod>]) -> Self {
+        let mut kept = Vec::new();
+        let mut by_ip = Vec::new();
+        for p in pods {
+            let Some(ip) = own_address(p) else {
+                continue;
+            };
+            by_ip.push((ip, kept.len() as u32));
+            kept.push(p.clone());
         }
-        let Some(ip) = status
-            .and_then(|s| s.pod_ip.as_deref())
-            .and_then(|s| s.parse::<Ipv4Addr>().ok())
-        else {
-            continue;
-        };
-        let name = format!(
-            "{}/{}",
-            p.metadata.namespace.as_deref().unwrap_or("default"),
-            p.metadata.name.as_deref().unwrap_or_default()
-        );
-        out.entry(ip).or_insert(name);
+        // Stable: the first pod listed stays first among equal addresses, and dedup keeps it.
+        by_ip.sort_by_key(|&(ip, _)| ip);
+        by_ip.dedup_by_key(|&mut (ip, _)| ip);
+        Self { pods: kept, by_ip }
     }
-    out
+
+    /// `namespace/name` of the pod with address `ip`.
+    pub fn get(&self, ip: Ipv4Addr) -> Option<String> {
+        let at = self.by_ip.binary_search_by_key(&ip, |&(a, _)| a).ok()?;
+        Some(pod_name(&self.pods[self.by_ip[at].1 as usize]))
+    }
+
+    /// Every (address, `namespace/name`), by address.
+    pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, String)> + '_ {
+        self.by_ip
+            .iter()
+            .map(|&(ip, at)| (ip, pod_name(&self.pods[at as usize])))
+    }
+}
+
+/// A running pod with an address, for tests that name flows.
+#[cfg(test)]
+pub fn test_pod(namespace: &str, name: &str, ip: &str) -> Arc<Pod> {
+    Arc::new(Pod {
+        metadata: policy::slim::ObjectMeta {
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        status: Some(policy::slim::PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(ip.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn pod_name(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or("default"),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The pod's address when it owns one: live (not finished) and not on the host network.
+fn own_address(p: &Pod) -> Option<Ipv4Addr> {
+    let spec_host = p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+    let status = p.status.as_ref();
+    let finished = matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    if spec_host || finished {
+        return None;
+    }
+    status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|s| s.parse::<Ipv4Addr>().ok())
 }
 
 /// Policies isolating each of `pods`, per direction (ingress, egress).
@@ -189,14 +243,14 @@ impl PolicyState {
                 }
             })
             .collect();
-        let by_ip = pods_by_ip(&input.pods);
+        let by_ip = PodsByIp::new(&input.pods);
         let mut pods_of: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for (k, v) in &d.ipcache {
             if k.prefix_len != 32 {
                 continue;
             }
-            if let Some(pod) = by_ip.get(&Ipv4Addr::from(k.addr.octets())) {
-                pods_of.entry(v.identity).or_default().push(pod.clone());
+            if let Some(pod) = by_ip.get(Ipv4Addr::from(k.addr.octets())) {
+                pods_of.entry(v.identity).or_default().push(pod);
             }
         }
         let identities = d
@@ -504,4 +558,43 @@ pub fn print_explain(args: &crate::cli::ExplainArgs) -> anyhow::Result<()> {
         crate::cli::Output::Json => serde_json::to_string_pretty(&view)? + "\n",
         crate::cli::Output::Table => render_explain(&view),
     })
+}
+
+#[cfg(test)]
+mod pods_by_ip_tests {
+    use super::*;
+
+    #[test]
+    fn names_pods_that_own_their_address_the_first_listed_winning() {
+        let mut host = (*test_pod("kube-system", "proxy", "10.0.0.1")).clone();
+        host.spec = Some(policy::slim::PodSpec {
+            host_network: Some(true),
+            ..Default::default()
+        });
+        let mut done = (*test_pod("x", "job", "10.244.1.9")).clone();
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let pods = [
+            test_pod("y", "b", "10.244.1.22"),
+            Arc::new(host),
+            Arc::new(done),
+            test_pod("x", "a", "10.244.1.11"),
+            // The same address listed again (a pod replaced, the old one not yet gone).
+            test_pod("x", "a-old", "10.244.1.11"),
+            test_pod("x", "no-ip", "not an address"),
+        ];
+        let index = PodsByIp::new(&pods);
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            index.iter().collect::<Vec<_>>(),
+            vec![
+                (ip("10.244.1.11"), "x/a".to_owned()),
+                (ip("10.244.1.22"), "y/b".to_owned())
+            ]
+        );
+        assert_eq!(index.get(ip("10.244.1.22")).as_deref(), Some("y/b"));
+        for absent in ["10.0.0.1", "10.244.1.9", "10.244.1.12"] {
+            assert_eq!(index.get(ip(absent)), None, "{absent}");
+        }
+        assert_eq!(PodsByIp::default().get(ip("10.244.1.11")), None);
+    }
 }

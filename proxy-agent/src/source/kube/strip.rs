@@ -462,8 +462,12 @@ spec:
             crate::endpoints::local_endpoints(&after, "n1", &[])
         );
         assert_eq!(
-            crate::policy::view::pods_by_ip(before.pods.iter().map(|p| &**p)),
-            crate::policy::view::pods_by_ip(after.pods.iter().map(|p| &**p))
+            crate::policy::view::PodsByIp::new(&before.pods)
+                .iter()
+                .collect::<Vec<_>>(),
+            crate::policy::view::PodsByIp::new(&after.pods)
+                .iter()
+                .collect::<Vec<_>>()
         );
     }
 }
