@@ -10,23 +10,21 @@ use proxy_agent::cli;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's defaults, read at its start (the crate prefixes its symbols with `_rjem_`): one arena
-/// (the agent's threads mostly wait; more arenas only hold more partly used pages); no per-thread
-/// caches (they held freed blocks of every size class: ~3 MiB of the agent bench's resident size,
-/// 61–63 → 59–60 MiB; the price is a slower first parse, first sync 1.9 → 2.0–2.3 s and its CPU
-/// 2.8 → 3.4–3.8 s, while a change's latency stayed 1.3 ms p50; capping the caches at 16 blocks per
-/// size class kept only ~1.2 MiB of the 3); freed pages kept
+/// (the agent's threads mostly wait; more arenas only hold more partly used pages); freed pages kept
 /// for reuse up to 5 s (dirty), then returned without the lazy MADV_FREE stage (muzzy, which still
 /// counts as resident until the kernel needs the memory). Each reconcile pass ends by returning what
-/// it freed (`memory::return_free_pages`), so the resident size between passes is what the agent
-/// holds. Purging at every free instead (decay 0) cost ~0.5 s of a cold start at the agent bench's
-/// scale in madvise calls and page faults.
+/// it freed (`memory::return_free_pages`, which first empties the pass thread's cache of freed
+/// blocks), so the resident size between passes is what the agent holds. Purging at every free
+/// instead (decay 0) cost ~0.5 s of a cold start at the agent bench's scale in madvise calls and page
+/// faults. Per-thread caches stay on: without them (`tcache:false`) the resident size was the same
+/// within noise as with the flush, but a first sync took 2.1–2.4 s instead of 1.7–1.8 s.
 #[allow(
     unsafe_code,
     non_upper_case_globals,
     reason = "the symbol jemalloc reads its options from"
 )]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8; 60] = b"narenas:1,tcache:false,dirty_decay_ms:5000,muzzy_decay_ms:0\0";
+pub static malloc_conf: &[u8; 47] = b"narenas:1,dirty_decay_ms:5000,muzzy_decay_ms:0\0";
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();

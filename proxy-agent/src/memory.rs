@@ -8,10 +8,20 @@
 /// jemalloc's "all arenas" index (`MALLCTL_ARENAS_ALL`).
 const PURGE_ALL_ARENAS: &[u8] = b"arena.4096.purge\0";
 
-/// Purges every jemalloc arena's unused dirty pages. A no-op when jemalloc is not the allocator in
-/// use (its arenas then hold nothing); a failure is only logged, since nothing depends on it. True
-/// when jemalloc accepted the request.
+/// jemalloc's cache of freed blocks of the calling thread.
+const FLUSH_THREAD_CACHE: &[u8] = b"thread.tcache.flush\0";
+
+/// Empties the calling thread's cache of freed blocks into the arena, then purges every arena's
+/// unused dirty pages. The passes run on one thread, whose cache kept up to a few hundred freed
+/// blocks of each size class after a pass (~1.5 MiB of the agent bench's resident size); flushed,
+/// their pages can be purged with the rest. A no-op when jemalloc is not the allocator in use (its
+/// arenas then hold nothing); a failure is only logged, since nothing depends on it. True when
+/// jemalloc accepted the purge.
 pub fn return_free_pages() -> bool {
+    let flushed = mallctl(FLUSH_THREAD_CACHE, None, None);
+    if flushed != 0 {
+        tracing::debug!(errno = flushed, "jemalloc thread cache flush failed");
+    }
     let rc = mallctl(PURGE_ALL_ARENAS, None, None);
     if rc != 0 {
         tracing::debug!(errno = rc, "jemalloc purge failed");
