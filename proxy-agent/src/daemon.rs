@@ -562,13 +562,14 @@ fn reconcile_policy(args: &RunArgs, watch: &SourceWatch, shared: &Shared, inner:
     // A resync over the same objects reuses the last compile: the tables built from it still hold.
     let recompiled = result.as_ref().map_or(true, |o| o.compiled);
     if let Some(desired) = inner.policy.take_last().filter(|_| recompiled) {
-        let state = Arc::new(PolicyState::build(&desired, &input));
+        let pods_by_ip = crate::policy::view::PodsByIp::new(&input.pods);
+        let state = Arc::new(PolicyState::build(&desired, &input, &pods_by_ip));
         drop(desired);
         *shared
             .flow_context
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(FlowContext {
-            pods_by_ip: crate::policy::view::PodsByIp::new(&watch.snapshot.pods),
+            pods_by_ip,
             policy: state.clone(),
         });
         inner.policy_status.endpoints = state.endpoints.len();

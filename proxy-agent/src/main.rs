@@ -16,8 +16,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// it freed (`memory::return_free_pages`, which first empties the pass thread's cache of freed
 /// blocks), so the resident size between passes is what the agent holds. Purging at every free
 /// instead (decay 0) cost ~0.5 s of a cold start at the agent bench's scale in madvise calls and page
-/// faults. Per-thread caches stay on: without them (`tcache:false`) the resident size was the same
-/// within noise as with the flush, but a first sync took 2.1–2.4 s instead of 1.7–1.8 s.
+/// faults. Per-thread caches stay on: without them (`tcache:false`) RSS was the same within noise as
+/// with the flush (~1 MiB less anonymous memory), but a first sync took 2.1–2.4 s instead of 1.7–1.9 s.
 #[allow(
     unsafe_code,
     non_upper_case_globals,

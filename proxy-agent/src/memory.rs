@@ -12,9 +12,10 @@ const PURGE_ALL_ARENAS: &[u8] = b"arena.4096.purge\0";
 const FLUSH_THREAD_CACHE: &[u8] = b"thread.tcache.flush\0";
 
 /// Empties the calling thread's cache of freed blocks into the arena, then purges every arena's
-/// unused dirty pages. The passes run on one thread, whose cache kept up to a few hundred freed
-/// blocks of each size class after a pass (~1.5 MiB of the agent bench's resident size); flushed,
-/// their pages can be purged with the rest. A no-op when jemalloc is not the allocator in use (its
+/// unused dirty pages. The passes run on one thread (the runtime's `block_on`), whose cache keeps up
+/// to 200 freed blocks of each small size class after a pass; flushed, their pages can be purged with
+/// the rest (agent bench: heap allocated after sync 45.75 → 45.20 MiB, RSS 62.9 → 60.3–62.3 MiB with
+/// the smaller events ring and pod index of the same session). A no-op when jemalloc is not the allocator in use (its
 /// arenas then hold nothing); a failure is only logged, since nothing depends on it. True when
 /// jemalloc accepted the purge.
 pub fn return_free_pages() -> bool {

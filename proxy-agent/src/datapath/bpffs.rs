@@ -34,8 +34,12 @@ pub fn prepare(pin_dir: &Path) -> Result<()> {
 /// Removes the pins in `pin_dir` named by `common::map_names::RETIRED`; returns the names removed. A
 /// pin that cannot be removed is logged and left: nothing reads it.
 pub fn remove_retired(pin_dir: &Path) -> Vec<&'static str> {
+    remove_pins(pin_dir, common::map_names::RETIRED)
+}
+
+fn remove_pins(pin_dir: &Path, names: &[&'static str]) -> Vec<&'static str> {
     let mut removed = Vec::new();
-    for name in common::map_names::RETIRED {
+    for name in names {
         let path = pin_dir.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(*name),
@@ -57,19 +61,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retired_pins_are_removed_and_current_ones_kept() {
+    fn named_pins_are_removed_and_others_kept() {
         let dir = std::env::temp_dir().join(format!("strait-retired-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let retired = common::map_names::RETIRED[0];
+        let (retired, absent) = ("STRAIT_TEST_RETIRED_V1", "STRAIT_TEST_NEVER_PINNED_V1");
         for name in [retired, common::map_names::EVENTS, common::map_names::CT4] {
             std::fs::write(dir.join(name), b"").unwrap();
         }
-        assert_eq!(remove_retired(&dir), vec![retired]);
-        assert!(!dir.join(retired).exists());
-        assert!(dir.join(common::map_names::EVENTS).exists());
-        assert!(dir.join(common::map_names::CT4).exists());
-        // Nothing left to remove: a second start finds none.
-        assert!(remove_retired(&dir).is_empty());
+        let first = remove_pins(&dir, &[retired, absent]);
+        let kept = [common::map_names::EVENTS, common::map_names::CT4].map(|n| dir.join(n).exists());
+        let second = remove_pins(&dir, &[retired, absent]);
+        let gone = !dir.join(retired).exists();
         std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(first, vec![retired], "only the pin that exists is reported");
+        assert!(gone);
+        assert_eq!(kept, [true, true]);
+        assert!(second.is_empty(), "a second start finds nothing to remove");
     }
 }

@@ -395,13 +395,6 @@ mod tests {
     }
 
     fn context() -> FlowContext {
-        let mut cx = FlowContext {
-            pods_by_ip: PodsByIp::new(&[
-                crate::policy::view::test_pod("x", "a", "10.244.1.11"),
-                crate::policy::view::test_pod("y", "b", "10.244.1.22"),
-            ]),
-            ..Default::default()
-        };
         let mut policy = PolicyState::default();
         policy.policies.insert(4, "y/allow-x".into());
         policy.endpoints.push(EndpointRow {
@@ -410,8 +403,13 @@ mod tests {
             ingress_isolated_by: vec!["y/deny-all".into()],
             ..Default::default()
         });
-        cx.policy = std::sync::Arc::new(policy);
-        cx
+        FlowContext {
+            pods_by_ip: PodsByIp::new(&[
+                crate::policy::view::test_pod("x", "a", "10.244.1.11"),
+                crate::policy::view::test_pod("y", "b", "10.244.1.22"),
+            ]),
+            policy: std::sync::Arc::new(policy),
+        }
     }
 
     #[test]

@@ -349,7 +349,7 @@ fn operations_come_in_the_documented_phases() {
 fn policy_list_names_isolating_policies() {
     let input = case("stacked-policies");
     let d = policy::compile(&input, NODE, &Allocations::default()).unwrap();
-    let state = view::PolicyState::build(&d, &input);
+    let state = view::PolicyState::build(&d, &input, &view::PodsByIp::new(&input.pods));
     assert!(!state.endpoints.is_empty());
     for e in &state.endpoints {
         let info = d.endpoint_table.get(&e.endpoint_id).unwrap();

@@ -84,17 +84,19 @@ impl PodsByIp {
     /// Live pods that own their address (not host-network, not finished); of two with one address,
     /// the first listed names it.
     pub fn new(pods: &[Arc<Pod>]) -> Self {
-        let mut kept = Vec::new();
-        let mut by_ip = Vec::new();
+        let mut kept = Vec::with_capacity(pods.len());
+        let mut by_ip = Vec::with_capacity(pods.len());
         for p in pods {
             let Some(ip) = own_address(p) else {
                 continue;
             };
-            by_ip.push((ip, kept.len() as u32));
+            let at = u32::try_from(kept.len()).expect("fewer than 2^32 pods");
+            by_ip.push((ip, at));
             kept.push(p.clone());
         }
-        // Stable: the first pod listed stays first among equal addresses, and dedup keeps it.
-        by_ip.sort_by_key(|&(ip, _)| ip);
+        // Sorted by address, then by listing position: the first pod listed comes first among equal
+        // addresses whatever the sort, and dedup keeps it.
+        by_ip.sort_unstable();
         by_ip.dedup_by_key(|&mut (ip, _)| ip);
         Self { pods: kept, by_ip }
     }
@@ -218,7 +220,8 @@ pub fn isolating_policies(
 }
 
 impl PolicyState {
-    pub fn build(d: &PolicyDesired, input: &PolicyInput) -> Self {
+    /// `by_ip` is `PodsByIp::new(&input.pods)`, built by the caller, which keeps it to name flows.
+    pub fn build(d: &PolicyDesired, input: &PolicyInput, by_ip: &PodsByIp) -> Self {
         let local: Vec<PodRef> = d.endpoint_table.values().map(|e| e.pod.clone()).collect();
         let isolation = isolating_policies(input, &local);
         let names = |v: &[PolicyRef]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
@@ -243,7 +246,6 @@ impl PolicyState {
                 }
             })
             .collect();
-        let by_ip = PodsByIp::new(&input.pods);
         let mut pods_of: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for (k, v) in &d.ipcache {
             if k.prefix_len != 32 {
