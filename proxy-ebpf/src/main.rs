@@ -336,6 +336,22 @@ pub fn bench_xdp_bare(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Reference for the forwarding benchmark (tests/src/forwarding.rs), attached there to the node's
+/// device: sends every frame back out where it came from, untouched, so what the benchmark measures
+/// is sending, the veth and receiving. Never attached by the agent.
+#[xdp]
+pub fn bench_xdp_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// The forwarding benchmark's sink and floor: drops every frame as it arrives. On the wire's end of
+/// the veth it also gives that end the receive queue an XDP_TX towards it needs; on the node's device
+/// it measures receiving a frame and nothing else. Never attached by the agent.
+#[xdp]
+pub fn bench_xdp_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

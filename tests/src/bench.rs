@@ -255,7 +255,7 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 /// A case measures one round at a time: given the datapath and the round number, ns per packet.
-type RoundFn<'a> = Box<dyn FnMut(&mut TestDatapath, usize) -> anyhow::Result<f64> + 'a>;
+pub type RoundFn<'a> = Box<dyn FnMut(&mut TestDatapath, usize) -> anyhow::Result<f64> + 'a>;
 
 pub struct Case<'a> {
     pub name: String,
@@ -830,8 +830,7 @@ pub fn policy_group(p: &Params, m: u32, checks: &mut Vec<String>) -> anyhow::Res
 pub fn xdp_group(p: &Params, checks: &mut Vec<String>) -> anyhow::Result<Vec<Measurement>> {
     let p = p.clone();
     let (out, check) = std::thread::spawn(move || -> anyhow::Result<(Vec<Measurement>, String)> {
-        let ifindex = crate::netns::enter_node_netns();
-        XDP_INGRESS.with(|c| c.set(ifindex));
+        set_xdp_ingress(crate::netns::enter_node_netns());
         nodeport_cases(&p)
     })
     .join()
@@ -941,6 +940,11 @@ fn nodeport_cases(p: &Params) -> anyhow::Result<(Vec<Measurement>, String)> {
     Ok((interleave(&mut dp, &info, p.rounds, cases)?, check))
 }
 
+/// Makes this thread's XDP test runs claim to arrive on `ifindex` (in the namespace the thread is in).
+pub fn set_xdp_ingress(ifindex: u32) {
+    XDP_INGRESS.with(|c| c.set(ifindex));
+}
+
 thread_local! {
     /// The ingress interface XDP test runs claim to arrive on (0: none). Set by the NodePort group in the
     /// network namespace it made, where the forwarding lookup finds that interface.
@@ -982,6 +986,8 @@ pub fn run_all(p: &Params) -> anyhow::Result<Report> {
     step += 1;
     progress(&format!("[{step}/{total}] XDP"));
     measurements.extend(xdp_group(p, &mut checks)?);
+    progress("NodePort forwarding against kube-proxy's rules (frames through a netns)");
+    measurements.extend(crate::forwarding::forwarding_group(p, &mut checks)?);
     progress("policy compile (control plane)");
     measurements.extend(compile_group(p)?);
     progress("conntrack sweep (control plane)");

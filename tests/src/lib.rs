@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod datapath;
+pub mod forwarding;
 pub mod lab;
 pub mod netns;
 pub mod packet;
