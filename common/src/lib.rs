@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod affinity;
+pub mod bench;
 pub mod config;
 pub mod csum;
 pub mod ct;

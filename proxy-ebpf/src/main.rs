@@ -337,19 +337,33 @@ pub fn bench_xdp_bare(_ctx: XdpContext) -> u32 {
 }
 
 /// Reference for the forwarding benchmark (tests/src/forwarding.rs), attached there to the node's
-/// device: sends every frame back out where it came from, untouched, so what the benchmark measures
-/// is sending, the veth and receiving. Never attached by the agent.
+/// device: sends every frame back out where it came from, untouched, so the benchmark measures its
+/// loop's own cost. Never attached by the agent.
 #[xdp]
 pub fn bench_xdp_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// The forwarding benchmark's sink and floor: drops every frame as it arrives. On the wire's end of
-/// the veth it also gives that end the receive queue an XDP_TX towards it needs; on the node's device
-/// it measures receiving a frame and nothing else. Never attached by the agent.
+/// The forwarding benchmark's loop: a frame the node sent back to the wire is overwritten with the
+/// client's frame (`maps::BENCH_FRAME`) and sent to the node again, so a few frames keep the node
+/// forwarding with no sender (dropped while the run flag is 0). Never attached by the agent.
 #[xdp]
-pub fn bench_xdp_drop(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_DROP
+pub fn bench_xdp_reflect(ctx: XdpContext) -> u32 {
+    use common::bench::{FRAME_LEN, RUN_AT};
+    let Some(slot) = maps::BENCH_FRAME.get(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    if slot[RUN_AT] == 0 {
+        return xdp_action::XDP_DROP;
+    }
+    let start = ctx.data();
+    if start + FRAME_LEN > ctx.data_end() {
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: the packet holds FRAME_LEN bytes from `start` (checked just above) and the map value
+    // holds more; the two never overlap.
+    unsafe { core::ptr::copy_nonoverlapping(slot.as_ptr(), start as *mut u8, FRAME_LEN) };
+    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]

@@ -103,3 +103,8 @@ pub static STRAIT_LB4_MAGLEV_V1: HashMap<u32, MaglevTable> = HashMap::pinned(MAX
 #[map]
 pub static STRAIT_LB4_SOURCE_RANGES_V1: LpmTrie<SourceRangeKey4, u8> =
     LpmTrie::pinned(MAX_SOURCE_RANGES, NO_PREALLOC);
+
+/// The forwarding benchmark's frame and run flag (`common::bench`). Not pinned: only the benchmark
+/// writes it; the agent's copy stays empty and no attached program reads it.
+#[map]
+pub static BENCH_FRAME: Array<common::bench::FrameSlot> = Array::with_max_entries(1, 0);

@@ -2,117 +2,144 @@
 //! (group `nodeport-forwarding`).
 //!
 //! One node-shaped network namespace (`netns::enter_node_netns`): the node's device is `np0`, and the
-//! other end of its veth, `np1`, plays the rest of the segment. A packet socket on `np1` sends frames
-//! from the client to the node's NodePort (qdisc bypassed, 64 frames a `sendmmsg`); they arrive on
-//! `np0` and leave through it towards the peer node, back to `np1`, where an XDP program drops them:
-//! `np1`'s receive counter is what reached the wire. What `np0` runs decides the case:
-//! - ours: `xdp_node` attached natively (conntrack hit, DNAT and SNAT, forwarding lookup, XDP_TX);
-//! - kube-proxy: no XDP program, the stack with the rules kube-proxy writes for the same Service in
-//!   iptables or nftables mode (conntrack, filter hooks, forwarding, the NAT kept by conntrack);
-//! - the wire alone: a bare XDP_TX program attached natively, the floor (sending, the veth, the drop).
+//! other end of its veth, `np1`, plays the rest of the segment. Frames circulate: `np1` runs
+//! `bench_xdp_reflect`, which overwrites every frame the node sends it with the client's frame to the
+//! NodePort and sends it back to the node, so 64 frames put in once by a packet socket keep the node
+//! forwarding as fast as it can, with no sender. `np1`'s receive counter over a window counts the
+//! frames the node forwarded; one CPU does all of it (the veths' NAPI runs where it was scheduled,
+//! the CPU that put the frames in, to which the thread is pinned). What `np0` runs decides the case:
+//! - ours: `xdp_node` attached natively: it gets the frame as a NIC driver gives it (an XDP buffer, no
+//!   skb), conntrack hit, DNAT and SNAT, forwarding lookup, XDP_TX;
+//! - kube-proxy: a bare XDP_PASS program (so the frame arrives the same way, then becomes an skb as a
+//!   driver would build it) and the stack with the rules kube-proxy writes for the same Service in
+//!   iptables or nftables mode: conntrack, filter hooks, forwarding, the NAT kept by conntrack;
+//! - references: the stack forwarding a frame addressed to the backend with no rules at all (what
+//!   kube-proxy's rules add to plain forwarding), and a bare XDP_TX on `np0` (the loop's own cost).
 //!
-//! A round's figure is the wall-clock time of sending `frames` frames divided by those that reached
-//! `np1`, all on one CPU: a packet socket that bypasses the qdisc hands each frame to the veth in the
-//! sender's context, and the receive work (the stack's backlog, or the veth's NAPI when an XDP program
-//! is attached) runs when the sender turns bottom halves back on after each frame. The sender's own
-//! cost is in every case (the wire case shows it); it makes the ratios smaller than the datapaths'
-//! own. A veth hands our program an skb it first converts to an XDP buffer, which a NIC driver does not
-//! do: that cost is ours here and would not be on a NIC. A round where fewer than 99% of the frames
-//! arrived is an error, not a figure.
+//! The loop's far end costs the stack's cases more: the frame the stack sends is an skb, which `np1`
+//! converts back to an XDP buffer before it can reflect it. The plain-forwarding reference pays that
+//! too. Before measuring, every case forwards 1000 frames of a flow of its own, 99% or more of which
+//! must arrive, and kube-proxy's cases must show the flow translated in their conntrack table.
 
-use std::{cell::RefCell, os::fd::AsRawFd as _, process::Command, rc::Rc, time::Instant};
+use std::{cell::RefCell, os::fd::AsRawFd as _, process::Command, rc::Rc, time::Duration, time::Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
+use common::bench::{FRAME_LEN, FrameSlot, RUN_AT};
 
 use crate::{
-    bench::{Case, GroupInfo, Measurement, Params, RoundFn, XDP_NODE, interleave, load_baselines},
+    bench::{
+        BENCH_XDP_BARE, Case, GroupInfo, Measurement, Params, RoundFn, XDP_NODE, interleave, load_baselines,
+    },
     datapath::{TestDatapath, TestService},
     netns::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, REMOTE_BACKEND},
     packet::{self, Ipv4Packet},
 };
 
 pub const BENCH_XDP_TX: &str = "bench_xdp_tx";
-pub const BENCH_XDP_DROP: &str = "bench_xdp_drop";
+pub const BENCH_XDP_REFLECT: &str = "bench_xdp_reflect";
+const FRAME_MAP: &str = "BENCH_FRAME";
 const GROUP: &str = "nodeport-forwarding";
 const NODE_PORT: u16 = 30080;
 const TARGET_PORT: u16 = 8080;
 const CLIENT_PORT: u16 = 40000;
-/// Frames per `sendmmsg`.
+/// Frames put in the loop (and per `sendmmsg`): fewer than a veth queue holds (256).
 const BATCH: usize = 64;
 /// The node's device and the far end of its veth (see `netns::enter_node_netns`).
 const NODE_DEV: &str = "np0";
 const WIRE_DEV: &str = "np1";
 
-pub const IPTABLES_CASE: &str = "kube-proxy iptables rules (stack, conntrack, forward)";
-pub const NFTABLES_CASE: &str = "kube-proxy nftables rules (stack, conntrack, forward)";
+pub const IPTABLES_CASE: &str = "kube-proxy iptables rules (skb, conntrack, filter, forward)";
+pub const NFTABLES_CASE: &str = "kube-proxy nftables rules (skb, conntrack, filter, forward)";
 pub const OURS_CASE: &str = "xdp_node (conntrack hit, DNAT + SNAT, XDP_TX)";
-pub const WIRE_CASE: &str = "the wire alone (bare XDP_TX on the node's device)";
-pub const STACK_FLOOR_CASE: &str = "received by the stack, dropped at its first hook (raw PREROUTING)";
-pub const XDP_FLOOR_CASE: &str = "received by XDP on the node's device, dropped (bare XDP_DROP)";
+pub const PLAIN_CASE: &str = "the stack forwarding, no rules, no NAT (frame addressed to the backend)";
+pub const BOUNCE_CASE: &str = "the loop alone (bare XDP_TX on the node's device)";
 
-/// What the node runs for NodePorts: kube-proxy's rules in one of its modes, or an XDP program
-/// attached natively to its device.
+/// Rules in the node's namespace.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Node {
+enum Rules {
+    None,
     Iptables,
     Nftables,
-    Xdp(&'static str),
-    /// The stack receives the frame and drops it at its first hook (raw PREROUTING, before
-    /// conntrack): what receiving costs the kube-proxy cases before their rules do anything.
-    StackDrop,
 }
 
-impl Node {
-    /// Where the frames a round sent are counted: on the wire when the node forwards them, on the
-    /// node's device when it drops them.
-    fn counted_at(self) -> &'static str {
-        match self {
-            Node::StackDrop | Node::Xdp(BENCH_XDP_DROP) => NODE_DEV,
-            _ => WIRE_DEV,
-        }
-    }
+/// What the node runs, and what the client sends it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Node {
+    rules: Rules,
+    /// Attached natively to np0.
+    program: &'static str,
+    /// The client addresses the backend itself instead of the NodePort.
+    direct: bool,
 }
+
+const IPTABLES: Node = Node {
+    rules: Rules::Iptables,
+    program: BENCH_XDP_BARE,
+    direct: false,
+};
+const NFTABLES: Node = Node {
+    rules: Rules::Nftables,
+    program: BENCH_XDP_BARE,
+    direct: false,
+};
+const OURS: Node = Node {
+    rules: Rules::None,
+    program: XDP_NODE,
+    direct: false,
+};
+const PLAIN: Node = Node {
+    rules: Rules::None,
+    program: BENCH_XDP_BARE,
+    direct: true,
+};
+const BOUNCE: Node = Node {
+    rules: Rules::None,
+    program: BENCH_XDP_TX,
+    direct: false,
+};
 
 /// The node as it is now; switched between rounds, never while one is measured.
+#[derive(Default)]
 struct NodeState {
-    current: Option<Node>,
+    rules: Option<Rules>,
     link: Option<(&'static str, XdpLinkId)>,
 }
 
 impl NodeState {
     fn switch(&mut self, dp: &mut TestDatapath, to: Node) -> anyhow::Result<()> {
-        if self.current == Some(to) {
-            return Ok(());
-        }
-        if let Some((prog, link)) = self.link.take() {
-            xdp_program(dp, prog)?
-                .detach(link)
-                .with_context(|| format!("detaching {prog} from {NODE_DEV}"))?;
-        }
-        match self.current {
-            Some(Node::Iptables) => {
-                run_with_input("iptables-restore", &[], "*nat\nCOMMIT\n*filter\nCOMMIT\n")?
+        if self.rules != Some(to.rules) {
+            match self.rules {
+                Some(Rules::Iptables) => {
+                    run_with_input("iptables-restore", &[], "*nat\nCOMMIT\n*filter\nCOMMIT\n")?;
+                    // With the nf_tables backend the emptied tables keep their hooks (and the nat
+                    // table keeps conntrack on): gone with the tables. A legacy backend has none.
+                    for table in ["nat", "filter"] {
+                        let _ = run_with_input("nft", &["-f", "-"], &format!("delete table ip {table}\n"));
+                    }
+                }
+                Some(Rules::Nftables) => run_with_input("nft", &["-f", "-"], "delete table ip kube-proxy\n")?,
+                _ => {}
             }
-            Some(Node::Nftables) => run_with_input("nft", &["-f", "-"], "delete table ip kube-proxy\n")?,
-            Some(Node::StackDrop) => run_with_input("iptables-restore", &[], "*raw\nCOMMIT\n")?,
-            _ => {}
-        }
-        self.current = None;
-        match to {
-            Node::Iptables => run_with_input("iptables-restore", &[], &iptables_rules())?,
-            Node::Nftables => run_with_input("nft", &["-f", "-"], &nftables_rules())?,
-            Node::StackDrop => {
-                run_with_input("iptables-restore", &[], "*raw\n-A PREROUTING -j DROP\nCOMMIT\n")?
+            self.rules = None;
+            match to.rules {
+                Rules::Iptables => run_with_input("iptables-restore", &[], &iptables_rules())?,
+                Rules::Nftables => run_with_input("nft", &["-f", "-"], &nftables_rules())?,
+                Rules::None => {}
             }
-            Node::Xdp(prog) => {
-                let link = xdp_program(dp, prog)?
-                    .attach(NODE_DEV, XdpMode::Driver)
-                    .with_context(|| format!("attaching {prog} natively to {NODE_DEV}"))?;
-                self.link = Some((prog, link));
-            }
+            self.rules = Some(to.rules);
         }
-        self.current = Some(to);
+        if self.link.as_ref().map(|(p, _)| *p) != Some(to.program) {
+            if let Some((prog, link)) = self.link.take() {
+                xdp_program(dp, prog)?
+                    .detach(link)
+                    .with_context(|| format!("detaching {prog} from {NODE_DEV}"))?;
+            }
+            let link = xdp_program(dp, to.program)?
+                .attach(NODE_DEV, XdpMode::Driver)
+                .with_context(|| format!("attaching {} natively to {NODE_DEV}", to.program))?;
+            self.link = Some((to.program, link));
+        }
         Ok(())
     }
 }
@@ -124,8 +151,7 @@ pub fn forwarding_group(p: &Params, checks: &mut Vec<String>) -> anyhow::Result<
     let (out, check) = std::thread::spawn(move || -> anyhow::Result<(Vec<Measurement>, String)> {
         let np0 = crate::netns::enter_node_netns();
         crate::bench::set_xdp_ingress(np0);
-        // One CPU does everything (see the module documentation), also when the receive work is
-        // deferred to ksoftirqd: the one the thread is on now.
+        // The frames are put in the loop from this CPU, so the veths' NAPI runs there.
         let cpu = nix::sched::sched_getcpu().context("sched_getcpu")?;
         let mut one = nix::sched::CpuSet::new();
         one.set(cpu).context("CpuSet")?;
@@ -139,9 +165,9 @@ pub fn forwarding_group(p: &Params, checks: &mut Vec<String>) -> anyhow::Result<
     Ok(out)
 }
 
-/// Frames per round: the stack's path takes a few µs a frame, so a full round is about a second.
-fn frames_per_round(p: &Params) -> u32 {
-    if p.mode == "quick" { 50_000 } else { 250_000 }
+/// How long a round counts forwarded frames.
+fn window(p: &Params) -> Duration {
+    Duration::from_millis(if p.mode == "quick" { 100 } else { 300 })
 }
 
 fn cases(p: &Params) -> anyhow::Result<(Vec<Measurement>, String)> {
@@ -152,14 +178,13 @@ fn cases(p: &Params) -> anyhow::Result<(Vec<Measurement>, String)> {
     sysctl("net.ipv4.conf.np0.send_redirects=0")?;
     let mut dp = TestDatapath::load("bench-forwarding");
     load_baselines(&mut dp)?;
-    for name in [BENCH_XDP_TX, BENCH_XDP_DROP] {
+    for name in [BENCH_XDP_TX, BENCH_XDP_REFLECT] {
         xdp_program(&mut dp, name)?.load()?;
     }
-    // The wire's end drops what arrives (and, with a program attached, has the receive queue that an
-    // XDP_TX towards it needs).
-    xdp_program(&mut dp, BENCH_XDP_DROP)?
+    set_frame(&mut dp, &client_frame(CLIENT_PORT, false), false)?;
+    xdp_program(&mut dp, BENCH_XDP_REFLECT)?
         .attach(WIRE_DEV, XdpMode::Driver)
-        .with_context(|| format!("attaching {BENCH_XDP_DROP} natively to {WIRE_DEV}"))?;
+        .with_context(|| format!("attaching {BENCH_XDP_REFLECT} natively to {WIRE_DEV}"))?;
     dp.set_datapath_config(common::config::DatapathConfig {
         flags: 0,
         maglev_size: 0,
@@ -172,9 +197,8 @@ fn cases(p: &Params) -> anyhow::Result<(Vec<Measurement>, String)> {
     svc.backends.push((REMOTE_BACKEND, TARGET_PORT));
     dp.add_service(&svc);
 
-    let frame = client_frame(CLIENT_PORT);
     // Our path, checked once the way the packet tests check it: translated and sent back out.
-    let first = crate::bench::test_run(&mut dp, XDP_NODE, &frame, 1)?;
+    let first = crate::bench::test_run(&mut dp, XDP_NODE, &client_frame(CLIENT_PORT, false), 1)?;
     let seen = packet::read(&first.packet);
     ensure!(
         first.action == 3 && (seen.src, seen.dst, seen.dport) == (NODE, REMOTE_BACKEND, TARGET_PORT),
@@ -182,69 +206,105 @@ fn cases(p: &Params) -> anyhow::Result<(Vec<Measurement>, String)> {
          {REMOTE_BACKEND}:{TARGET_PORT} from {NODE}",
         first.action
     );
-    let sender = Rc::new(Sender::open(WIRE_DEV, &client_frame(CLIENT_PORT))?);
-    let state = Rc::new(RefCell::new(NodeState {
-        current: None,
-        link: None,
-    }));
-    // Every case forwards before it is measured: each node set-up once, 1000 frames that must arrive.
-    let nodes = [
-        Node::Iptables,
-        Node::Nftables,
-        Node::Xdp(XDP_NODE),
-        Node::Xdp(BENCH_XDP_TX),
-        Node::StackDrop,
-        Node::Xdp(BENCH_XDP_DROP),
-    ];
-    for (k, node) in nodes.into_iter().enumerate() {
+    let state = Rc::new(RefCell::new(NodeState::default()));
+    // Every case forwards before it is measured, on a flow of its own (client port), with np1
+    // dropping instead of reflecting.
+    for (k, node) in [IPTABLES, NFTABLES, OURS, PLAIN, BOUNCE].into_iter().enumerate() {
         state.borrow_mut().switch(&mut dp, node)?;
-        // A flow of its own (client port), so that kube-proxy's rules are seen to translate it.
         let port = CLIENT_PORT + 1 + k as u16;
-        let check = Sender::open(WIRE_DEV, &client_frame(port))?;
-        forward(&check, 1000, node.counted_at()).with_context(|| format!("forwarding through {node:?}"))?;
-        if matches!(node, Node::Iptables | Node::Nftables) {
-            kube_proxy_translated(port).with_context(|| format!("kube-proxy's {node:?} rules"))?;
+        let frame = client_frame(port, node.direct);
+        set_frame(&mut dp, &frame, false)?;
+        let before = rx_packets(WIRE_DEV)?;
+        Sender::open(WIRE_DEV, &frame)?.send(1000)?;
+        let arrived = rx_packets(WIRE_DEV)?.saturating_sub(before);
+        ensure!(
+            arrived >= 990,
+            "{node:?}: {arrived} of 1000 frames came back to {WIRE_DEV}"
+        );
+        if node.rules != Rules::None {
+            kube_proxy_translated(port).with_context(|| format!("kube-proxy's {:?} rules", node.rules))?;
         }
     }
     let check = format!(
-        "NodePort forwarding: {CLIENT}:{CLIENT_PORT} -> {NODE}:{NODE_PORT}/UDP frames sent on np1 reach \
-         np1 again as {NODE} -> {REMOTE_BACKEND}:{TARGET_PORT} via the peer node, through xdp_node \
-         attached natively to np0 (checked once: XDP_TX, DNAT + SNAT) and through kube-proxy's \
-         iptables and nftables rules (each on a flow of its own: 99% or more of 1000 frames arrive, \
-         and the conntrack entry shows the DNAT to the backend and the masquerade)"
+        "NodePort forwarding: {CLIENT}:{CLIENT_PORT} -> {NODE}:{NODE_PORT}/UDP frames sent to np0 come back \
+         on np1 as {NODE} -> {REMOTE_BACKEND}:{TARGET_PORT} via the peer node, through xdp_node attached \
+         natively to np0 (checked once: XDP_TX, DNAT + SNAT) and through kube-proxy's iptables and \
+         nftables rules (each on a flow of its own: 990 or more of 1000 frames come back, and the \
+         conntrack entry shows the DNAT to the backend and the masquerade)"
     );
-    let n = frames_per_round(p);
-    let case = |name: &str, node: Node, program: &'static str, baseline: Option<usize>| {
+    let window = window(p);
+    let case = |name: &str, node: Node, baseline: Option<usize>| {
         let state = state.clone();
-        let sender = sender.clone();
         let round: RoundFn<'static> = Box::new(move |dp: &mut TestDatapath, _round: usize| {
             state.borrow_mut().switch(dp, node)?;
-            forward(&sender, n, node.counted_at())
+            loop_round(dp, node, window).with_context(|| format!("{node:?}"))
         });
         Case {
             name: name.into(),
-            program,
-            method: "frames sent",
+            program: node.program,
+            method: "frames in a loop",
             baseline,
             round,
         }
     };
     let cases = vec![
-        case(IPTABLES_CASE, Node::Iptables, "", None),
-        case(NFTABLES_CASE, Node::Nftables, "", Some(0)),
-        case(OURS_CASE, Node::Xdp(XDP_NODE), XDP_NODE, Some(0)),
-        case(WIRE_CASE, Node::Xdp(BENCH_XDP_TX), BENCH_XDP_TX, Some(0)),
-        case(STACK_FLOOR_CASE, Node::StackDrop, "", Some(0)),
-        case(XDP_FLOOR_CASE, Node::Xdp(BENCH_XDP_DROP), BENCH_XDP_DROP, Some(0)),
+        case(IPTABLES_CASE, IPTABLES, None),
+        case(NFTABLES_CASE, NFTABLES, Some(0)),
+        case(OURS_CASE, OURS, Some(0)),
+        case(PLAIN_CASE, PLAIN, Some(0)),
+        case(BOUNCE_CASE, BOUNCE, Some(0)),
     ];
     let info = GroupInfo {
         name: GROUP.into(),
         ..Default::default()
     };
-    let out = interleave(&mut dp, &info, p.rounds, cases);
-    // Detach before the datapath (and its programs) is dropped.
-    let _ = state.borrow_mut().switch(&mut dp, Node::Iptables);
-    Ok((out?, check))
+    Ok((interleave(&mut dp, &info, p.rounds, cases)?, check))
+}
+
+/// One round: `BATCH` frames put in the loop, the frames the node forwards counted over `window`,
+/// the loop stopped; ns of wall clock per forwarded frame.
+fn loop_round(dp: &mut TestDatapath, node: Node, window: Duration) -> anyhow::Result<f64> {
+    let frame = client_frame(CLIENT_PORT, node.direct);
+    set_frame(dp, &frame, true)?;
+    let result = (|| {
+        Sender::open(WIRE_DEV, &frame)?.send(BATCH as u32)?;
+        std::thread::sleep(Duration::from_millis(20));
+        let (c0, t0) = (rx_packets(WIRE_DEV)?, Instant::now());
+        std::thread::sleep(window);
+        let (c1, t1) = (rx_packets(WIRE_DEV)?, Instant::now());
+        let forwarded = c1.saturating_sub(c0);
+        ensure!(
+            forwarded >= 1000,
+            "only {forwarded} frames forwarded in {window:?}: the loop lost its frames"
+        );
+        Ok((t1 - t0).as_nanos() as f64 / forwarded as f64)
+    })();
+    set_frame(dp, &frame, false)?;
+    // Whatever is still in flight is dropped at np1 within a turn of the loop.
+    std::thread::sleep(Duration::from_millis(10));
+    result
+}
+
+/// Writes the client's frame and the run flag for `bench_xdp_reflect`.
+fn set_frame(dp: &mut TestDatapath, frame: &[u8], run: bool) -> anyhow::Result<()> {
+    ensure!(
+        frame.len() == FRAME_LEN,
+        "the frame is {} bytes, not {FRAME_LEN}",
+        frame.len()
+    );
+    let mut slot: FrameSlot = [0; common::bench::FRAME_SLOT];
+    slot[..FRAME_LEN].copy_from_slice(frame);
+    slot[RUN_AT] = u8::from(run);
+    let map = dp
+        .datapath
+        .ebpf_mut()
+        .map_mut(FRAME_MAP)
+        .with_context(|| format!("map {FRAME_MAP} missing from the object"))?;
+    let mut array: aya::maps::Array<_, FrameSlot> = aya::maps::Array::try_from(map)?;
+    array
+        .set(0, slot, 0)
+        .with_context(|| format!("writing {FRAME_MAP}"))?;
+    Ok(())
 }
 
 fn xdp_program<'a>(dp: &'a mut TestDatapath, name: &str) -> anyhow::Result<&'a mut Xdp> {
@@ -270,29 +330,20 @@ fn kube_proxy_translated(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A 60-byte UDP frame from the client's `port` to the NodePort, addressed to np0 (the stack takes it
-/// as its own only with np0's MAC).
-fn client_frame(port: u16) -> Vec<u8> {
-    let mut pk = Ipv4Packet::udp(CLIENT, port, NODE, NODE_PORT);
+/// A 60-byte UDP frame from the client's `port` to the NodePort (or, `direct`, to the backend
+/// itself), addressed to np0 (the stack takes it only with np0's MAC).
+fn client_frame(port: u16, direct: bool) -> Vec<u8> {
+    let (dst, dport) = if direct {
+        (REMOTE_BACKEND, TARGET_PORT)
+    } else {
+        (NODE, NODE_PORT)
+    };
+    let mut pk = Ipv4Packet::udp(CLIENT, port, dst, dport);
     pk.payload = vec![0x5a; 18];
     let mut frame = pk.build();
     frame[0..6].copy_from_slice(&NODE_MAC);
     frame[6..12].copy_from_slice(&CLIENT_MAC);
     frame
-}
-
-/// Sends `frames` frames and returns ns of wall clock per frame counted as received on `dev`.
-fn forward(sender: &Sender, frames: u32, dev: &str) -> anyhow::Result<f64> {
-    let before = rx_packets(dev)?;
-    let t = Instant::now();
-    sender.send(frames)?;
-    let elapsed = t.elapsed();
-    let arrived = rx_packets(dev)?.saturating_sub(before);
-    ensure!(
-        arrived * 100 >= u64::from(frames) * 99,
-        "{arrived} of {frames} frames reached {dev}"
-    );
-    Ok(elapsed.as_nanos() as f64 / arrived as f64)
 }
 
 /// A packet socket bound to one device that only sends (protocol 0: it receives nothing), bypassing
@@ -382,21 +433,20 @@ impl Sender {
     }
 }
 
-/// The device's received-packets counter (`ip -s`, in the calling thread's namespace).
+/// The device's received-packets counter, in the calling thread's namespace. Read from procfs
+/// rather than with `ip`: a child process would run on the measured CPU (it inherits the pinning).
 fn rx_packets(dev: &str) -> anyhow::Result<u64> {
-    let out = Command::new("ip")
-        .args(["-j", "-s", "link", "show", "dev", dev])
-        .output()
-        .context("running ip -s link")?;
-    ensure!(
-        out.status.success(),
-        "ip -s link show {dev}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ip -j output")?;
-    v[0]["stats64"]["rx"]["packets"]
-        .as_u64()
-        .with_context(|| format!("no rx packet count for {dev} in ip's output"))
+    let table = std::fs::read_to_string("/proc/thread-self/net/dev").context("reading net/dev")?;
+    rx_packets_in(&table, dev).with_context(|| format!("no receive count for {dev} in net/dev"))
+}
+
+/// `dev`'s received packets in a `net/dev` table (`  name: rx_bytes rx_packets ...`).
+fn rx_packets_in(table: &str, dev: &str) -> Option<u64> {
+    table.lines().find_map(|line| {
+        let (name, counters) = line.split_once(':')?;
+        (name.trim() == dev).then_some(())?;
+        counters.split_whitespace().nth(1)?.parse().ok()
+    })
 }
 
 fn sysctl(setting: &str) -> anyhow::Result<()> {
@@ -545,9 +595,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_a_device_s_received_packets_from_net_dev() {
+        let table = "Inter-|   Receive                            |  Transmit\n \
+                     face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets\n    \
+                     lo:     120       2    0    0    0     0          0         0      120       2\n   \
+                     np1: 9876543  164609    0    0    0     0          0         0     4200      70\n";
+        assert_eq!(rx_packets_in(table, "np1"), Some(164_609));
+        assert_eq!(rx_packets_in(table, "lo"), Some(2));
+        assert_eq!(rx_packets_in(table, "np0"), None);
+    }
+
+    #[test]
     fn the_frame_is_for_the_node_port_and_addressed_to_np0() {
-        let frame = client_frame(CLIENT_PORT);
-        assert_eq!(frame.len(), 60);
+        let frame = client_frame(CLIENT_PORT, false);
+        assert_eq!(frame.len(), FRAME_LEN);
         assert_eq!(&frame[0..6], &NODE_MAC);
         let seen = packet::read(&frame);
         assert_eq!((seen.src, seen.dst, seen.dport), (CLIENT, NODE, NODE_PORT));
