@@ -344,25 +344,31 @@ pub fn bench_xdp_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// The forwarding benchmark's loop: a frame the node sent back to the wire is overwritten with the
-/// client's frame (`maps::BENCH_FRAME`) and sent to the node again, so a few frames keep the node
-/// forwarding with no sender (dropped while the run flag is 0). Never attached by the agent.
+/// The forwarding benchmark's loop: a frame the node forwarded to the expected destination is
+/// overwritten with the client's frame (`maps::BENCH_FRAME`) and sent to the node again, so a few
+/// frames keep the node forwarding with no sender. Anything else, and everything while the run flag
+/// is 0, is dropped. Never attached by the agent.
 #[xdp]
 pub fn bench_xdp_reflect(ctx: XdpContext) -> u32 {
-    use common::bench::{FRAME_LEN, RUN_AT};
+    use common::bench::{DST_AT, FRAME_DST_OFFSET, FRAME_LEN, RUN_AT};
     let Some(slot) = maps::BENCH_FRAME.get(0) else {
         return xdp_action::XDP_DROP;
     };
-    if slot[RUN_AT] == 0 {
-        return xdp_action::XDP_DROP;
-    }
     let start = ctx.data();
-    if start + FRAME_LEN > ctx.data_end() {
+    if slot[RUN_AT] == 0 || start + FRAME_LEN > ctx.data_end() {
         return xdp_action::XDP_DROP;
     }
-    // SAFETY: the packet holds FRAME_LEN bytes from `start` (checked just above) and the map value
-    // holds more; the two never overlap.
-    unsafe { core::ptr::copy_nonoverlapping(slot.as_ptr(), start as *mut u8, FRAME_LEN) };
+    // SAFETY: the packet holds FRAME_LEN bytes from `start` (checked just above), the destination
+    // lies within them, and the map value holds more than FRAME_LEN bytes; the two never overlap.
+    unsafe {
+        let dst = (start + FRAME_DST_OFFSET) as *const [u8; 4];
+        if core::ptr::read_unaligned(dst)
+            != [slot[DST_AT], slot[DST_AT + 1], slot[DST_AT + 2], slot[DST_AT + 3]]
+        {
+            return xdp_action::XDP_DROP;
+        }
+        core::ptr::copy_nonoverlapping(slot.as_ptr(), start as *mut u8, FRAME_LEN);
+    }
     xdp_action::XDP_TX
 }
 
