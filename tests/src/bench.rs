@@ -48,7 +48,7 @@ pub const XDP_NODE: &str = "xdp_node";
 
 const TC_ACT_OK: u32 = 0;
 const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
+pub const XDP_TX: u32 = 3;
 /// BPF_PROG_TEST_RUN gives skbs the loopback device.
 const TEST_IFINDEX: u32 = 1;
 /// Backends per service, as the issue asks.
@@ -839,10 +839,9 @@ pub fn xdp_group(p: &Params, checks: &mut Vec<String>) -> anyhow::Result<Vec<Mea
     Ok(out)
 }
 
-fn nodeport_cases(p: &Params) -> anyhow::Result<(Vec<Measurement>, String)> {
-    use crate::netns::{CLIENT, REMOTE_BACKEND};
-    let mut dp = TestDatapath::load("bench-xdp");
-    load_baselines(&mut dp)?;
+/// Makes `dp` the node at NODE (its address for SNAT) with one NodePort Service on `node_port`
+/// whose only backend is `backend`, as the XDP benchmarks measure it.
+pub fn seed_nodeport(dp: &mut TestDatapath, node_port: u16, proto: u8, backend: (Ipv4Addr, u16)) {
     dp.set_datapath_config(common::config::DatapathConfig {
         flags: 0,
         maglev_size: 0,
@@ -850,10 +849,17 @@ fn nodeport_cases(p: &Params) -> anyhow::Result<(Vec<Measurement>, String)> {
         local_port_min: 0,
         local_port_max: 0,
     });
-    let mut svc = TestService::new(NODE, 30080, packet::PROTO_TCP, 1);
+    let mut svc = TestService::new(NODE, node_port, proto, 1);
     svc.flags = common::lb::svc_flags::NODEPORT;
-    svc.backends.push((REMOTE_BACKEND, 8080));
+    svc.backends.push(backend);
     dp.add_service(&svc);
+}
+
+fn nodeport_cases(p: &Params) -> anyhow::Result<(Vec<Measurement>, String)> {
+    use crate::netns::{CLIENT, REMOTE_BACKEND};
+    let mut dp = TestDatapath::load("bench-xdp");
+    load_baselines(&mut dp)?;
+    seed_nodeport(&mut dp, 30080, packet::PROTO_TCP, (REMOTE_BACKEND, 8080));
     let request = established(CLIENT, 40000, NODE, 30080);
     let first = test_run(&mut dp, XDP_NODE, &request, 1)?;
     let seen = packet::read(&first.packet);

@@ -41,7 +41,7 @@ use crate::{
     bench::{
         BENCH_XDP_BARE, Case, GroupInfo, Measurement, Params, RoundFn, XDP_NODE, interleave, load_baselines,
     },
-    datapath::{TestDatapath, TestService},
+    datapath::TestDatapath,
     netns::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, PEER_NODE_MAC, REMOTE_BACKEND},
     packet::{self, Ipv4Packet},
 };
@@ -211,23 +211,19 @@ fn cases(p: &Params) -> anyhow::Result<(Vec<Measurement>, String)> {
     xdp_program(&mut dp, BENCH_XDP_REFLECT)?
         .attach(WIRE_DEV, XdpMode::Driver)
         .with_context(|| format!("attaching {BENCH_XDP_REFLECT} natively to {WIRE_DEV}"))?;
-    dp.set_datapath_config(common::config::DatapathConfig {
-        flags: 0,
-        maglev_size: 0,
-        node_addr: u32::from_ne_bytes(NODE.octets()),
-        local_port_min: 0,
-        local_port_max: 0,
-    });
-    let mut svc = TestService::new(NODE, NODE_PORT, packet::PROTO_UDP, 1);
-    svc.flags = common::lb::svc_flags::NODEPORT;
-    svc.backends.push((REMOTE_BACKEND, TARGET_PORT));
-    dp.add_service(&svc);
+    crate::bench::seed_nodeport(
+        &mut dp,
+        NODE_PORT,
+        packet::PROTO_UDP,
+        (REMOTE_BACKEND, TARGET_PORT),
+    );
 
     // Our path, checked once the way the packet tests check it: translated and sent back out.
     let first = crate::bench::test_run(&mut dp, XDP_NODE, &client_frame(CLIENT_PORT, false), 1)?;
     let seen = packet::read(&first.packet);
     ensure!(
-        first.action == 3 && (seen.src, seen.dst, seen.dport) == (NODE, REMOTE_BACKEND, TARGET_PORT),
+        first.action == crate::bench::XDP_TX
+            && (seen.src, seen.dst, seen.dport) == (NODE, REMOTE_BACKEND, TARGET_PORT),
         "xdp_node on the NodePort frame: action {} and {seen:?} instead of XDP_TX to \
          {REMOTE_BACKEND}:{TARGET_PORT} from {NODE}",
         first.action
@@ -334,9 +330,10 @@ fn loop_round(dp: &mut TestDatapath, node: Node, window: Duration) -> anyhow::Re
 fn ensure_replied(frame: &[u8]) -> anyhow::Result<()> {
     let original = format!("src={CLIENT} dst={NODE} sport={CLIENT_PORT} dport={NODE_PORT} ");
     let entry = || -> anyhow::Result<Option<String>> {
-        let table = std::fs::read_to_string("/proc/thread-self/net/nf_conntrack")
-            .context("reading this namespace's conntrack table")?;
-        Ok(table.lines().find(|l| l.contains(&original)).map(str::to_owned))
+        Ok(conntrack_table()?
+            .lines()
+            .find(|l| l.contains(&original))
+            .map(str::to_owned))
     };
     if entry()?.is_none() {
         Sender::open(WIRE_DEV, frame)?.send(1)?;
@@ -404,11 +401,16 @@ fn xdp_program<'a>(dp: &'a mut TestDatapath, name: &str) -> anyhow::Result<&'a m
         .try_into()?)
 }
 
+/// The calling thread's namespace's conntrack table, one entry a line.
+fn conntrack_table() -> anyhow::Result<String> {
+    std::fs::read_to_string("/proc/thread-self/net/nf_conntrack")
+        .context("reading this namespace's conntrack table")
+}
+
 /// Whether the conntrack table holds the flow from the client's `port` as kube-proxy translates it:
 /// answered by the backend's target port, to the node's address (DNAT and masquerade).
 fn kube_proxy_translated(port: u16) -> anyhow::Result<()> {
-    let table = std::fs::read_to_string("/proc/thread-self/net/nf_conntrack")
-        .context("reading this namespace's conntrack table")?;
+    let table = conntrack_table()?;
     let original = format!("src={CLIENT} dst={NODE} sport={port} dport={NODE_PORT} ");
     let reply = format!("src={REMOTE_BACKEND} dst={NODE} sport={TARGET_PORT} ");
     ensure!(
